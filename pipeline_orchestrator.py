@@ -1,0 +1,297 @@
+"""One retraining cycle, as cron runs it every night.
+
+    trigger -> monitor -> decide -> retrain -> compare -> promote -> archive
+
+`run_cycle` below is the whole cycle; each step is a function further down, in the order it
+runs. Exit codes: 0 the cycle completed (any outcome), 1 failure, 2 bad usage, 75 try later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from retraining.cli import run_entry_point
+from retraining.config import Settings, add_options
+from retraining.datafiles import list_data_files
+from retraining.errors import NeedsAttention
+from retraining.runlock import exclusive_run
+
+log = logging.getLogger("retraining.cycle")
+
+
+def run_cycle(settings: Settings) -> dict[str, Any]:
+    """Run one cycle and return its summary (the JSON contract)."""
+    summary = empty_summary(settings)
+
+    # 1. Trigger: cheap, and before anything heavy is imported or the store is touched.
+    new_paths = list_data_files(settings.new_dir)
+    summary["new_files"] = len(new_paths)
+    if len(new_paths) < settings.min_new_files:
+        return finish(summary, "skipped", f"{len(new_paths)} new files, "
+                                          f"{settings.min_new_files} needed")
+
+    with exclusive_run(settings.new_dir):
+        context = open_cycle(settings, new_paths)
+        summary["production_version_before"] = context.production.version
+
+        # 2. Monitor the production model on the new files.
+        monitoring = monitor(context)
+        summary["monitoring_error"] = monitoring.error
+        summary["monitoring_run_id"] = monitoring.run_id
+
+        # 3. Decide.
+        if not monitoring.retrain:
+            outcome, reason = "healthy", monitoring.reason
+        else:
+            # 4. Retrain on all history plus the new files that are not held out.
+            challenger = retrain(context, monitoring)
+            summary.update(challenger_version=challenger.version,
+                           heldout_files=sorted(challenger.heldout_names),
+                           retraining_run_id=challenger.run_id)
+
+            # 5. Compare both models on the same held-out files; promote if better.
+            verdict = compare(context, monitoring, challenger)
+            summary.update(production_error=verdict.production_error,
+                           challenger_error=verdict.challenger_error)
+            if verdict.promote:
+                promote(context, challenger)
+                outcome = "promoted"
+            else:
+                outcome = "rejected"
+            reason = verdict.reason
+
+        # 6. Archive what this completed cycle consumed.
+        summary["archived_files"] = archive(context)
+        summary["production_version_after"] = (
+            context.registry.production_version() if not settings.dry_run
+            else summary["challenger_version"] if outcome == "promoted"
+            else context.production.version)
+        return finish(summary, outcome, reason)
+
+
+def empty_summary(settings: Settings) -> dict[str, Any]:
+    keys = ("outcome", "reason", "new_files", "monitoring_error", "production_version_before",
+            "production_version_after", "challenger_version", "production_error",
+            "challenger_error", "archived_files", "heldout_files", "monitoring_run_id",
+            "retraining_run_id")
+    return dict.fromkeys(keys) | {"dry_run": settings.dry_run}
+
+
+def finish(summary: dict[str, Any], outcome: str, reason: str) -> dict[str, Any]:
+    summary.update(outcome=outcome, reason=reason)
+    log.info("outcome: %s (%s)", outcome, reason)
+    return summary
+
+
+# --- what every step shares ----------------------------------------------------------------
+
+@dataclasses.dataclass
+class CycleContext:
+    settings: Settings
+    domain: Any
+    registry: Any
+    production: Any
+    new_files: list
+    columns: list
+
+
+def open_cycle(settings: Settings, new_paths: list[Path]) -> CycleContext:
+    """Load the domain, the production model (once) and every new file (once)."""
+    from retraining.datafiles import check_columns, load_files
+    from retraining.domain import load_domain
+    from retraining.registry import Registry
+
+    domain = load_domain(settings.domain_file)
+    registry = Registry(settings)
+    production = registry.load_production()
+    new_files = load_files(new_paths, settings.label_column, domain.prepare_file)
+    columns = check_columns(new_files, production.input_columns)
+    return CycleContext(settings, domain, registry, production, new_files, columns)
+
+
+# --- 2. monitor ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Monitoring:
+    error: float
+    retrain: bool
+    reason: str
+    predictions: dict  # production's predictions per new file, reused by the comparison
+    run_id: str | None
+
+
+def monitor(context: CycleContext) -> Monitoring:
+    from retraining.datafiles import batch_key
+    from retraining.evaluation import error_on, needs_retraining, predict_files
+    from retraining.registry import MONITORING_RUN
+
+    settings, domain = context.settings, context.domain
+    predictions = predict_files(context.production.model, context.new_files, context.columns)
+    error = error_on(domain, context.new_files, predictions)
+    retrain_needed = needs_retraining(domain, error, settings.error_threshold)
+    relation = "crossed" if retrain_needed else "within"
+    reason = (f"production v{context.production.version} {domain.error_metric_name} "
+              f"{error:.4f} on {len(context.new_files)} new files {relation} the threshold "
+              f"{settings.error_threshold:.4f}")
+    log.info(reason)
+    with context.registry.run(MONITORING_RUN, {"batch_key": batch_key(context.new_files)}) as run:
+        context.registry.log_summary(
+            params={"threshold": settings.error_threshold, "error_metric": domain.error_metric_name,
+                    "model_name": settings.model_name, "alias": settings.alias},
+            metrics={"monitoring_error": error, domain.error_metric_name: error,
+                     "new_files": len(context.new_files),
+                     "new_rows": sum(loaded.rows for loaded in context.new_files),
+                     "dropped_unlabelled_rows": sum(f.dropped_rows for f in context.new_files)},
+            tags={"decision": "retrain" if retrain_needed else "healthy", "reason": reason,
+                  "production_version": context.production.version})
+    return Monitoring(error, retrain_needed, reason, predictions, run and run.info.run_id)
+
+
+# --- 4. retrain ----------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Challenger:
+    model: Any
+    version: str | None
+    heldout_names: set
+    run_id: str | None
+
+
+def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
+    from retraining.datafiles import (batch_key, check_columns, choose_heldout, concat_files,
+                                      list_data_files, load_files, write_manifest)
+    from retraining.registry import RETRAINING_RUN
+
+    settings, domain, registry = context.settings, context.domain, context.registry
+    heldout_names = choose_heldout(context.new_files, settings.holdout_fraction, settings.seed)
+    new_training = [f for f in context.new_files if f.name not in heldout_names]
+    history = load_files(list_data_files(settings.used_dir), settings.label_column,
+                         domain.prepare_file)
+    check_columns(history, context.columns)
+    training_files = history + new_training
+    if not training_files:
+        raise NeedsAttention("no files left to train on once the held-out files are set aside",
+                             fix="add history to used_gts/ or lower --holdout-fraction")
+    features, labels = concat_files(training_files, context.columns)
+    log.info("training the challenger on %d files, %d rows (%d held out)",
+             len(training_files), len(labels), len(heldout_names))
+    model = domain.train(features, labels, random_state=settings.seed)
+
+    key = batch_key(context.new_files)
+    manifest = ([f.manifest_entry("history") for f in history]
+                + [f.manifest_entry("new_training") for f in new_training]
+                + [f.manifest_entry("heldout") for f in context.new_files
+                   if f.name in heldout_names])
+    version = None
+    with registry.run(RETRAINING_RUN, {"batch_key": key,
+                                       "monitoring_run_id": monitoring.run_id or ""}) as run:
+        registry.log_summary(
+            params={"seed": settings.seed, "holdout_fraction": settings.holdout_fraction,
+                    "min_improvement": settings.min_improvement,
+                    "error_threshold": settings.error_threshold,
+                    "label_column": settings.label_column,
+                    "error_metric": domain.error_metric_name,
+                    "model_class": type(model).__name__,
+                    "history_files": len(history), "new_training_files": len(new_training),
+                    "heldout_files": len(heldout_names)},
+            metrics={"training_rows": len(labels), "training_files": len(training_files)},
+            tags={"production_version_before": context.production.version})
+        if run is not None:
+            registry.log_training_inputs([
+                ("history", str(settings.used_dir), batch_key(history), "training"),
+                ("new_training", str(settings.new_dir), batch_key(new_training), "training"),
+                ("heldout", str(settings.new_dir),
+                 batch_key([f for f in context.new_files if f.name in heldout_names]),
+                 "evaluation"),
+            ])
+            with tempfile.TemporaryDirectory() as folder:
+                manifest_path = Path(folder) / "data_manifest.json"
+                write_manifest(manifest_path, manifest)
+                registry.log_artifact(manifest_path)
+            version = registry.log_model_version(model, features, model.predict(features.head(100)))
+            log.info("registered challenger as version %s", version)
+    return Challenger(model, version, heldout_names, run and run.info.run_id)
+
+
+# --- 5. compare ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    promote: bool
+    reason: str
+    production_error: float
+    challenger_error: float
+
+
+def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenger) -> Comparison:
+    """Both models on the held-out files only: data neither of them was trained on."""
+    from retraining.evaluation import error_on, judge_challenger, predict_files
+
+    settings, domain, registry = context.settings, context.domain, context.registry
+    heldout = [f for f in context.new_files if f.name in challenger.heldout_names]
+    production_error = error_on(domain, heldout, monitoring.predictions)
+    challenger_predictions = predict_files(challenger.model, heldout, context.columns)
+    challenger_error = error_on(domain, heldout, challenger_predictions)
+    verdict = judge_challenger(domain, production_error, challenger_error,
+                               settings.min_improvement)
+    decision = "promoted" if verdict.promote else "rejected"
+    log.info(verdict.reason)
+    if challenger.run_id is not None:
+        registry.log_to_run(challenger.run_id,
+                            metrics={"production_error": production_error,
+                                     "challenger_error": challenger_error,
+                                     "improvement": verdict.improvement},
+                            tags={"decision": decision, "reason": verdict.reason})
+        decision_tags = {"decision": decision, "production_error": production_error,
+                         "challenger_error": challenger_error,
+                         "challenger_version": challenger.version,
+                         "previous_production_version": context.production.version,
+                         "heldout_files": len(heldout)}
+        registry.annotate_version(challenger.version, decision_tags,
+                                  description=f"{decision}: {verdict.reason}")
+        registry.annotate_version(context.production.version, decision_tags)
+    return Comparison(verdict.promote, verdict.reason, production_error, challenger_error)
+
+
+# --- promote -------------------------------------------------------------------------------
+
+def promote(context: CycleContext, challenger: Challenger) -> None:
+    if challenger.version is None:  # dry run: nothing was registered, nothing moves
+        return
+    context.registry.set_alias(challenger.version)
+    log.info("alias %r moved from version %s to %s", context.settings.alias,
+             context.production.version, challenger.version)
+
+
+# --- 6. archive ----------------------------------------------------------------------------
+
+def archive(context: CycleContext) -> list[str] | None:
+    from retraining.archive import archive_files
+
+    if context.settings.dry_run:
+        return None
+    return archive_files(context.new_files, context.settings.used_dir)
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+OPTIONS = ["new_dir", "used_dir", "domain_file", "tracking_uri", "experiment", "model_name",
+           "alias", "label_column", "min_new_files", "error_threshold", "min_improvement",
+           "holdout_fraction", "seed", "dry_run", "json"]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="pipeline_orchestrator.py",
+                                     description=__doc__.splitlines()[0])
+    add_options(parser, OPTIONS)
+    return run_entry_point(parser, argv, lambda settings, args: run_cycle(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The edge shared by the three scripts: settings in, summary out, errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from retraining.config import Settings, build_settings
+from retraining.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, RetrainingError
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+log = logging.getLogger("retraining")
+
+
+def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                    action: Callable[[Settings, argparse.Namespace], Mapping[str, Any]]) -> int:
+    """Run `action`; print its summary (JSON with --json); return the exit code.
+
+    Every failure ends as one line on stderr naming the cause and the fix.
+    """
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_request:  # argparse already printed the usage line
+        return EXIT_OK if exit_request.code == 0 else EXIT_USAGE
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        settings = build_settings(PROJECT_DIR, args, os.environ)
+        summary = action(settings, args)
+    except RetrainingError as error:
+        print(f"{parser.prog}: error: {error.one_line()}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: error: interrupted. Fix: run it again", file=sys.stderr)
+        return EXIT_FAILURE
+    except Exception as error:  # a bug or an unforeseen fault: keep the trace, end in one line
+        log.exception("unexpected failure")
+        print(f"{parser.prog}: error: unexpected {type(error).__name__}: {error}. "
+              "Fix: read the trace above, then run again", file=sys.stderr)
+        return EXIT_FAILURE
+    if getattr(settings, "json", False):
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        for key, value in summary.items():
+            print(f"{key}: {value}")
+    return EXIT_OK

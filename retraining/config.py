@@ -1,0 +1,193 @@
+"""Settings: one immutable object built once at the edge from defaults, environment and flags.
+
+Only this module reads the environment and the command line; everything else receives a
+`Settings`. It imports nothing but the standard library, so a skipped cycle stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from retraining.errors import UsageError
+
+ENV_PREFIX = "RETRAIN_"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    project_dir: Path
+    new_dir: Path
+    used_dir: Path
+    model_dir: Path
+    domain_file: Path
+    tracking_uri: str
+    experiment: str
+    model_name: str
+    alias: str
+    label_column: str
+    min_new_files: int
+    error_threshold: float
+    min_improvement: float
+    holdout_fraction: float
+    seed: int
+    dry_run: bool
+    json: bool
+    force: bool
+    no_alias: bool
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Where a new experiment keeps artifacts; None lets a tracking server decide.
+
+        A SQLite store without a server would otherwise put artifacts in `./mlruns` of
+        whatever directory cron started in, so they are pinned beside the database.
+        """
+        if self.tracking_uri.startswith("sqlite:///"):
+            database = Path(self.tracking_uri[len("sqlite:///"):])
+            return (database.parent / "artifacts").resolve().as_uri()
+        return None
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or more")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise ValueError("must be between 0 and 1, exclusive")
+    return value
+
+
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if value < 0.0 or value != value:
+        raise ValueError("must be a number, 0 or more")
+    return value
+
+
+def _flag(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be true or false")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    name: str
+    parse: Callable[[str], Any]
+    help: str
+    is_flag: bool = False
+    env: str | None = None
+
+    @property
+    def env_var(self) -> str:
+        return self.env or ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+# Defaults that depend on the project folder are filled in by `_defaults`.
+_OPTIONS = {
+    option.name: option
+    for option in (
+        _Option("new_dir", Path, "folder where new labelled CSV files arrive"),
+        _Option("used_dir", Path, "folder of every file already consumed (training history)"),
+        _Option("model_dir", Path, "folder holding the first pre-trained model pickle"),
+        _Option("domain_file", Path, "Python file defining the domain contract"),
+        _Option("tracking_uri", str, "MLflow tracking URI", env="MLFLOW_TRACKING_URI"),
+        _Option("experiment", str, "MLflow experiment that receives the runs"),
+        _Option("model_name", str, "registered model name"),
+        _Option("alias", str, "registry alias that marks the production version"),
+        _Option("label_column", str, "name of the label column in every CSV"),
+        _Option("min_new_files", _nonnegative_int, "new files needed before a cycle runs"),
+        _Option("error_threshold", _nonnegative_float, "production error above which to retrain"),
+        _Option("min_improvement", _nonnegative_float, "how much better the challenger must be"),
+        _Option("holdout_fraction", _fraction, "share of new files held out for the comparison"),
+        _Option("seed", int, "seed for the held-out split and training"),
+        _Option("dry_run", _flag, "decide and report, change nothing", is_flag=True),
+        _Option("json", _flag, "print one JSON summary on stdout", is_flag=True),
+        _Option("force", _flag, "replace an existing production alias", is_flag=True),
+        _Option("no_alias", _flag, "register without setting the alias", is_flag=True),
+    )
+}
+
+
+def _defaults(project_dir: Path) -> dict[str, Any]:
+    # Paths resolve from the project folder, never the working directory: cron starts in $HOME.
+    return {
+        "new_dir": project_dir / "new_gts",
+        "used_dir": project_dir / "used_gts",
+        "model_dir": project_dir / "model",
+        "domain_file": project_dir / "train_classification_model.py",
+        "tracking_uri": "sqlite:///" + str(project_dir / "mlflow_server" / "mlflow.db"),
+        "experiment": "classifier-retraining",
+        "model_name": "classifier",
+        "alias": "production",
+        "label_column": "label",
+        "min_new_files": 15,
+        "error_threshold": 0.10,
+        "min_improvement": 0.0,
+        "holdout_fraction": 0.2,
+        "seed": 42,
+        "dry_run": False,
+        "json": False,
+        "force": False,
+        "no_alias": False,
+    }
+
+
+def add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    """Add the named settings to a parser; each also reads its environment variable."""
+    for name in names:
+        option = _OPTIONS[name]
+        help_text = f"{option.help} (env {option.env_var})"
+        if option.is_flag:
+            parser.add_argument(option.flag, dest=name, action="store_true", default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(option.flag, dest=name, default=None, metavar="VALUE",
+                                help=help_text)
+
+
+def build_settings(project_dir: Path, args: argparse.Namespace,
+                   environ: Mapping[str, str]) -> Settings:
+    """Merge defaults < environment < flags into Settings; a bad value raises UsageError."""
+    values = _defaults(project_dir)
+    for name, option in _OPTIONS.items():
+        raw = getattr(args, name, None)
+        source = option.flag
+        if raw is None and option.env_var in environ and environ[option.env_var] != "":
+            raw, source = environ[option.env_var], option.env_var
+        if raw is None:
+            continue
+        if option.is_flag and raw is True:
+            values[name] = True
+            continue
+        try:
+            values[name] = option.parse(raw)
+        except ValueError as error:
+            raise UsageError(f"{source}={raw!r} {error}",
+                             fix=f"give {source} a valid value ({option.help})") from None
+    for name in ("new_dir", "used_dir", "model_dir", "domain_file"):
+        path = Path(values[name]).expanduser()
+        values[name] = (path if path.is_absolute() else Path.cwd() / path).resolve()
+    if values["tracking_uri"].startswith("sqlite:///"):
+        database = Path(values["tracking_uri"][len("sqlite:///"):]).expanduser()
+        values["tracking_uri"] = "sqlite:///" + str(database.resolve())
+    if values["new_dir"] == values["used_dir"]:
+        raise UsageError("--new-dir and --used-dir are the same folder",
+                         fix="point them at two different folders")
+    return Settings(project_dir=project_dir, **values)

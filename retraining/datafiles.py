@@ -1,0 +1,165 @@
+"""Data files: finding them, reading each once, and splitting a batch by whole file.
+
+Listing needs only the standard library, so the trigger step stays fast; pyarrow and pandas
+are imported when files are actually read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from retraining.errors import DataError, UsageError
+
+# Names a writer uses while a file is still being written (see README: safe writer protocol).
+_IN_PROGRESS_SUFFIXES = (".tmp", ".part")
+
+
+def list_data_files(folder: Path) -> list[Path]:
+    """CSV files directly in `folder`, sorted by name; hidden and in-progress names skipped."""
+    if not folder.is_dir():
+        raise UsageError(f"data folder {folder} does not exist",
+                         fix=f"create it (mkdir -p {folder}) or point the flag at the right one")
+    return sorted(
+        path for path in folder.iterdir()
+        if not path.name.startswith(".")
+        and not path.name.endswith(_IN_PROGRESS_SUFFIXES)
+        and path.suffix.lower() == ".csv"
+        and path.is_file()
+    )
+
+
+@dataclasses.dataclass
+class LoadedFile:
+    """One data file read once: its identity and its rows."""
+
+    path: Path
+    sha256: str
+    features: Any  # pandas.DataFrame
+    labels: Any  # pandas.Series
+    dropped_rows: int  # rows whose label was missing
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def rows(self) -> int:
+        return len(self.labels)
+
+    def manifest_entry(self, role: str) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "rows": self.rows,
+                "dropped_rows": self.dropped_rows, "role": role}
+
+
+def load_file(path: Path, label_column: str, prepare_file: Callable) -> LoadedFile:
+    """Read, hash and prepare one CSV from a single read of its bytes.
+
+    Booleans become 0.0/1.0 (NaN where missing) so that a column has one type whether or
+    not a file happens to have a gap in it. Rows with a missing label are dropped and counted.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+
+    payload = path.read_bytes()
+    sha256 = hashlib.sha256(payload).hexdigest()
+    try:
+        table = pcsv.read_csv(pa.BufferReader(payload))
+    except (pa.ArrowInvalid, UnicodeDecodeError) as error:
+        raise DataError(f"{path.name} is not a readable CSV file ({_first_line(error)})",
+                        fix=f"fix or remove {path}") from None
+    for index, field in enumerate(table.schema):
+        if pa.types.is_boolean(field.type) or pa.types.is_null(field.type):
+            table = table.set_column(index, field.name, pc.cast(table[field.name], pa.float64()))
+    frame = table.to_pandas()
+    try:
+        frame = prepare_file(frame, path)
+    except Exception as error:  # the user's hook: report its own message, whatever it raised
+        raise DataError(f"prepare_file rejected {path.name}: {type(error).__name__}: {error}",
+                        fix=f"fix {path} or the prepare_file hook") from error
+    if label_column not in frame.columns:
+        raise DataError(f"{path.name} has no label column {label_column!r}",
+                        fix="add the column or set --label-column to the right name")
+    labelled = frame[label_column].notna()
+    dropped_rows = int((~labelled).sum())
+    if dropped_rows:
+        frame = frame[labelled]
+    labels = _restore_integer_labels(frame[label_column])
+    if len(labels) == 0:
+        raise DataError(f"{path.name} has no labelled rows", fix=f"fix or remove {path}")
+    features = frame.drop(columns=[label_column])
+    return LoadedFile(path=path, sha256=sha256, features=features, labels=labels,
+                      dropped_rows=dropped_rows)
+
+
+def _restore_integer_labels(labels):
+    # An integer label column with a gap is read as float; once the gaps are dropped it must be
+    # integer again, or class 1 and class 1.0 would differ from one file to the next.
+    if labels.dtype.kind == "f" and (labels % 1 == 0).all():
+        return labels.astype("int64")
+    return labels
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def load_files(paths: Iterable[Path], label_column: str, prepare_file: Callable) -> list[LoadedFile]:
+    return [load_file(path, label_column, prepare_file) for path in paths]
+
+
+def check_columns(files: Sequence[LoadedFile], expected: Sequence[str] | None = None) -> list[str]:
+    """Return the feature columns every file shares; a file that differs raises DataError.
+
+    `expected` is the production model's input schema when known, else the first file's.
+    """
+    reference = list(expected) if expected else list(files[0].features.columns)
+    for loaded in files:
+        columns = list(loaded.features.columns)
+        if set(columns) != set(reference):
+            missing = sorted(set(reference) - set(columns))
+            extra = sorted(set(columns) - set(reference))
+            raise DataError(f"{loaded.name} has different feature columns "
+                            f"(missing {missing}, unexpected {extra})",
+                            fix=f"fix or remove {loaded.path}")
+    return reference
+
+
+def concat_files(files: Sequence[LoadedFile], columns: Sequence[str] | None = None):
+    """Features and labels of several files stacked, in one column order."""
+    import pandas as pd
+
+    columns = list(columns) if columns else list(files[0].features.columns)
+    features = pd.concat([loaded.features[columns] for loaded in files], ignore_index=True)
+    labels = pd.concat([loaded.labels for loaded in files], ignore_index=True)
+    return features, labels
+
+
+def batch_key(files: Sequence[LoadedFile]) -> str:
+    """Hash of the batch's names and contents: the same files give the same key."""
+    digest = hashlib.sha256()
+    for loaded in sorted(files, key=lambda item: item.name):
+        digest.update(f"{loaded.name}\0{loaded.sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def choose_heldout(files: Sequence[LoadedFile], fraction: float, seed: int) -> set[str]:
+    """Names of the new files held out for the comparison: whole files, at least one.
+
+    Seeded by the setting and the batch itself, so a rerun on the same batch holds out the
+    same files while different batches do not always hold out the same positions.
+    """
+    import numpy as np
+
+    names = sorted(loaded.name for loaded in files)
+    count = min(len(names), max(1, round(len(names) * fraction)))
+    generator = np.random.default_rng([seed, int(batch_key(files)[:15], 16)])
+    return set(generator.choice(names, size=count, replace=False).tolist())
+
+
+def write_manifest(path: Path, entries: list[dict[str, Any]]) -> None:
+    path.write_text(json.dumps({"files": entries}, indent=1, sort_keys=True))

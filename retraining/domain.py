@@ -1,0 +1,66 @@
+"""The user's domain contract, loaded from `train_classification_model.py` (or --domain-file).
+
+The cycle calls the user's code through `Domain` and nothing else, so a user porting a
+project edits one file and never the orchestrator. Documented in that file itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from retraining.errors import NeedsAttention
+
+REQUIRED = ("train_model", "error_metric")
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    source: Path
+    prepare_file: Callable[..., Any]
+    train_model: Callable[..., Any]
+    error_metric: Callable[..., float]
+    error_metric_name: str
+    error_per_file: bool
+    lower_error_is_better: bool
+
+    def train(self, features, labels, *, random_state: int):
+        """Train through the user's hook, passing only the keywords it declares."""
+        accepted = inspect.signature(self.train_model).parameters
+        keywords = {"random_state": random_state} if "random_state" in accepted else {}
+        return self.train_model(features, labels, **keywords)
+
+
+def _identity(frame, path):
+    return frame
+
+
+def load_domain(path: Path) -> Domain:
+    """Import the contract file; a missing or incomplete contract raises NeedsAttention."""
+    if not path.is_file():
+        raise NeedsAttention(f"domain file {path} does not exist",
+                             fix="restore train_classification_model.py or pass --domain-file")
+    # Registered under its own module name so models holding classes defined there unpickle.
+    module_name = path.stem
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    missing = [name for name in REQUIRED if not callable(getattr(module, name, None))]
+    if missing:
+        raise NeedsAttention(f"domain file {path} does not define {', '.join(missing)}",
+                             fix="define them as documented at the top of "
+                                 "train_classification_model.py")
+    return Domain(
+        source=path,
+        prepare_file=getattr(module, "prepare_file", _identity),
+        train_model=module.train_model,
+        error_metric=module.error_metric,
+        error_metric_name=str(getattr(module, "ERROR_METRIC_NAME", module.error_metric.__name__)),
+        error_per_file=bool(getattr(module, "ERROR_PER_FILE", False)),
+        lower_error_is_better=bool(getattr(module, "LOWER_ERROR_IS_BETTER", True)),
+    )

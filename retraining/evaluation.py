@@ -1,0 +1,62 @@
+"""Errors of a model on files, and the two decisions made from them: retrain, promote."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from retraining.datafiles import LoadedFile, concat_files
+from retraining.domain import Domain
+
+
+def predict_files(model, files: Sequence[LoadedFile], columns: Sequence[str]) -> dict[str, object]:
+    """Predictions per file name, from one predict call over all the files' rows."""
+    import numpy as np
+
+    features, _ = concat_files(files, columns)
+    predictions = np.asarray(model.predict(features))
+    by_file, start = {}, 0
+    for loaded in files:
+        by_file[loaded.name] = predictions[start:start + loaded.rows]
+        start += loaded.rows
+    return by_file
+
+
+def error_on(domain: Domain, files: Sequence[LoadedFile], predictions: dict[str, object]) -> float:
+    """The domain's error over `files`: pooled over rows, or averaged over files."""
+    import numpy as np
+
+    if domain.error_per_file:
+        return float(np.mean([domain.error_metric(loaded.labels, predictions[loaded.name])
+                              for loaded in files]))
+    labels = np.concatenate([np.asarray(loaded.labels) for loaded in files])
+    pooled = np.concatenate([np.asarray(predictions[loaded.name]) for loaded in files])
+    return float(domain.error_metric(labels, pooled))
+
+
+def needs_retraining(domain: Domain, error: float, threshold: float) -> bool:
+    """True when the error has crossed the threshold; at the threshold is still healthy."""
+    return error > threshold if domain.lower_error_is_better else error < threshold
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    promote: bool
+    improvement: float  # positive when the challenger is better, in the metric's units
+    reason: str
+
+
+def judge_challenger(domain: Domain, production_error: float, challenger_error: float,
+                     min_improvement: float) -> Verdict:
+    """Promote only a challenger strictly better than production by at least the margin."""
+    if domain.lower_error_is_better:
+        improvement = production_error - challenger_error
+    else:
+        improvement = challenger_error - production_error
+    name = domain.error_metric_name
+    figures = (f"challenger {name} {challenger_error:.4f} vs production {production_error:.4f} "
+               f"on the same held-out files (improvement {improvement:+.4f}, "
+               f"required > 0 and >= {min_improvement:.4f})")
+    if improvement > 0 and improvement >= min_improvement:
+        return Verdict(True, improvement, "challenger is better: " + figures)
+    return Verdict(False, improvement, "challenger is not better enough: " + figures)

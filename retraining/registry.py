@@ -1,0 +1,200 @@
+"""The MLflow side: experiment, runs, the production alias, and logging new versions.
+
+Conventions followed: the alias (`models:/<name>@<alias>`) marks production, a new version is
+the one `log_model` returns, every logged model carries a signature, an input example and
+explicit requirements, and the reasons for a decision are written as tags and descriptions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.metadata
+import logging
+import time
+from typing import Any, Iterator, Mapping, Sequence
+
+from retraining.config import Settings
+from retraining.errors import NeedsAttention, TryLater
+
+log = logging.getLogger(__name__)
+
+MONITORING_RUN = "ModelMonitoring"
+RETRAINING_RUN = "ModelRetraining"
+REGISTRATION_RUN = "FirstModelRegistration"
+
+# Passed explicitly because inferring requirements costs seconds per logged model.
+_MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skops")
+
+
+def model_requirements() -> list[str]:
+    return [f"{package}=={importlib.metadata.version(package)}" for package in _MODEL_REQUIREMENTS]
+
+
+@dataclasses.dataclass(frozen=True)
+class ProductionModel:
+    version: str
+    model: Any
+    input_columns: list[str] | None  # from the version's signature, when it has one
+
+
+class Registry:
+    """One tracking store and one registered model, as the settings name them."""
+
+    def __init__(self, settings: Settings):
+        import mlflow
+
+        self._settings = settings
+        self._mlflow = mlflow
+        # A dry run reads the store but writes nothing to it: no experiment, run or version.
+        self.read_only = settings.dry_run
+        mlflow.set_tracking_uri(settings.tracking_uri)
+        self.client = mlflow.MlflowClient(tracking_uri=settings.tracking_uri)
+        self.experiment_id = self._store_call("open the experiment", self._ensure_experiment)
+
+    @property
+    def model_name(self) -> str:
+        return self._settings.model_name
+
+    def _store_call(self, doing: str, call, *args, **kwargs):
+        """Call the store; a store that cannot be reached becomes TryLater."""
+        import requests
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return call(*args, **kwargs)
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
+            raise TryLater(f"cannot reach the MLflow store at {self._settings.tracking_uri} "
+                           f"to {doing} ({type(error).__name__})",
+                           fix="start the tracking server or check --tracking-uri") from error
+        except MlflowException as error:
+            if "Max retries exceeded" in str(error) or "Connection refused" in str(error):
+                raise TryLater(f"cannot reach the MLflow store at {self._settings.tracking_uri} "
+                               f"to {doing}",
+                               fix="start the tracking server or check --tracking-uri") from error
+            raise
+
+    def _ensure_experiment(self) -> str:
+        experiment = self.client.get_experiment_by_name(self._settings.experiment)
+        if experiment is not None or self.read_only:
+            return experiment and experiment.experiment_id
+        return self.client.create_experiment(self._settings.experiment,
+                                             artifact_location=self._settings.artifact_location)
+
+    # --- the production alias -------------------------------------------------------------
+
+    def production_version(self) -> str | None:
+        """The version the alias points at, or None when there is no such alias yet."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self._store_call("read the alias", self.client.get_model_version_by_alias,
+                                     self.model_name, self._settings.alias)
+        except MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        return str(found.version)
+
+    def load_production(self) -> ProductionModel:
+        """Load the version behind the alias once, by number, so a moving alias cannot split it."""
+        version = self.production_version()
+        if version is None:
+            raise NeedsAttention(
+                f"registered model {self.model_name!r} has no alias {self._settings.alias!r}",
+                fix="run register_first_model.py to register the first model")
+        return ProductionModel(version=version, model=self.load_version(version),
+                               input_columns=self.input_columns(version))
+
+    def load_version(self, version: str):
+        import mlflow.sklearn
+
+        return self._store_call("load the model", mlflow.sklearn.load_model,
+                                f"models:/{self.model_name}/{version}")
+
+    def input_columns(self, version: str) -> list[str] | None:
+        info = self._mlflow.models.get_model_info(f"models:/{self.model_name}/{version}")
+        return info.signature.inputs.input_names() if info.signature is not None else None
+
+    def set_alias(self, version: str) -> None:
+        self._store_call("move the alias", self.client.set_registered_model_alias,
+                         self.model_name, self._settings.alias, version)
+
+    def annotate_version(self, version: str, tags: Mapping[str, Any],
+                         description: str | None = None) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.model_name, version, key, str(value))
+        if description is not None:
+            self.client.update_model_version(self.model_name, version, description=description)
+
+    # --- runs -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def run(self, run_name: str, tags: Mapping[str, str]) -> Iterator[Any]:
+        """A run in the cycle's experiment; an exception inside marks it FAILED.
+
+        Yields None in a dry run, where the log_* calls inside write nothing.
+        """
+        if self.read_only:
+            log.info("dry run: %s is not logged", run_name)
+            yield None
+            return
+        with self._store_call("start a run", self._mlflow.start_run,
+                              experiment_id=self.experiment_id, run_name=run_name,
+                              tags=dict(tags)) as active:
+            yield active
+
+    def log_summary(self, params: Mapping[str, Any] | None = None,
+                    metrics: Mapping[str, float] | None = None,
+                    tags: Mapping[str, Any] | None = None) -> None:
+        """Log to the active run in one batch per kind; None values are left out."""
+        if self.read_only:
+            return
+        if params:
+            self._mlflow.log_params({k: v for k, v in params.items() if v is not None})
+        if metrics:
+            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        if tags:
+            self._mlflow.set_tags({k: str(v) for k, v in tags.items() if v is not None})
+
+    def log_to_run(self, run_id: str, metrics: Mapping[str, float],
+                   tags: Mapping[str, Any]) -> None:
+        """Add metrics and tags to a run that has already ended."""
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, path) -> None:
+        self._mlflow.log_artifact(str(path))
+
+    def log_training_inputs(self, datasets: Sequence[tuple[str, str, str, str]]) -> None:
+        """Log dataset lineage without copying the data: (name, folder, digest, context)."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        for name, folder, digest, context in datasets:
+            dataset = MetaDataset(source=LocalArtifactDatasetSource(folder), name=name,
+                                  digest=digest[:20])
+            self._mlflow.log_input(dataset, context=context)
+
+    def log_model_version(self, model, features, predictions) -> str:
+        """Log `model` in the active run, register it, and return the new version number.
+
+        Saved with skops, trusting exactly the types this model was built from here, so it
+        loads later without a warning and without unpickling arbitrary code.
+        """
+        import mlflow.sklearn
+        import skops.io
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(features, predictions)
+        trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+        info = self._store_call(
+            "log the model", mlflow.sklearn.log_model, model, name="model",
+            signature=signature, input_example=features.head(5),
+            pip_requirements=model_requirements(), serialization_format="skops",
+            skops_trusted_types=trusted, registered_model_name=self.model_name)
+        return str(info.registered_model_version)

@@ -1,0 +1,107 @@
+"""Your domain: the one file you edit to bring your own data and model.
+
+The retraining cycle calls exactly what is defined here and nothing else of yours:
+
+    prepare_file(frame, path) -> frame
+        Optional. Turn one CSV file (already parsed, label column included) into rows.
+        Use it for feature engineering that needs the whole file. Default: the file as is.
+        Raise an exception to reject a file; the cycle reports it with your message.
+
+    train_model(features, labels[, random_state]) -> fitted estimator
+        Required. Fit and return an object with scikit-learn's `predict`. Declare
+        `random_state` if you want the cycle's seed. Only the keywords you declare are passed.
+
+    error_metric(labels, predictions) -> float
+        Required. The error the cycle monitors and compares.
+
+    ERROR_METRIC_NAME    the name the metric carries in MLflow
+    ERROR_PER_FILE       True: compute error_metric per file, then average over files
+                         (for errors that only make sense per file, e.g. a counting error)
+    LOWER_ERROR_IS_BETTER  False if your metric is a score where higher is better
+
+Standalone, it trains the first model from a folder of CSV files:
+
+    python train_classification_model.py used_gts/ --output model/initial_model.pkl
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.compose import make_column_selector, make_column_transformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder
+
+ERROR_METRIC_NAME = "misclassification_rate"
+ERROR_PER_FILE = False
+LOWER_ERROR_IS_BETTER = True
+
+
+def prepare_file(frame: pd.DataFrame, path) -> pd.DataFrame:
+    """Return the rows of one file. Booleans arrive as 0.0/1.0, missing values as NaN."""
+    return frame
+
+
+def train_model(features: pd.DataFrame, labels: pd.Series, random_state: int = 0) -> Pipeline:
+    """Gradient-boosted trees behind imputation and one-hot encoding of text columns."""
+    numeric = SimpleImputer(strategy="median", keep_empty_features=True)
+    categorical = make_pipeline(
+        SimpleImputer(strategy="constant", fill_value="missing"),
+        OneHotEncoder(handle_unknown="infrequent_if_exist", max_categories=30,
+                      sparse_output=False),
+    )
+    model = make_pipeline(
+        make_column_transformer(
+            (numeric, make_column_selector(dtype_include="number")),
+            (categorical, make_column_selector(dtype_exclude="number")),
+        ),
+        HistGradientBoostingClassifier(random_state=random_state),
+    )
+    return model.fit(features, labels)
+
+
+def error_metric(labels, predictions) -> float:
+    """Share of rows whose predicted class is wrong."""
+    return float(np.mean(np.asarray(labels) != np.asarray(predictions)))
+
+
+def main(argv=None) -> int:
+    import argparse
+    import pickle
+    from pathlib import Path
+
+    from retraining.cli import run_entry_point
+    from retraining.config import add_options
+
+    parser = argparse.ArgumentParser(description="Train the first model from a folder of CSVs.")
+    parser.add_argument("data_dir", type=Path, help="folder of labelled CSV files")
+    parser.add_argument("--output", type=Path, required=True, help="where to write the pickle")
+    add_options(parser, ["label_column", "seed", "domain_file"])
+
+    def train(settings, args):
+        from retraining.datafiles import concat_files, list_data_files, load_files
+        from retraining.domain import load_domain
+        from retraining.errors import UsageError
+
+        domain = load_domain(settings.domain_file)
+        paths = list_data_files(args.data_dir.resolve())
+        if not paths:
+            raise UsageError(f"no CSV files in {args.data_dir}",
+                             fix="point DATA_DIR at a folder of labelled CSV files")
+        files = load_files(paths, settings.label_column, domain.prepare_file)
+        features, labels = concat_files(files)
+        model = domain.train(features, labels, random_state=settings.seed)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        partial = args.output.with_name(args.output.name + ".part")
+        with open(partial, "wb") as handle:
+            pickle.dump(model, handle)
+        partial.replace(args.output)
+        return {"model_file": str(args.output), "files": len(files), "rows": len(labels)}
+
+    return run_entry_point(parser, argv, train)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
