@@ -1,0 +1,132 @@
+"""Shared fixtures: a throwaway project with a real SQLite MLflow store and generated data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+# Test data are tiny, where OpenMP threads only add overhead; and libgomp's spinning threads
+# slow a fit many times over when another process competes for the two cores. Set before
+# scikit-learn loads; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pipeline_orchestrator
+import register_first_model
+from demo.generate_stream import readings
+from train_classification_model import train_model
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass
+class Workspace:
+    """Folders and store of one test; `flags` point every entry point at them."""
+
+    root: Path
+    new_dir: Path
+    used_dir: Path
+    model_dir: Path
+    tracking_uri: str
+
+    @property
+    def flags(self) -> list[str]:
+        return ["--new-dir", str(self.new_dir), "--used-dir", str(self.used_dir),
+                "--tracking-uri", self.tracking_uri]
+
+    @property
+    def database(self) -> Path:
+        return Path(self.tracking_uri[len("sqlite:///"):])
+
+    def client(self):
+        import mlflow
+
+        return mlflow.MlflowClient(tracking_uri=self.tracking_uri)
+
+    def alias_version(self, alias: str = "production") -> str:
+        return str(self.client().get_model_version_by_alias("classifier", alias).version)
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Workspace:
+    space = Workspace(root=tmp_path, new_dir=tmp_path / "new_gts", used_dir=tmp_path / "used_gts",
+                      model_dir=tmp_path / "model",
+                      tracking_uri="sqlite:///" + str(tmp_path / "store" / "mlflow.db"))
+    for folder in (space.new_dir, space.used_dir, space.model_dir, space.database.parent):
+        folder.mkdir()
+    return space
+
+
+def write_csvs(folder: Path, prefix: str, frames) -> list[Path]:
+    paths = []
+    for index, frame in enumerate(frames):
+        path = folder / f"{prefix}_{index:03d}.csv"
+        frame.to_csv(path, index=False)
+        paths.append(path)
+    return paths
+
+
+def machine_files(count: int, drift: float, seed: int, rows: int = 300):
+    generator = np.random.default_rng(seed)
+    return [readings(rows, drift, generator) for _ in range(count)]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Name -> bytes of every data file in a folder, to prove nothing was lost or changed."""
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())
+            if path.is_file() and not path.name.startswith(".")}
+
+
+def run_json(entry_point, argv, capsys) -> tuple[int, dict]:
+    """Run an entry point in-process with --json; return its exit code and summary."""
+    code = entry_point.main([*argv, "--json"])
+    out = capsys.readouterr().out.strip()
+    return code, (json.loads(out) if code == 0 else {})
+
+
+def run_script(script: str, argv, cwd=None, env_extra=None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, str(PROJECT_DIR / script), *argv], cwd=cwd or PROJECT_DIR,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def train_on_folder(folder: Path):
+    """Train the default model the way the product does: files read by its own reader."""
+    from retraining.datafiles import concat_files, list_data_files, load_files
+
+    files = load_files(list_data_files(folder), "label", lambda frame, path: frame)
+    features, labels = concat_files(files)
+    return train_model(features, labels, random_state=0)
+
+
+def register_pickle(workspace: Workspace, model, capsys, extra=()) -> dict:
+    path = workspace.model_dir / "initial.pkl"
+    with open(path, "wb") as handle:
+        pickle.dump(model, handle)
+    code, summary = run_json(register_first_model,
+                             ["--used-dir", str(workspace.used_dir), "--model-file", str(path),
+                              "--tracking-uri", workspace.tracking_uri, *extra], capsys)
+    assert code == 0
+    return summary
+
+
+@pytest.fixture
+def production(workspace, capsys) -> Workspace:
+    """History in used_gts/ and a model trained on it registered as production version 1."""
+    write_csvs(workspace.used_dir, "history", machine_files(8, drift=0.0, seed=1))
+    register_pickle(workspace, train_on_folder(workspace.used_dir), capsys)
+    return workspace
+
+
+def cycle(workspace: Workspace, capsys, *extra) -> tuple[int, dict]:
+    return run_json(pipeline_orchestrator,
+                    [*workspace.flags, "--min-new-files", "5", *extra], capsys)
