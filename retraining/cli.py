@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,10 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
         settings = build_settings(PROJECT_DIR, args, os.environ)
-        summary = action(settings, args)
+        # stdout carries the summary alone; libraries that print (MLflow prints run links
+        # when talking to a server) are sent to stderr with the rest of the log.
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = action(settings, args)
     except RetrainingError as error:
         print(f"{parser.prog}: error: {error.one_line()}", file=sys.stderr)
         return error.exit_code

@@ -1,0 +1,118 @@
+"""Reading files, splitting a batch, and building settings: the parts every cycle relies on."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from retraining.config import add_options, build_settings
+from retraining.datafiles import choose_heldout, list_data_files, load_file, load_files
+from retraining.errors import DataError, UsageError
+
+IDENTITY = lambda frame, path: frame  # noqa: E731
+
+
+def test_listing_skips_hidden_in_progress_and_non_csv_names(tmp_path):
+    for name in ("a.csv", "B.CSV", ".hidden.csv", "c.csv.part", "d.csv.tmp", "notes.txt"):
+        (tmp_path / name).write_text("x,label\n1,a\n")
+    (tmp_path / "folder.csv").mkdir()
+    assert [path.name for path in list_data_files(tmp_path)] == ["B.CSV", "a.csv"]
+
+
+def test_types_booleans_gaps_and_integer_labels_are_read_consistently(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text("size,colour,flag,label\n1.5,red,TRUE,1\n,blue,False,2\n3,,true,\n"
+                    "4,red,,1\n")
+    loaded = load_file(path, "label", IDENTITY)
+
+    assert loaded.rows == 3 and loaded.dropped_rows == 1  # the unlabelled row is counted
+    assert str(loaded.labels.dtype) == "int64" and loaded.labels.tolist() == [1, 2, 1]
+    assert loaded.features["flag"].tolist()[:2] == [1.0, 0.0]
+    assert loaded.features["flag"].isna().tolist() == [False, False, True]
+    assert loaded.features["size"].dtype.kind == "f"
+    assert len(loaded.sha256) == 64
+
+
+def test_string_labels_and_a_custom_label_column(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("x,target\n1,cat\n2,dog\n")
+    loaded = load_file(path, "target", IDENTITY)
+    assert loaded.labels.tolist() == ["cat", "dog"]
+    assert list(loaded.features.columns) == ["x"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("x,other\n1,a\n", "no label column 'label'"),
+    ("x,label\n1,\n2,\n", "no labelled rows"),
+    ("", "not a readable CSV"),
+])
+def test_unusable_file_raises_a_data_error_naming_it(tmp_path, content, message):
+    path = tmp_path / "bad file.csv"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message) as raised:
+        load_file(path, "label", IDENTITY)
+    assert "bad file.csv" in raised.value.one_line()
+
+
+def test_prepare_hook_error_names_the_file_and_the_hook(tmp_path):
+    path = tmp_path / "f.csv"
+    path.write_text("x,label\n1,a\n")
+
+    def prepare(frame, path):
+        raise KeyError("needs column y")
+
+    with pytest.raises(DataError, match="prepare_file rejected f.csv: KeyError"):
+        load_file(path, "label", prepare)
+
+
+def test_heldout_is_whole_files_reproducible_and_never_empty(tmp_path):
+    for index in range(10):
+        (tmp_path / f"f{index}.csv").write_text(f"x,label\n{index},a\n")
+    files = load_files(list_data_files(tmp_path), "label", IDENTITY)
+
+    first = choose_heldout(files, 0.2, seed=1)
+    assert first == choose_heldout(files, 0.2, seed=1)
+    assert len(first) == 2 and first <= {f.name for f in files}
+    assert len(choose_heldout(files, 0.01, seed=1)) == 1
+    assert len({frozenset(choose_heldout(files, 0.2, seed=s)) for s in range(10)}) > 1
+
+
+def settings_from(argv, environ=None, names=("new_dir", "used_dir", "tracking_uri",
+                                               "min_new_files", "holdout_fraction", "dry_run")):
+    parser = argparse.ArgumentParser()
+    add_options(parser, names)
+    return build_settings(Path("/srv/project"), parser.parse_args(argv), environ or {})
+
+
+def test_default_paths_and_store_resolve_from_the_project_not_the_working_directory(
+        tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = settings_from([])
+    assert settings.new_dir == Path("/srv/project/new_gts")
+    assert settings.used_dir == Path("/srv/project/used_gts")
+    assert settings.tracking_uri == "sqlite:////srv/project/mlflow_server/mlflow.db"
+    assert settings.artifact_location == "file:///srv/project/mlflow_server/artifacts"
+
+
+def test_flag_beats_environment_beats_default():
+    assert settings_from([]).min_new_files == 15
+    assert settings_from([], {"RETRAIN_MIN_NEW_FILES": "3"}).min_new_files == 3
+    assert settings_from(["--min-new-files", "4"], {"RETRAIN_MIN_NEW_FILES": "3"}).min_new_files == 4
+    assert settings_from([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}).tracking_uri == \
+        "http://127.0.0.1:5000"
+    assert settings_from([], {"RETRAIN_DRY_RUN": "true"}).dry_run is True
+
+
+@pytest.mark.parametrize("argv", [["--holdout-fraction", "0"], ["--min-new-files", "-1"],
+                                  ["--new-dir", "/x", "--used-dir", "/x"]])
+def test_invalid_settings_are_usage_errors(argv):
+    with pytest.raises(UsageError):
+        settings_from(argv)
+
+
+def test_settings_are_immutable():
+    settings = settings_from([])
+    with pytest.raises(AttributeError):
+        settings.seed = 3

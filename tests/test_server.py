@@ -1,0 +1,91 @@
+"""A full cycle through a real `mlflow server` process on 127.0.0.1, as a shared setup runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+from tests.conftest import PROJECT_DIR, machine_files, run_script, write_csvs
+
+pytestmark = pytest.mark.server
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def server(workspace):
+    """The project's own start script, pointed at a copy of the project's layout."""
+    port = free_port()
+    server_dir = workspace.root / "mlflow_server"
+    server_dir.mkdir()
+    script = server_dir / "start_server.sh"
+    script.write_text((PROJECT_DIR / "mlflow_server" / "start_server.sh").read_text())
+    script.chmod(0o755)
+    venv_mlflow = os.path.join(os.path.dirname(os.sys.executable), "mlflow")
+    process = subprocess.Popen([str(script)], env={**os.environ, "PORT": str(port),
+                                                   "MLFLOW": venv_mlflow},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail("mlflow server exited: " + process.stderr.read().decode()[-2000:])
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("mlflow server did not answer /health within 120 s")
+            time.sleep(0.5)
+    yield url
+    os.killpg(process.pid, 15)
+    process.wait(timeout=30)
+
+
+def test_register_and_promote_through_a_tracking_server(workspace, server):
+    write_csvs(workspace.used_dir, "history", machine_files(6, drift=0.0, seed=1))
+    write_csvs(workspace.new_dir, "batch", machine_files(6, drift=1.0, seed=2))
+    model = workspace.model_dir / "initial.pkl"
+    remote = ["--tracking-uri", server]
+
+    trained = run_script("train_classification_model.py",
+                         [str(workspace.used_dir), "--output", str(model)])
+    assert trained.returncode == 0, trained.stderr
+    registered = run_script("register_first_model.py",
+                            ["--used-dir", str(workspace.used_dir), "--model-file", str(model),
+                             *remote])
+    assert registered.returncode == 0, registered.stderr
+    done = run_script("pipeline_orchestrator.py",
+                      ["--new-dir", str(workspace.new_dir), "--used-dir", str(workspace.used_dir),
+                       "--min-new-files", "5", "--json"],
+                      env_extra={"MLFLOW_TRACKING_URI": server})
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["outcome"] == "promoted", summary["reason"]
+    # What the UI shows comes from the server: the alias moved and the runs are there.
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=server)
+    assert str(client.get_model_version_by_alias("classifier", "production").version) == "2"
+    runs = client.search_runs([client.get_experiment_by_name("classifier-retraining")
+                               .experiment_id])
+    assert {run.info.run_name for run in runs} == {"FirstModelRegistration", "ModelMonitoring",
+                                                   "ModelRetraining"}
+    assert "data_manifest.json" in [f.path for f in
+                                    client.list_artifacts(summary["retraining_run_id"])]
+    # The server's store is the one in the server folder, not the project's default.
+    assert (workspace.root / "mlflow_server" / "mlflow.db").exists()
