@@ -8,7 +8,6 @@ runs. Exit codes: 0 the cycle completed (any outcome), 1 failure, 2 bad usage, 7
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import sys
@@ -16,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from retraining.cli import run_entry_point
+from retraining.cli import ArgumentParser, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.datafiles import list_data_files
 from retraining.errors import NeedsAttention
@@ -32,11 +31,16 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
     # 1. Trigger: cheap, and before anything heavy is imported or the store is touched.
     new_paths = list_data_files(settings.new_dir)
     summary["new_files"] = len(new_paths)
-    if len(new_paths) < settings.min_new_files:
+    if not new_paths or len(new_paths) < settings.min_new_files:
         return finish(summary, "skipped", f"{len(new_paths)} new files, "
                                           f"{settings.min_new_files} needed")
 
     with exclusive_run(settings.new_dir):
+        # Listed again under the lock: a run that just finished may have archived some.
+        new_paths = list_data_files(settings.new_dir)
+        summary["new_files"] = len(new_paths)
+        if not new_paths or len(new_paths) < settings.min_new_files:
+            return finish(summary, "skipped", "another cycle consumed the files")
         context = open_cycle(settings, new_paths)
         summary["production_version_before"] = context.production.version
 
@@ -68,10 +72,8 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
 
         # 6. Archive what this completed cycle consumed.
         summary["archived_files"] = archive(context)
-        summary["production_version_after"] = (
-            context.registry.production_version() if not settings.dry_run
-            else summary["challenger_version"] if outcome == "promoted"
-            else context.production.version)
+        # Read back from the registry: what the alias points at now, whatever happened.
+        summary["production_version_after"] = context.registry.production_version()
         return finish(summary, outcome, reason)
 
 
@@ -169,11 +171,14 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
     from retraining.registry import RETRAINING_RUN
 
     settings, domain, registry = context.settings, context.domain, context.registry
-    heldout_names = choose_heldout(context.new_files, settings.holdout_fraction, settings.seed)
-    new_training = [f for f in context.new_files if f.name not in heldout_names]
     history = load_files(list_data_files(settings.used_dir), settings.label_column,
                          domain.prepare_file)
-    check_columns(history, context.columns)
+    check_columns(history + context.new_files, context.columns)
+    # Held-out content is unique in the batch and absent from history, so neither model can
+    # have been trained on it, whatever the files are called.
+    heldout_names = choose_heldout(context.new_files, settings.holdout_fraction, settings.seed,
+                                   seen_sha256={f.sha256 for f in history})
+    new_training = [f for f in context.new_files if f.name not in heldout_names]
     training_files = history + new_training
     if not training_files:
         raise NeedsAttention("no files left to train on once the held-out files are set aside",
@@ -255,7 +260,9 @@ def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenge
                          "heldout_files": len(heldout)}
         registry.annotate_version(challenger.version, decision_tags,
                                   description=f"{decision}: {verdict.reason}")
-        registry.annotate_version(context.production.version, decision_tags)
+        registry.annotate_version(context.production.version,
+                                  decision_tags | {"decision": "replaced" if verdict.promote
+                                                   else "kept"})
     return Comparison(verdict.promote, verdict.reason, production_error, challenger_error)
 
 
@@ -287,7 +294,7 @@ OPTIONS = ["new_dir", "used_dir", "domain_file", "tracking_uri", "experiment", "
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="pipeline_orchestrator.py",
+    parser = ArgumentParser(prog="pipeline_orchestrator.py",
                                      description=__doc__.splitlines()[0])
     add_options(parser, OPTIONS)
     return run_entry_point(parser, argv, lambda settings, args: run_cycle(settings))

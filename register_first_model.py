@@ -7,13 +7,12 @@ exists it refuses unless --force. Only load pickles you made yourself: unpicklin
 
 from __future__ import annotations
 
-import argparse
 import pickle
 import sys
 from pathlib import Path
 from typing import Any
 
-from retraining.cli import run_entry_point
+from retraining.cli import ArgumentParser, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.errors import UsageError
 
@@ -28,6 +27,9 @@ def register_first_model(settings: Settings, model_file: Path | None) -> dict[st
     from retraining.registry import REGISTRATION_RUN, Registry
 
     model_path = model_file or find_model_file(settings.model_dir)
+    if not model_path.is_file():
+        raise UsageError(f"model file {model_path} does not exist",
+                         fix="pass --model-file the path of your pickle")
     registry = Registry(settings)
     current = registry.production_version()
     if current is not None and not settings.no_alias and not settings.force:
@@ -77,7 +79,7 @@ def find_model_file(model_dir: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="register_first_model.py",
+    parser = ArgumentParser(prog="register_first_model.py",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--model-file", type=Path, default=None,
                         help="the pickle to register (default: the one .pkl in model/)")

@@ -16,7 +16,10 @@ if [ -z "$mlflow" ]; then
   echo "start_server.sh: error: mlflow is not installed. Fix: run the README's first command" >&2
   exit 2
 fi
+# Artifacts as plain file paths (not proxied mlflow-artifacts: URIs), so experiments created
+# through the server stay readable by the nightly cycle on the embedded store, and back.
+mkdir -p "$here/artifacts"
 exec "$mlflow" server \
   --backend-store-uri "sqlite:///$here/mlflow.db" \
-  --artifacts-destination "$here/artifacts" \
+  --default-artifact-root "$here/artifacts" --no-serve-artifacts \
   --host "${HOST:-127.0.0.1}" --port "${PORT:-5000}" --workers 1 "$@"

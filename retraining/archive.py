@@ -22,7 +22,7 @@ def free_name(used_dir: Path, loaded: LoadedFile) -> Path:
     target = used_dir / loaded.name
     stem, suffix = Path(loaded.name).stem, Path(loaded.name).suffix
     attempt = 0
-    while target.exists():
+    while os.path.lexists(target):  # a dangling link is a taken name too
         attempt += 1
         tag = loaded.sha256[:12] if attempt == 1 else f"{loaded.sha256[:12]}-{attempt}"
         target = used_dir / f"{stem}.{tag}{suffix}"
@@ -50,10 +50,22 @@ def move_without_overwrite(source: Path, target: Path) -> None:
     os.unlink(source)
 
 
+def _identity(path: Path) -> tuple | None:
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+
 def archive_files(files: Sequence[LoadedFile], used_dir: Path) -> list[str]:
     """Move each consumed file into `used_dir`; return the names they now have there."""
     archived = []
     for loaded in files:
+        if _identity(loaded.path) != loaded.identity:
+            log.warning("%s changed after it was read; left in place for the next cycle",
+                        loaded.name)
+            continue
         while True:
             target = free_name(used_dir, loaded)
             try:

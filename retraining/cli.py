@@ -12,11 +12,18 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from retraining.config import Settings, build_settings
-from retraining.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, RetrainingError
+from retraining.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, RetrainingError, UsageError
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("retraining")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line ends as one line with the fix, like every failure."""
+
+    def error(self, message):
+        raise UsageError(message, fix=f"see {self.prog} --help")
 
 
 def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
@@ -27,8 +34,11 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     """
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_request:  # argparse already printed the usage line
+    except SystemExit as exit_request:  # --help
         return EXIT_OK if exit_request.code == 0 else EXIT_USAGE
+    except UsageError as error:
+        print(f"{parser.prog}: error: {error.one_line()}", file=sys.stderr)
+        return error.exit_code
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -45,8 +55,10 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         return EXIT_FAILURE
     except Exception as error:  # a bug or an unforeseen fault: keep the trace, end in one line
         log.exception("unexpected failure")
-        print(f"{parser.prog}: error: unexpected {type(error).__name__}: {error}. "
-              "Fix: read the trace above, then run again", file=sys.stderr)
+        text = " ".join(str(error).split())
+        print(f"{parser.prog}: error: unexpected {type(error).__name__}: {text}. "
+              "Fix: read the trace above; files not yet archived are still in their folder",
+              file=sys.stderr)
         return EXIT_FAILURE
     if getattr(settings, "json", False):
         print(json.dumps(summary, sort_keys=True))

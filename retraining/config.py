@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -73,6 +72,13 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("must be a finite number")
+    return value
+
+
 def _flag(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -113,10 +119,10 @@ _OPTIONS = {
         _Option("alias", str, "registry alias that marks the production version"),
         _Option("label_column", str, "name of the label column in every CSV"),
         _Option("min_new_files", _nonnegative_int, "new files needed before a cycle runs"),
-        _Option("error_threshold", _nonnegative_float, "production error above which to retrain"),
+        _Option("error_threshold", _finite_float, "production error above which to retrain"),
         _Option("min_improvement", _nonnegative_float, "how much better the challenger must be"),
         _Option("holdout_fraction", _fraction, "share of new files held out for the comparison"),
-        _Option("seed", int, "seed for the held-out split and training"),
+        _Option("seed", _nonnegative_int, "seed for the held-out split and training"),
         _Option("dry_run", _flag, "decide and report, change nothing", is_flag=True),
         _Option("json", _flag, "print one JSON summary on stdout", is_flag=True),
         _Option("force", _flag, "replace an existing production alias", is_flag=True),
@@ -154,9 +160,13 @@ def add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     for name in names:
         option = _OPTIONS[name]
         help_text = f"{option.help} (env {option.env_var})"
-        if option.is_flag:
+        if option.is_flag and option.flag.startswith("--no-"):
+            # BooleanOptionalAction would read --no-alias as the negation of --alias.
             parser.add_argument(option.flag, dest=name, action="store_true", default=None,
                                 help=help_text)
+        elif option.is_flag:
+            parser.add_argument(option.flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
         else:
             parser.add_argument(option.flag, dest=name, default=None, metavar="VALUE",
                                 help=help_text)
@@ -173,8 +183,8 @@ def build_settings(project_dir: Path, args: argparse.Namespace,
             raw, source = environ[option.env_var], option.env_var
         if raw is None:
             continue
-        if option.is_flag and raw is True:
-            values[name] = True
+        if option.is_flag and isinstance(raw, bool):
+            values[name] = raw
             continue
         try:
             values[name] = option.parse(raw)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -41,6 +42,7 @@ class LoadedFile:
     features: Any  # pandas.DataFrame
     labels: Any  # pandas.Series
     dropped_rows: int  # rows whose label was missing
+    identity: tuple  # (inode, size, mtime) when read: a file replaced since is not archived
 
     @property
     def name(self) -> str:
@@ -65,7 +67,10 @@ def load_file(path: Path, label_column: str, prepare_file: Callable) -> LoadedFi
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
-    payload = path.read_bytes()
+    with open(path, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        payload = handle.read()
+    identity = (status.st_ino, status.st_size, status.st_mtime_ns)
     sha256 = hashlib.sha256(payload).hexdigest()
     try:
         table = pcsv.read_csv(pa.BufferReader(payload))
@@ -93,7 +98,7 @@ def load_file(path: Path, label_column: str, prepare_file: Callable) -> LoadedFi
         raise DataError(f"{path.name} has no labelled rows", fix=f"fix or remove {path}")
     features = frame.drop(columns=[label_column])
     return LoadedFile(path=path, sha256=sha256, features=features, labels=labels,
-                      dropped_rows=dropped_rows)
+                      dropped_rows=dropped_rows, identity=identity)
 
 
 def _restore_integer_labels(labels):
@@ -112,12 +117,25 @@ def load_files(paths: Iterable[Path], label_column: str, prepare_file: Callable)
     return [load_file(path, label_column, prepare_file) for path in paths]
 
 
+def label_kind(labels) -> str:
+    return "integer" if labels.dtype.kind in "iu" else "number" if labels.dtype.kind in "fc" \
+        else "boolean" if labels.dtype.kind == "b" else "text"
+
+
 def check_columns(files: Sequence[LoadedFile], expected: Sequence[str] | None = None) -> list[str]:
     """Return the feature columns every file shares; a file that differs raises DataError.
 
     `expected` is the production model's input schema when known, else the first file's.
+    Labels must be of one kind too: a stray text label would turn class 1 into "1".
     """
     reference = list(expected) if expected else list(files[0].features.columns)
+    kinds = {label_kind(loaded.labels) for loaded in files}
+    if len(kinds) > 1:
+        majority = max(kinds, key=lambda kind: sum(label_kind(f.labels) == kind for f in files))
+        odd = next(f for f in files if label_kind(f.labels) != majority)
+        raise DataError(f"{odd.name} has {label_kind(odd.labels)} labels where the other "
+                        f"files have {majority} labels",
+                        fix=f"fix the label values in {odd.path}")
     for loaded in files:
         columns = list(loaded.features.columns)
         if set(columns) != set(reference):
@@ -147,16 +165,26 @@ def batch_key(files: Sequence[LoadedFile]) -> str:
     return digest.hexdigest()
 
 
-def choose_heldout(files: Sequence[LoadedFile], fraction: float, seed: int) -> set[str]:
+def choose_heldout(files: Sequence[LoadedFile], fraction: float, seed: int,
+                   seen_sha256: set[str] = frozenset()) -> set[str]:
     """Names of the new files held out for the comparison: whole files, at least one.
 
-    Seeded by the setting and the batch itself, so a rerun on the same batch holds out the
-    same files while different batches do not always hold out the same positions.
+    Only files whose content neither model can have been trained on are eligible: not in
+    `seen_sha256` (the history) and not duplicated within the batch. Seeded by the setting
+    and the batch itself, so a rerun on the same batch holds out the same files.
     """
     import numpy as np
 
-    names = sorted(loaded.name for loaded in files)
-    count = min(len(names), max(1, round(len(names) * fraction)))
+    counts: dict[str, int] = {}
+    for loaded in files:
+        counts[loaded.sha256] = counts.get(loaded.sha256, 0) + 1
+    names = sorted(loaded.name for loaded in files
+                   if loaded.sha256 not in seen_sha256 and counts[loaded.sha256] == 1)
+    if not names:
+        raise DataError("every new file repeats the content of another file or of history, "
+                        "so no file is left that neither model has seen",
+                        fix="remove the re-delivered files from new_gts/")
+    count = min(len(names), max(1, round(len(files) * fraction)))
     generator = np.random.default_rng([seed, int(batch_key(files)[:15], 16)])
     return set(generator.choice(names, size=count, replace=False).tolist())
 

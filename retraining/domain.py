@@ -55,12 +55,16 @@ def load_domain(path: Path) -> Domain:
         raise NeedsAttention(f"domain file {path} does not define {', '.join(missing)}",
                              fix="define them as documented at the top of "
                                  "train_classification_model.py")
+    for flag in ("ERROR_PER_FILE", "LOWER_ERROR_IS_BETTER"):
+        if not isinstance(getattr(module, flag, True), bool):
+            raise NeedsAttention(f"{flag} in {path} is {getattr(module, flag)!r}, not a boolean",
+                                 fix=f"set {flag} = True or False")
     return Domain(
         source=path,
         prepare_file=getattr(module, "prepare_file", _identity),
         train_model=module.train_model,
         error_metric=module.error_metric,
         error_metric_name=str(getattr(module, "ERROR_METRIC_NAME", module.error_metric.__name__)),
-        error_per_file=bool(getattr(module, "ERROR_PER_FILE", False)),
-        lower_error_is_better=bool(getattr(module, "LOWER_ERROR_IS_BETTER", True)),
+        error_per_file=getattr(module, "ERROR_PER_FILE", False),
+        lower_error_is_better=getattr(module, "LOWER_ERROR_IS_BETTER", True),
     )

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 from retraining.datafiles import LoadedFile, concat_files
 from retraining.domain import Domain
+from retraining.errors import NeedsAttention
+
+# Errors are rates computed in floating point: 0.30 - 0.25 is 0.04999999999999999, which must
+# still meet a margin of 0.05.
+_TOLERANCE = 1e-9
 
 
 def predict_files(model, files: Sequence[LoadedFile], columns: Sequence[str]) -> dict[str, object]:
@@ -27,11 +33,17 @@ def error_on(domain: Domain, files: Sequence[LoadedFile], predictions: dict[str,
     import numpy as np
 
     if domain.error_per_file:
-        return float(np.mean([domain.error_metric(loaded.labels, predictions[loaded.name])
-                              for loaded in files]))
-    labels = np.concatenate([np.asarray(loaded.labels) for loaded in files])
-    pooled = np.concatenate([np.asarray(predictions[loaded.name]) for loaded in files])
-    return float(domain.error_metric(labels, pooled))
+        error = float(np.mean([domain.error_metric(loaded.labels, predictions[loaded.name])
+                               for loaded in files]))
+    else:
+        labels = np.concatenate([np.asarray(loaded.labels) for loaded in files])
+        pooled = np.concatenate([np.asarray(predictions[loaded.name]) for loaded in files])
+        error = float(domain.error_metric(labels, pooled))
+    if not math.isfinite(error):
+        raise NeedsAttention(f"error_metric returned {error} on {len(files)} files",
+                             fix=f"make error_metric in {domain.source.name} return a finite "
+                                 "number")
+    return error
 
 
 def needs_retraining(domain: Domain, error: float, threshold: float) -> bool:
@@ -55,8 +67,8 @@ def judge_challenger(domain: Domain, production_error: float, challenger_error: 
         improvement = challenger_error - production_error
     name = domain.error_metric_name
     figures = (f"challenger {name} {challenger_error:.4f} vs production {production_error:.4f} "
-               f"on the same held-out files (improvement {improvement:+.4f}, "
-               f"required > 0 and >= {min_improvement:.4f})")
-    if improvement > 0 and improvement >= min_improvement:
+               f"on the same held-out files (improvement {improvement:+.4f}; promotion needs a "
+               f"positive improvement of at least {min_improvement:.4f})")
+    if improvement > _TOLERANCE and improvement >= min_improvement - _TOLERANCE:
         return Verdict(True, improvement, "challenger is better: " + figures)
     return Verdict(False, improvement, "challenger is not better enough: " + figures)

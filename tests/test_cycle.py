@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -78,9 +77,9 @@ def test_drifted_batch_trains_challenger_and_promotes_it(production, capsys):
     assert len(summary["archived_files"]) == 10 and snapshot(production.new_dir) == {}
 
     # Both versions say what was decided and on which figures.
-    for version in ("1", "2"):
+    for version, decision in (("1", "replaced"), ("2", "promoted")):
         tags = client.get_model_version("classifier", version).tags
-        assert tags["decision"] == "promoted"
+        assert tags["decision"] == decision
         assert tags["previous_production_version"] == "1"
         assert float(tags["challenger_error"]) == pytest.approx(summary["challenger_error"])
         assert float(tags["production_error"]) == pytest.approx(summary["production_error"])
@@ -255,3 +254,60 @@ def test_per_file_error_is_averaged_over_files(production, capsys):
 
     assert code == 0
     assert summary["monitoring_error"] == pytest.approx(expected)
+
+
+def test_redelivered_history_is_never_scored_as_unseen(workspace, capsys):
+    from sklearn.dummy import DummyClassifier
+
+    domain = workspace.root / "memorising_domain.py"
+    domain.write_text(MEMORISING_DOMAIN)
+    history = noise_files(6, seed=10)
+    write_csvs(workspace.used_dir, "history", history)
+    frame = pd.concat(history, ignore_index=True)
+    register_pickle(workspace, DummyClassifier(strategy="most_frequent").fit(
+        frame[["x1", "x2"]], frame["label"]), capsys, extra=["--domain-file", str(domain)])
+    # The same history again under new names, plus genuinely new files.
+    for path in sorted(workspace.used_dir.glob("*.csv")):
+        (workspace.new_dir / ("redelivered_" + path.name)).write_bytes(path.read_bytes())
+    write_csvs(workspace.new_dir, "fresh", noise_files(4, seed=12))
+
+    code, summary = cycle(workspace, capsys, "--domain-file", str(domain),
+                          "--error-threshold", "0", "--holdout-fraction", "0.3")
+
+    assert code == 0 and summary["outcome"] == "rejected", summary["reason"]
+    assert all(name.startswith("fresh_") for name in summary["heldout_files"])
+    assert summary["challenger_error"] > 0.15
+
+
+def test_batch_of_only_redelivered_files_fails_and_moves_nothing(production, capsys):
+    for path in sorted(production.used_dir.glob("*.csv"))[:5]:
+        (production.new_dir / ("again_" + path.name)).write_bytes(path.read_bytes())
+    before = snapshot(production.new_dir), snapshot(production.used_dir)
+
+    # Production has error 0 on its own training data: a negative threshold forces retraining.
+    done = run_script("pipeline_orchestrator.py", [*production.flags, "--min-new-files", "5",
+                                                   "--error-threshold=-1"])
+
+    assert done.returncode == 1
+    assert "re-delivered" in done.stderr.strip().splitlines()[-1]
+    assert (snapshot(production.new_dir), snapshot(production.used_dir)) == before
+
+
+def test_dry_run_reports_the_alias_as_it_still_is(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=8))
+    code, summary = cycle(production, capsys, "--dry-run")
+    assert summary["outcome"] == "promoted"
+    assert summary["production_version_before"] == summary["production_version_after"] == "1"
+
+
+def test_file_with_a_stray_text_label_is_named(production, capsys):
+    files = machine_files(5, drift=0.0, seed=14)
+    files[2]["label"] = files[2]["label"].map({"ok": 0, "worn": 1, "fault": 2})
+    write_csvs(production.new_dir, "batch", files)
+
+    done = run_script("pipeline_orchestrator.py", [*production.flags, "--min-new-files", "5"])
+
+    # History has text labels; the integer file is the odd one out and is named.
+    assert done.returncode == 1
+    assert "batch_002.csv has integer labels" in done.stderr.strip().splitlines()[-1]
+    assert len(snapshot(production.new_dir)) == 5

@@ -80,7 +80,8 @@ def test_heldout_is_whole_files_reproducible_and_never_empty(tmp_path):
 
 
 def settings_from(argv, environ=None, names=("new_dir", "used_dir", "tracking_uri",
-                                               "min_new_files", "holdout_fraction", "dry_run")):
+                                               "min_new_files", "holdout_fraction", "dry_run",
+                                               "seed")):
     parser = argparse.ArgumentParser()
     add_options(parser, names)
     return build_settings(Path("/srv/project"), parser.parse_args(argv), environ or {})
@@ -105,7 +106,12 @@ def test_flag_beats_environment_beats_default():
     assert settings_from([], {"RETRAIN_DRY_RUN": "true"}).dry_run is True
 
 
+def test_no_form_of_a_flag_overrides_its_environment_variable():
+    assert settings_from(["--no-dry-run"], {"RETRAIN_DRY_RUN": "1"}).dry_run is False
+
+
 @pytest.mark.parametrize("argv", [["--holdout-fraction", "0"], ["--min-new-files", "-1"],
+                                  ["--seed", "-1"],
                                   ["--new-dir", "/x", "--used-dir", "/x"]])
 def test_invalid_settings_are_usage_errors(argv):
     with pytest.raises(UsageError):

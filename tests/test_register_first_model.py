@@ -90,3 +90,15 @@ def test_registration_without_history_says_what_to_do(workspace, capsys):
                                                   "--tracking-uri", workspace.tracking_uri])
     assert done.returncode == 2
     assert "no CSV files" in done.stderr and "used_gts" in done.stderr
+
+
+def test_missing_pickle_and_unknown_flag_are_one_line_usage_errors(history):
+    missing = run_script("register_first_model.py",
+                         ["--used-dir", str(history.used_dir), "--model-file",
+                          str(history.model_dir / "absent.pkl"),
+                          "--tracking-uri", history.tracking_uri])
+    unknown = run_script("pipeline_orchestrator.py", ["--bogus"])
+    for done in (missing, unknown):
+        assert done.returncode == 2
+        assert len(done.stderr.strip().splitlines()) == 1 and "Fix:" in done.stderr
+    assert "absent.pkl does not exist" in missing.stderr

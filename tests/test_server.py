@@ -87,5 +87,13 @@ def test_register_and_promote_through_a_tracking_server(workspace, server):
                                                    "ModelRetraining"}
     assert "data_manifest.json" in [f.path for f in
                                     client.list_artifacts(summary["retraining_run_id"])]
-    # The server's store is the one in the server folder, not the project's default.
-    assert (workspace.root / "mlflow_server" / "mlflow.db").exists()
+    # The same store stays usable without the server: the nightly cycle on the embedded
+    # SQLite file loads what was registered through HTTP.
+    embedded = "sqlite:///" + str(workspace.root / "mlflow_server" / "mlflow.db")
+    write_csvs(workspace.new_dir, "later", machine_files(5, drift=1.0, seed=3))
+    offline = run_script("pipeline_orchestrator.py",
+                         ["--new-dir", str(workspace.new_dir), "--used-dir",
+                          str(workspace.used_dir), "--min-new-files", "5", "--dry-run",
+                          "--json", "--tracking-uri", embedded])
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout)["production_version_before"] == "2"
