@@ -208,10 +208,11 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
             metrics={"training_rows": len(labels), "training_files": len(training_files)},
             tags={"production_version_before": context.production.version})
         if run is not None:
+            # Every file of a completed cycle ends in used_gts/: that is where lineage points.
             registry.log_training_inputs([
                 ("history", str(settings.used_dir), batch_key(history), "training"),
-                ("new_training", str(settings.new_dir), batch_key(new_training), "training"),
-                ("heldout", str(settings.new_dir),
+                ("new_training", str(settings.used_dir), batch_key(new_training), "training"),
+                ("heldout", str(settings.used_dir),
                  batch_key([f for f in context.new_files if f.name in heldout_names]),
                  "evaluation"),
             ])

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     add_options(parser, ["label_column", "seed", "domain_file"])
 
     def train(settings, args):
-        from retraining.datafiles import concat_files, list_data_files, load_files
+        from retraining.datafiles import check_columns, concat_files, list_data_files, load_files
         from retraining.domain import load_domain
         from retraining.errors import UsageError
 
@@ -90,7 +90,7 @@ def main(argv=None) -> int:
             raise UsageError(f"no CSV files in {args.data_dir}",
                              fix="point DATA_DIR at a folder of labelled CSV files")
         files = load_files(paths, settings.label_column, domain.prepare_file)
-        features, labels = concat_files(files)
+        features, labels = concat_files(files, check_columns(files))
         model = domain.train(features, labels, random_state=settings.seed)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         partial = args.output.with_name(args.output.name + ".part")

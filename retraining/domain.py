@@ -31,7 +31,9 @@ class Domain:
     def train(self, features, labels, *, random_state: int):
         """Train through the user's hook, passing only the keywords it declares."""
         accepted = inspect.signature(self.train_model).parameters
-        keywords = {"random_state": random_state} if "random_state" in accepted else {}
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+        keywords = {"random_state": random_state} if takes_any or "random_state" in accepted \
+            else {}
         return self.train_model(features, labels, **keywords)
 
 
@@ -44,8 +46,12 @@ def load_domain(path: Path) -> Domain:
     if not path.is_file():
         raise NeedsAttention(f"domain file {path} does not exist",
                              fix="restore train_classification_model.py or pass --domain-file")
-    # Registered under its own module name so models holding classes defined there unpickle.
+    # Registered under its own module name so models holding classes defined there unpickle,
+    # unless that name is already another module's (a domain file called json.py).
     module_name = path.stem
+    existing = sys.modules.get(module_name)
+    if existing is not None and getattr(existing, "__file__", None) != str(path):
+        module_name = f"retraining_domain_{module_name}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module

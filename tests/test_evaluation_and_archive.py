@@ -75,3 +75,17 @@ def test_file_replaced_after_it_was_read_stays_for_the_next_cycle(tmp_path):
 
     assert archive_files([one], used) == []
     assert (new / "a.csv").read_text() == "f,label\n2,y\n" and list(used.iterdir()) == []
+
+
+def test_domain_file_named_like_a_library_module_does_not_replace_it(tmp_path):
+    import json
+
+    from retraining.domain import load_domain
+
+    path = tmp_path / "json.py"
+    path.write_text("def train_model(features, labels, **options):\n"
+                    "    return options\n"
+                    "def error_metric(labels, predictions):\n    return 0.0\n")
+    loaded = load_domain(path)
+    assert json.dumps({"a": 1}) == '{"a": 1}'
+    assert loaded.train(None, None, random_state=7) == {"random_state": 7}
