@@ -29,7 +29,7 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
     summary = empty_summary(settings)
 
     # 1. Trigger: cheap, and before anything heavy is imported or the store is touched.
-    new_paths = list_data_files(settings.new_dir)
+    new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
     summary["new_files"] = len(new_paths)
     if not new_paths or len(new_paths) < settings.min_new_files:
         return finish(summary, "skipped", f"{len(new_paths)} new files, "
@@ -37,11 +37,16 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
 
     with exclusive_run(settings.new_dir):
         # Listed again under the lock: a run that just finished may have archived some.
-        new_paths = list_data_files(settings.new_dir)
+        new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
         summary["new_files"] = len(new_paths)
         if not new_paths or len(new_paths) < settings.min_new_files:
             return finish(summary, "skipped", "another cycle consumed the files")
         context = open_cycle(settings, new_paths)
+        summary["quarantined_files"] = context.quarantined
+        if len(context.new_files) < settings.min_new_files:
+            return finish(summary, "skipped", f"{len(context.new_files)} usable new files after "
+                                              f"quarantining {len(context.quarantined)}, "
+                                              f"{settings.min_new_files} needed")
         summary["production_version_before"] = context.production.version
 
         # 2. Monitor the production model on the new files.
@@ -81,7 +86,7 @@ def empty_summary(settings: Settings) -> dict[str, Any]:
     keys = ("outcome", "reason", "new_files", "monitoring_error", "production_version_before",
             "production_version_after", "challenger_version", "production_error",
             "challenger_error", "archived_files", "heldout_files", "monitoring_run_id",
-            "retraining_run_id")
+            "retraining_run_id", "quarantined_files")
     return dict.fromkeys(keys) | {"dry_run": settings.dry_run}
 
 
@@ -101,20 +106,60 @@ class CycleContext:
     production: Any
     new_files: list
     columns: list
+    quarantined: list
 
 
 def open_cycle(settings: Settings, new_paths: list[Path]) -> CycleContext:
-    """Load the domain, the production model (once) and every new file (once)."""
-    from retraining.datafiles import check_columns, load_files
+    """Load the domain, the production model (once) and every usable new file (once)."""
     from retraining.domain import load_domain
     from retraining.registry import Registry
 
     domain = load_domain(settings.domain_file)
     registry = Registry(settings)
     production = registry.load_production()
-    new_files = load_files(new_paths, settings.label_column, domain.prepare_file)
-    columns = check_columns(new_files, production.input_columns)
-    return CycleContext(settings, domain, registry, production, new_files, columns)
+    new_files, quarantined = read_new_files(settings, domain, new_paths, production)
+    if quarantined:
+        registry.record_quarantine(quarantined)
+    columns = production.input_columns or (list(new_files[0].features.columns)
+                                           if new_files else [])
+    return CycleContext(settings, domain, registry, production, new_files, columns, quarantined)
+
+
+def read_new_files(settings: Settings, domain, paths: list[Path],
+                   production) -> tuple[list, list[dict]]:
+    """Read each new file once; move each unusable one to quarantine with its reason.
+
+    A bad file must not stall every night's cycle, nor be lost: it is set aside, named in
+    the summary and in MLflow, and the cycle goes on with the good ones.
+    """
+    from retraining.archive import quarantine_file
+    import pandas as pd
+
+    from retraining.datafiles import column_problem, label_kind, load_file
+    from retraining.errors import DataError
+
+    classes = getattr(production.model, "classes_", None)
+    class_kind = label_kind(pd.Series(classes)) if classes is not None else None
+    good, quarantined = [], []
+    for path in paths:
+        try:
+            loaded = load_file(path, settings.label_column, domain.prepare_file)
+            reference = production.input_columns or (good[0].features.columns if good else None)
+            problem = column_problem(loaded, reference) if reference is not None else None
+            if problem is None and class_kind and label_kind(loaded.labels) != class_kind:
+                problem = (f"has {label_kind(loaded.labels)} labels where the production "
+                           f"model's classes are {class_kind}")
+            if problem:
+                raise DataError(f"{path.name} {problem}", fix=f"fix or remove {path}")
+        except DataError as error:
+            entry = {"file": path.name, "reason": error.cause, "quarantined_as": None}
+            if not settings.dry_run:
+                entry["quarantined_as"] = quarantine_file(path, error.cause,
+                                                          settings.quarantine_dir)
+            quarantined.append(entry)
+            continue
+        good.append(loaded)
+    return good, quarantined
 
 
 # --- 2. monitor ----------------------------------------------------------------------------
@@ -148,6 +193,7 @@ def monitor(context: CycleContext) -> Monitoring:
                     "model_name": settings.model_name, "alias": settings.alias},
             metrics={"monitoring_error": error, domain.error_metric_name: error,
                      "new_files": len(context.new_files),
+                     "quarantined_files": len(context.quarantined),
                      "new_rows": sum(loaded.rows for loaded in context.new_files),
                      "dropped_unlabelled_rows": sum(f.dropped_rows for f in context.new_files)},
             tags={"decision": "retrain" if retrain_needed else "healthy", "reason": reason,
@@ -289,7 +335,7 @@ def archive(context: CycleContext) -> list[str] | None:
 
 # --- entry point ---------------------------------------------------------------------------
 
-OPTIONS = ["new_dir", "used_dir", "domain_file", "tracking_uri", "experiment", "model_name",
+OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_file", "tracking_uri", "experiment", "model_name",
            "alias", "label_column", "min_new_files", "error_threshold", "min_improvement",
            "holdout_fraction", "seed", "dry_run", "json"]
 

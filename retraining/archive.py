@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -17,16 +18,26 @@ from retraining.errors import NeedsAttention
 log = logging.getLogger(__name__)
 
 
-def free_name(used_dir: Path, loaded: LoadedFile) -> Path:
-    """The name the file gets in history: its own, or one tagged with its hash if taken."""
-    target = used_dir / loaded.name
-    stem, suffix = Path(loaded.name).stem, Path(loaded.name).suffix
+def free_name(folder: Path, name: str, tag: str) -> Path:
+    """`folder/name` if free, else the name with `tag` (and a counter) before its suffix."""
+    target = folder / name
+    stem, suffix = Path(name).stem, Path(name).suffix
     attempt = 0
     while os.path.lexists(target):  # a dangling link is a taken name too
         attempt += 1
-        tag = loaded.sha256[:12] if attempt == 1 else f"{loaded.sha256[:12]}-{attempt}"
-        target = used_dir / f"{stem}.{tag}{suffix}"
+        target = folder / f"{stem}.{tag if attempt == 1 else f'{tag}-{attempt}'}{suffix}"
     return target
+
+
+def move_to_free_name(source: Path, folder: Path, tag: str) -> Path:
+    """Move `source` into `folder` under a name no other file has; return the new path."""
+    while True:
+        target = free_name(folder, source.name, tag)
+        try:
+            move_without_overwrite(source, target)
+            return target
+        except FileExistsError:
+            continue  # another writer took the name between the check and the link
 
 
 def move_without_overwrite(source: Path, target: Path) -> None:
@@ -66,15 +77,25 @@ def archive_files(files: Sequence[LoadedFile], used_dir: Path) -> list[str]:
             log.warning("%s changed after it was read; left in place for the next cycle",
                         loaded.name)
             continue
-        while True:
-            target = free_name(used_dir, loaded)
-            try:
-                move_without_overwrite(loaded.path, target)
-                break
-            except FileExistsError:
-                continue  # another writer took the name between the check and the link
+        target = move_to_free_name(loaded.path, used_dir, loaded.sha256[:12])
         if target.name != loaded.name:
             log.warning("%s already exists in %s; archived as %s", loaded.name, used_dir,
                         target.name)
         archived.append(target.name)
     return archived
+
+
+def quarantine_file(path: Path, reason: str, quarantine_dir: Path) -> str:
+    """Move an unusable file aside, with `<name>.reason.txt` beside it; return its new name.
+
+    Nothing is deleted: the file keeps its bytes, and the reason says what to fix.
+    """
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    tag = time.strftime("%Y%m%dT%H%M%S")
+    target = move_to_free_name(path, quarantine_dir, tag)
+    note = target.with_name(target.name + ".reason.txt")
+    partial = note.with_name(note.name + ".part")
+    partial.write_text(f"{path.name}: {reason}\n")
+    os.replace(partial, note)
+    log.warning("quarantined %s as %s: %s", path.name, target.name, reason)
+    return target.name

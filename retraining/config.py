@@ -22,6 +22,7 @@ class Settings:
     new_dir: Path
     used_dir: Path
     model_dir: Path
+    quarantine_dir: Path
     domain_file: Path
     tracking_uri: str
     experiment: str
@@ -29,6 +30,7 @@ class Settings:
     alias: str
     label_column: str
     min_new_files: int
+    settle_seconds: float
     error_threshold: float
     min_improvement: float
     holdout_fraction: float
@@ -112,6 +114,7 @@ _OPTIONS = {
         _Option("new_dir", Path, "folder where new labelled CSV files arrive"),
         _Option("used_dir", Path, "folder of every file already consumed (training history)"),
         _Option("model_dir", Path, "folder holding the first pre-trained model pickle"),
+        _Option("quarantine_dir", Path, "folder where unusable files are moved, with a reason"),
         _Option("domain_file", Path, "Python file defining the domain contract"),
         _Option("tracking_uri", str, "MLflow tracking URI", env="MLFLOW_TRACKING_URI"),
         _Option("experiment", str, "MLflow experiment that receives the runs"),
@@ -119,6 +122,8 @@ _OPTIONS = {
         _Option("alias", str, "registry alias that marks the production version"),
         _Option("label_column", str, "name of the label column in every CSV"),
         _Option("min_new_files", _nonnegative_int, "new files needed before a cycle runs"),
+        _Option("settle_seconds", _nonnegative_float,
+                "files modified more recently than this are left for the next run"),
         _Option("error_threshold", _finite_float, "production error above which to retrain"),
         _Option("min_improvement", _nonnegative_float, "how much better the challenger must be"),
         _Option("holdout_fraction", _fraction, "share of new files held out for the comparison"),
@@ -137,6 +142,7 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "new_dir": project_dir / "new_gts",
         "used_dir": project_dir / "used_gts",
         "model_dir": project_dir / "model",
+        "quarantine_dir": project_dir / "quarantine",
         "domain_file": project_dir / "train_classification_model.py",
         "tracking_uri": "sqlite:///" + str(project_dir / "mlflow_server" / "mlflow.db"),
         "experiment": "classifier-retraining",
@@ -144,6 +150,7 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "alias": "production",
         "label_column": "label",
         "min_new_files": 15,
+        "settle_seconds": 5.0,
         "error_threshold": 0.10,
         "min_improvement": 0.0,
         "holdout_fraction": 0.2,
@@ -191,7 +198,7 @@ def build_settings(project_dir: Path, args: argparse.Namespace,
         except ValueError as error:
             raise UsageError(f"{source}={raw!r} {error}",
                              fix=f"give {source} a valid value ({option.help})") from None
-    for name in ("new_dir", "used_dir", "model_dir", "domain_file"):
+    for name in ("new_dir", "used_dir", "model_dir", "quarantine_dir", "domain_file"):
         path = Path(values[name]).expanduser()
         values[name] = (path if path.is_absolute() else Path.cwd() / path).resolve()
     if values["tracking_uri"].startswith("sqlite:///"):

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -19,17 +20,23 @@ from retraining.errors import DataError, UsageError
 _IN_PROGRESS_SUFFIXES = (".tmp", ".part")
 
 
-def list_data_files(folder: Path) -> list[Path]:
-    """CSV files directly in `folder`, sorted by name; hidden and in-progress names skipped."""
+def list_data_files(folder: Path, settle_seconds: float = 0.0) -> list[Path]:
+    """CSV files directly in `folder`, sorted by name, that look complete.
+
+    Hidden and in-progress names are skipped, and so are files modified in the last
+    `settle_seconds`: a writer that does not rename may still be appending to them.
+    """
     if not folder.is_dir():
         raise UsageError(f"data folder {folder} does not exist",
                          fix=f"create it (mkdir -p {folder}) or point the flag at the right one")
+    settled_before = time.time() - settle_seconds
     return sorted(
         path for path in folder.iterdir()
         if not path.name.startswith(".")
         and not path.name.endswith(_IN_PROGRESS_SUFFIXES)
         and path.suffix.lower() == ".csv"
         and path.is_file()
+        and (settle_seconds <= 0 or path.stat().st_mtime <= settled_before)
     )
 
 
@@ -137,14 +144,19 @@ def check_columns(files: Sequence[LoadedFile], expected: Sequence[str] | None = 
                         f"files have {majority} labels",
                         fix=f"fix the label values in {odd.path}")
     for loaded in files:
-        columns = list(loaded.features.columns)
-        if set(columns) != set(reference):
-            missing = sorted(set(reference) - set(columns))
-            extra = sorted(set(columns) - set(reference))
-            raise DataError(f"{loaded.name} has different feature columns "
-                            f"(missing {missing}, unexpected {extra})",
-                            fix=f"fix or remove {loaded.path}")
+        problem = column_problem(loaded, reference)
+        if problem:
+            raise DataError(f"{loaded.name} {problem}", fix=f"fix or remove {loaded.path}")
     return reference
+
+
+def column_problem(loaded: LoadedFile, reference: Sequence[str]) -> str | None:
+    """What is wrong with a file's feature columns against `reference`, or None."""
+    columns = set(loaded.features.columns)
+    if columns == set(reference):
+        return None
+    return (f"has different feature columns (missing {sorted(set(reference) - columns)}, "
+            f"unexpected {sorted(columns - set(reference))})")
 
 
 def concat_files(files: Sequence[LoadedFile], columns: Sequence[str] | None = None):

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 MONITORING_RUN = "ModelMonitoring"
 RETRAINING_RUN = "ModelRetraining"
 REGISTRATION_RUN = "FirstModelRegistration"
+QUARANTINE_RUN = "DataQuarantine"
 
 # Passed explicitly because inferring requirements costs seconds per logged model.
 _MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skops")
@@ -166,6 +167,13 @@ class Registry:
         self.client.log_batch(
             run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
             tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def record_quarantine(self, quarantined: Sequence[Mapping[str, Any]]) -> None:
+        """A run listing the files set aside and why, so the UI explains where they went."""
+        with self.run(QUARANTINE_RUN, {"quarantined_files": str(len(quarantined))}) as active:
+            if active is not None:
+                self._mlflow.log_metric("quarantined_files", len(quarantined))
+                self._mlflow.log_dict({"files": list(quarantined)}, "quarantined_files.json")
 
     def log_artifact(self, path) -> None:
         self._mlflow.log_artifact(str(path))

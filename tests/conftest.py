@@ -38,8 +38,14 @@ class Workspace:
 
     @property
     def flags(self) -> list[str]:
+        # Test files are complete when written: no need to wait for them to settle.
         return ["--new-dir", str(self.new_dir), "--used-dir", str(self.used_dir),
+                "--quarantine-dir", str(self.quarantine_dir), "--settle-seconds", "0",
                 "--tracking-uri", self.tracking_uri]
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
 
     @property
     def database(self) -> Path:

@@ -300,14 +300,16 @@ def test_dry_run_reports_the_alias_as_it_still_is(production, capsys):
     assert summary["production_version_before"] == summary["production_version_after"] == "1"
 
 
-def test_file_with_a_stray_text_label_is_named(production, capsys):
-    files = machine_files(5, drift=0.0, seed=14)
+def test_file_with_labels_of_another_kind_is_named_and_set_aside(production, capsys):
+    files = machine_files(6, drift=0.0, seed=14)
     files[2]["label"] = files[2]["label"].map({"ok": 0, "worn": 1, "fault": 2})
     write_csvs(production.new_dir, "batch", files)
 
-    done = run_script("pipeline_orchestrator.py", [*production.flags, "--min-new-files", "5"])
+    code, summary = cycle(production, capsys)
 
-    # History has text labels; the integer file is the odd one out and is named.
-    assert done.returncode == 1
-    assert "batch_002.csv has integer labels" in done.stderr.strip().splitlines()[-1]
-    assert len(snapshot(production.new_dir)) == 5
+    # The model's classes are text; the integer file would otherwise score as all wrong.
+    assert code == 0 and summary["outcome"] == "healthy"
+    [entry] = summary["quarantined_files"]
+    assert entry["file"] == "batch_002.csv" and "integer labels" in entry["reason"]
+    assert "batch_002.csv" not in summary["archived_files"]
+    assert len(summary["archived_files"]) == 5

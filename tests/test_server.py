@@ -70,7 +70,7 @@ def test_register_and_promote_through_a_tracking_server(workspace, server):
     assert registered.returncode == 0, registered.stderr
     done = run_script("pipeline_orchestrator.py",
                       ["--new-dir", str(workspace.new_dir), "--used-dir", str(workspace.used_dir),
-                       "--min-new-files", "5", "--json"],
+                       "--settle-seconds", "0", "--min-new-files", "5", "--json"],
                       env_extra={"MLFLOW_TRACKING_URI": server})
 
     assert done.returncode == 0, done.stderr
@@ -93,7 +93,8 @@ def test_register_and_promote_through_a_tracking_server(workspace, server):
     write_csvs(workspace.new_dir, "later", machine_files(5, drift=1.0, seed=3))
     offline = run_script("pipeline_orchestrator.py",
                          ["--new-dir", str(workspace.new_dir), "--used-dir",
-                          str(workspace.used_dir), "--min-new-files", "5", "--dry-run",
+                          str(workspace.used_dir), "--settle-seconds", "0",
+                          "--min-new-files", "5", "--dry-run",
                           "--json", "--tracking-uri", embedded])
     assert offline.returncode == 0, offline.stderr
     assert json.loads(offline.stdout)["production_version_before"] == "2"

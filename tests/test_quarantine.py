@@ -1,0 +1,111 @@
+"""Bad and unfinished files: set aside with a reason or left to settle, never lost."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import mlflow
+
+from tests.conftest import PROJECT_DIR, cycle, machine_files, snapshot, write_csvs
+
+BAD_FILES = {
+    "empty.csv": b"",
+    "header_only.csv": b"temperature,vibration,operating_hours,pressure,machine_type,serviced,"
+                       b"label\n",
+    "garbage.csv": bytes(range(256)) * 8,
+    "no_label.csv": b"temperature,vibration,operating_hours,pressure,machine_type,serviced\n"
+                    b"50,1,100,5,press,TRUE\n",
+    "other_columns.csv": b"colour,label\nred,ok\n",
+    "unlabelled.csv": b"temperature,vibration,operating_hours,pressure,machine_type,serviced,"
+                      b"label\n50,1,100,5,press,TRUE,\n",
+    "integer_labels.csv": b"temperature,vibration,operating_hours,pressure,machine_type,serviced,"
+                          b"label\n50,1,100,5,press,TRUE,1\n",
+}
+
+
+def test_bad_files_are_quarantined_with_a_reason_and_the_cycle_goes_on(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(5, drift=0.0, seed=21))
+    for name, content in BAD_FILES.items():
+        (production.new_dir / name).write_bytes(content)
+    good_before = snapshot(production.new_dir)
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["outcome"] == "healthy", summary["reason"]
+    quarantined = {entry["file"]: entry for entry in summary["quarantined_files"]}
+    assert set(quarantined) == set(BAD_FILES)
+    for name, content in BAD_FILES.items():
+        kept = production.quarantine_dir / quarantined[name]["quarantined_as"]
+        assert kept.read_bytes() == content  # byte for byte, nothing deleted
+        reason = kept.with_name(kept.name + ".reason.txt").read_text()
+        assert name in reason and quarantined[name]["reason"] in reason
+    assert "different feature columns" in quarantined["other_columns.csv"]["reason"]
+    assert "integer labels" in quarantined["integer_labels.csv"]["reason"]
+    assert "no label column" in quarantined["no_label.csv"]["reason"]
+    # The good files were monitored and archived as usual.
+    assert sorted(summary["archived_files"]) == sorted(n for n in good_before
+                                                       if n not in BAD_FILES)
+    runs = mlflow.MlflowClient(production.tracking_uri).search_runs(
+        [production.client().get_experiment_by_name("classifier-retraining").experiment_id],
+        "attributes.run_name = 'DataQuarantine'")
+    assert len(runs) == 1 and runs[0].data.metrics["quarantined_files"] == len(BAD_FILES)
+
+
+def test_trigger_counts_good_files_only(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(3, drift=0.0, seed=22))
+    for name in ("empty.csv", "garbage.csv"):
+        (production.new_dir / name).write_bytes(BAD_FILES[name])
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["outcome"] == "skipped"
+    assert len(summary["quarantined_files"]) == 2
+    assert sorted(snapshot(production.new_dir)) == ["batch_000.csv", "batch_001.csv",
+                                                    "batch_002.csv"]
+
+
+def test_prepare_hook_exception_quarantines_that_file_with_its_message(production, capsys):
+    domain = production.root / "picky_domain.py"
+    source = (PROJECT_DIR / "train_classification_model.py").read_text()
+    domain.write_text(source.replace(
+        '    return frame\n',
+        '    if "picky" in path.name:\n        raise ValueError("sensor 7 is unreliable")\n'
+        '    return frame\n', 1))
+    write_csvs(production.new_dir, "batch", machine_files(5, drift=0.0, seed=23))
+    write_csvs(production.new_dir, "picky", machine_files(1, drift=0.0, seed=24))
+
+    code, summary = cycle(production, capsys, "--domain-file", str(domain))
+
+    assert code == 0
+    [entry] = summary["quarantined_files"]
+    assert entry["file"] == "picky_000.csv" and "sensor 7 is unreliable" in entry["reason"]
+
+
+def test_dry_run_reports_bad_files_without_moving_them(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(5, drift=0.0, seed=25))
+    (production.new_dir / "empty.csv").write_bytes(b"")
+    before = snapshot(production.new_dir)
+
+    code, summary = cycle(production, capsys, "--dry-run")
+
+    assert code == 0 and summary["quarantined_files"][0]["quarantined_as"] is None
+    assert snapshot(production.new_dir) == before
+    assert not production.quarantine_dir.exists()
+
+
+def test_files_still_settling_are_left_for_the_next_run(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(5, drift=0.0, seed=26))
+    old = time.time() - 60
+    for path in sorted(production.new_dir.iterdir())[:4]:
+        os.utime(path, (old, old))  # four settled files, one just written
+
+    flags = [flag for flag in production.flags]
+    flags[flags.index("--settle-seconds") + 1] = "30"
+    from tests.conftest import run_json
+    import pipeline_orchestrator
+
+    code, summary = run_json(pipeline_orchestrator, [*flags, "--min-new-files", "4"], capsys)
+
+    assert code == 0 and summary["new_files"] == 4
+    assert snapshot(production.new_dir).keys() == {"batch_004.csv"}
