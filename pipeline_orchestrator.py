@@ -8,6 +8,7 @@ runs. Exit codes: 0 the cycle completed (any outcome), 1 failure, 2 bad usage, 7
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -35,7 +36,7 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         return finish(summary, "skipped", f"{len(new_paths)} new files, "
                                           f"{settings.min_new_files} needed")
 
-    with exclusive_run(settings.new_dir):
+    with exclusive_run(settings.new_dir), store_faults_are_temporary(settings):
         # Listed again under the lock: a run that just finished may have archived some.
         new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
         summary["new_files"] = len(new_paths)
@@ -80,6 +81,15 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         # Read back from the registry: what the alias points at now, whatever happened.
         summary["production_version_after"] = context.registry.production_version()
         return finish(summary, outcome, reason)
+
+
+@contextlib.contextmanager
+def store_faults_are_temporary(settings: Settings):
+    """A tracking server that goes away mid-cycle ends it with exit 75, before any move."""
+    from retraining.registry import unreachable_store_is_temporary
+
+    with unreachable_store_is_temporary(settings.tracking_uri, "finish the cycle"):
+        yield
 
 
 def empty_summary(settings: Settings) -> dict[str, Any]:

@@ -32,6 +32,28 @@ def model_requirements() -> list[str]:
     return [f"{package}=={importlib.metadata.version(package)}" for package in _MODEL_REQUIREMENTS]
 
 
+@contextlib.contextmanager
+def unreachable_store_is_temporary(tracking_uri: str, doing: str = "continue") -> Iterator[None]:
+    """Turn a store that cannot be reached, at any call inside, into TryLater (exit 75)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    def temporary(error):
+        return TryLater(f"cannot reach the MLflow store at {tracking_uri} to {doing} "
+                        f"({type(error).__name__})",
+                        fix="start the tracking server or check --tracking-uri; "
+                            "no data file was moved")
+
+    try:
+        yield
+    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
+        raise temporary(error) from error
+    except MlflowException as error:
+        if "Max retries exceeded" in str(error) or "Connection refused" in str(error):
+            raise temporary(error) from error
+        raise
+
+
 @dataclasses.dataclass(frozen=True)
 class ProductionModel:
     version: str
@@ -59,21 +81,8 @@ class Registry:
 
     def _store_call(self, doing: str, call, *args, **kwargs):
         """Call the store; a store that cannot be reached becomes TryLater."""
-        import requests
-        from mlflow.exceptions import MlflowException
-
-        try:
+        with unreachable_store_is_temporary(self._settings.tracking_uri, doing):
             return call(*args, **kwargs)
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
-            raise TryLater(f"cannot reach the MLflow store at {self._settings.tracking_uri} "
-                           f"to {doing} ({type(error).__name__})",
-                           fix="start the tracking server or check --tracking-uri") from error
-        except MlflowException as error:
-            if "Max retries exceeded" in str(error) or "Connection refused" in str(error):
-                raise TryLater(f"cannot reach the MLflow store at {self._settings.tracking_uri} "
-                               f"to {doing}",
-                               fix="start the tracking server or check --tracking-uri") from error
-            raise
 
     def _ensure_experiment(self) -> str:
         experiment = self.client.get_experiment_by_name(self._settings.experiment)

@@ -313,3 +313,23 @@ def test_file_with_labels_of_another_kind_is_named_and_set_aside(production, cap
     assert entry["file"] == "batch_002.csv" and "integer labels" in entry["reason"]
     assert "batch_002.csv" not in summary["archived_files"]
     assert len(summary["archived_files"]) == 5
+
+
+def test_lock_of_a_killed_run_never_blocks_the_next(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(5, drift=0.0, seed=15))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from retraining.runlock import exclusive_run\n"
+         "with exclusive_run(Path(sys.argv[1])):\n    print('held', flush=True)\n"
+         "    time.sleep(600)\n", str(production.new_dir)],
+        cwd=PROJECT_DIR, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    blocked = run_script("pipeline_orchestrator.py", [*production.flags, "--min-new-files", "5"])
+    assert blocked.returncode == 75 and str(holder.pid) in blocked.stderr
+
+    holder.kill()  # SIGKILL: no cleanup runs, the lock file stays behind
+    holder.wait()
+    assert (production.new_dir / ".retraining.lock").exists()
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["outcome"] == "healthy"

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import PROJECT_DIR, machine_files, run_script, write_csvs
+from tests.conftest import PROJECT_DIR, machine_files, run_script, snapshot, write_csvs
 
 pytestmark = pytest.mark.server
 
@@ -50,12 +50,14 @@ def server(workspace):
                 process.kill()
                 pytest.fail("mlflow server did not answer /health within 120 s")
             time.sleep(0.5)
-    yield url
-    os.killpg(process.pid, 15)
-    process.wait(timeout=30)
+    yield url, process
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
 
 
 def test_register_and_promote_through_a_tracking_server(workspace, server):
+    server, _ = server
     write_csvs(workspace.used_dir, "history", machine_files(6, drift=0.0, seed=1))
     write_csvs(workspace.new_dir, "batch", machine_files(6, drift=1.0, seed=2))
     model = workspace.model_dir / "initial.pkl"
@@ -98,3 +100,49 @@ def test_register_and_promote_through_a_tracking_server(workspace, server):
                           "--json", "--tracking-uri", embedded])
     assert offline.returncode == 0, offline.stderr
     assert json.loads(offline.stdout)["production_version_before"] == "2"
+
+
+# A domain whose prepare_file stops the tracking server while the cycle is reading new
+# files: after the store was opened and production loaded, before anything was logged.
+STOPPING_DOMAIN = """
+import os, signal, time
+from train_classification_model import train_model, error_metric, ERROR_METRIC_NAME
+
+def prepare_file(frame, path):
+    if "new_gts" in str(path):
+        server = int(os.environ["SERVER_PGID"])
+        try:
+            os.killpg(server, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        time.sleep(1)
+    return frame
+"""
+
+
+def test_server_going_away_mid_cycle_exits_75_and_moves_nothing(workspace, server):
+    url, process = server
+    write_csvs(workspace.used_dir, "history", machine_files(5, drift=0.0, seed=1))
+    model = workspace.model_dir / "initial.pkl"
+    assert run_script("train_classification_model.py",
+                      [str(workspace.used_dir), "--output", str(model)]).returncode == 0
+    assert run_script("register_first_model.py",
+                      ["--used-dir", str(workspace.used_dir), "--model-file", str(model),
+                       "--tracking-uri", url]).returncode == 0
+    write_csvs(workspace.new_dir, "batch", machine_files(5, drift=1.0, seed=2))
+    domain = workspace.root / "stopping_domain.py"
+    domain.write_text(STOPPING_DOMAIN)
+    before = snapshot(workspace.new_dir), snapshot(workspace.used_dir)
+
+    done = run_script("pipeline_orchestrator.py",
+                      [*workspace.flags[:-2], "--tracking-uri", url, "--min-new-files", "5",
+                       "--domain-file", str(domain)],
+                      env_extra={"SERVER_PGID": str(process.pid),
+                                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                                 "PYTHONPATH": str(PROJECT_DIR)})
+
+    assert process.wait(timeout=30) is not None  # the server really went away
+    assert done.returncode == 75, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "cannot reach the MLflow store" in last and "Fix:" in last
+    assert (snapshot(workspace.new_dir), snapshot(workspace.used_dir)) == before
