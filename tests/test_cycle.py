@@ -146,7 +146,9 @@ def noise_files(count, seed, rows=120):
             for _ in range(count)]
 
 
-def test_challenger_that_only_memorised_its_training_data_is_not_promoted(workspace, capsys):
+@pytest.fixture
+def memorising_domain(workspace, capsys):
+    """Noise history, a majority-class production model, and a domain that memorises."""
     from sklearn.dummy import DummyClassifier
 
     domain = workspace.root / "memorising_domain.py"
@@ -156,6 +158,12 @@ def test_challenger_that_only_memorised_its_training_data_is_not_promoted(worksp
     frame = pd.concat(history, ignore_index=True)
     register_pickle(workspace, DummyClassifier(strategy="most_frequent").fit(
         frame[["x1", "x2"]], frame["label"]), capsys, extra=["--domain-file", str(domain)])
+    return domain
+
+
+def test_challenger_that_only_memorised_its_training_data_is_not_promoted(
+        workspace, memorising_domain, capsys):
+    domain = memorising_domain
     write_csvs(workspace.new_dir, "batch", noise_files(10, seed=11))
 
     code, summary = cycle(workspace, capsys, "--domain-file", str(domain),
@@ -256,16 +264,8 @@ def test_per_file_error_is_averaged_over_files(production, capsys):
     assert summary["monitoring_error"] == pytest.approx(expected)
 
 
-def test_redelivered_history_is_never_scored_as_unseen(workspace, capsys):
-    from sklearn.dummy import DummyClassifier
-
-    domain = workspace.root / "memorising_domain.py"
-    domain.write_text(MEMORISING_DOMAIN)
-    history = noise_files(6, seed=10)
-    write_csvs(workspace.used_dir, "history", history)
-    frame = pd.concat(history, ignore_index=True)
-    register_pickle(workspace, DummyClassifier(strategy="most_frequent").fit(
-        frame[["x1", "x2"]], frame["label"]), capsys, extra=["--domain-file", str(domain)])
+def test_redelivered_history_is_never_scored_as_unseen(workspace, memorising_domain, capsys):
+    domain = memorising_domain
     # The same history again under new names, plus genuinely new files.
     for path in sorted(workspace.used_dir.glob("*.csv")):
         (workspace.new_dir / ("redelivered_" + path.name)).write_bytes(path.read_bytes())
