@@ -28,11 +28,12 @@ log = logging.getLogger("retraining.cycle")
 def run_cycle(settings: Settings) -> dict[str, Any]:
     """Run one cycle and return its summary (the JSON contract)."""
     summary = empty_summary(settings)
+    needed = max(1, settings.min_new_files)
 
     # 1. Trigger: cheap, and before anything heavy is imported or the store is touched.
     new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
     summary["new_files"] = len(new_paths)
-    if not new_paths or len(new_paths) < settings.min_new_files:
+    if len(new_paths) < needed:
         return finish(summary, "skipped", f"{len(new_paths)} new files, "
                                           f"{settings.min_new_files} needed")
 
@@ -40,11 +41,11 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         # Listed again under the lock: a run that just finished may have archived some.
         new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
         summary["new_files"] = len(new_paths)
-        if not new_paths or len(new_paths) < settings.min_new_files:
+        if len(new_paths) < needed:
             return finish(summary, "skipped", "another cycle consumed the files")
         context = open_cycle(settings, new_paths)
         summary["quarantined_files"] = context.quarantined
-        if len(context.new_files) < settings.min_new_files:
+        if len(context.new_files) < needed:
             return finish(summary, "skipped", f"{len(context.new_files)} usable new files after "
                                               f"quarantining {len(context.quarantined)}, "
                                               f"{settings.min_new_files} needed")
@@ -76,10 +77,12 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
                 outcome = "rejected"
             reason = verdict.reason
 
-        # 6. Archive what this completed cycle consumed.
-        summary["archived_files"] = archive(context)
         # Read back from the registry: what the alias points at now, whatever happened.
         summary["production_version_after"] = context.registry.production_version()
+
+        # 6. Archive what this completed cycle consumed: the last step, with no store call
+        # after it, so a store fault never leaves a completed cycle reported as failed.
+        summary["archived_files"] = archive(context)
         return finish(summary, outcome, reason)
 
 
