@@ -129,6 +129,9 @@ def open_cycle(settings: Settings, new_paths: list[Path]) -> CycleContext:
 
     domain = load_domain(settings.domain_file)
     registry = Registry(settings)
+    registry.close_interrupted_runs(str(settings.new_dir))
+    finish_interrupted_moves(new_paths, settings.used_dir)
+    new_paths = [path for path in new_paths if path.exists()]
     production = registry.load_production()
     new_files, quarantined = read_new_files(settings, domain, new_paths, production)
     if quarantined:
@@ -136,6 +139,19 @@ def open_cycle(settings: Settings, new_paths: list[Path]) -> CycleContext:
     columns = production.input_columns or (list(new_files[0].features.columns)
                                            if new_files else [])
     return CycleContext(settings, domain, registry, production, new_files, columns, quarantined)
+
+
+def finish_interrupted_moves(new_paths: list[Path], used_dir: Path) -> None:
+    """Complete archive moves that a kill cut between link and unlink.
+
+    Such a file is one inode under two names, in new_gts/ and used_gts/; taking it again
+    would put it in history twice.
+    """
+    from retraining.archive import finish_move
+
+    for path in new_paths:
+        if path.stat().st_nlink > 1:
+            finish_move(path, used_dir)
 
 
 def read_new_files(settings: Settings, domain, paths: list[Path],
@@ -200,7 +216,8 @@ def monitor(context: CycleContext) -> Monitoring:
               f"{error:.4f} on {len(context.new_files)} new files {relation} the threshold "
               f"{settings.error_threshold:.4f}")
     log.info(reason)
-    with context.registry.run(MONITORING_RUN, {"batch_key": batch_key(context.new_files)}) as run:
+    with context.registry.run(MONITORING_RUN, {"batch_key": batch_key(context.new_files),
+                                               "new_dir": str(settings.new_dir)}) as run:
         context.registry.log_summary(
             params={"threshold": settings.error_threshold, "error_metric": domain.error_metric_name,
                     "model_name": settings.model_name, "alias": settings.alias},
@@ -242,18 +259,25 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
     if not training_files:
         raise NeedsAttention("no files left to train on once the held-out files are set aside",
                              fix="add history to used_gts/ or lower --holdout-fraction")
+    key = batch_key(context.new_files)
+    resumed = registry.challenger_for_batch(key) if not settings.dry_run else None
+    if resumed is not None:
+        # A cycle on this very batch was killed after registering its challenger: compare
+        # that one (same batch, same seed, same held-out files) rather than train another.
+        version, run_id = resumed
+        log.info("resuming: this batch already has challenger version %s", version)
+        return Challenger(registry.load_version(version), version, heldout_names, run_id)
+
     features, labels = concat_files(training_files, context.columns)
     log.info("training the challenger on %d files, %d rows (%d held out)",
              len(training_files), len(labels), len(heldout_names))
     model = domain.train(features, labels, random_state=settings.seed)
-
-    key = batch_key(context.new_files)
     manifest = ([f.manifest_entry("history") for f in history]
                 + [f.manifest_entry("new_training") for f in new_training]
                 + [f.manifest_entry("heldout") for f in context.new_files
                    if f.name in heldout_names])
     version = None
-    with registry.run(RETRAINING_RUN, {"batch_key": key,
+    with registry.run(RETRAINING_RUN, {"batch_key": key, "new_dir": str(settings.new_dir),
                                        "monitoring_run_id": monitoring.run_id or ""}) as run:
         registry.log_summary(
             params={"seed": settings.seed, "holdout_fraction": settings.holdout_fraction,

@@ -99,3 +99,14 @@ def quarantine_file(path: Path, reason: str, quarantine_dir: Path) -> str:
     os.replace(partial, note)
     log.warning("quarantined %s as %s: %s", path.name, target.name, reason)
     return target.name
+
+
+def finish_move(path: Path, used_dir: Path) -> bool:
+    """If `path` is also linked into `used_dir` (an interrupted move), drop the new name."""
+    for candidate in used_dir.iterdir():
+        if candidate.is_file() and os.path.samefile(candidate, path):
+            os.unlink(path)
+            log.warning("finished the interrupted archiving of %s (already in %s as %s)",
+                        path.name, used_dir, candidate.name)
+            return True
+    return False

@@ -177,6 +177,39 @@ class Registry:
             run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
             tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def close_interrupted_runs(self, new_dir: str) -> list[str]:
+        """Mark this folder's runs that a killed cycle left RUNNING as KILLED; return their ids.
+
+        Safe under the run lock: no other cycle on this folder can be running.
+        """
+        if self.read_only or self.experiment_id is None:
+            return []
+        stale = self.client.search_runs(
+            [self.experiment_id],
+            f"attributes.status = 'RUNNING' and tags.new_dir = '{_quoted(new_dir)}'")
+        for run in stale:
+            self.client.set_tag(run.info.run_id, "interrupted", "a later cycle found it running")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            log.warning("run %s (%s) was interrupted; marked KILLED", run.info.run_id,
+                        run.info.run_name)
+        return [run.info.run_id for run in stale]
+
+    def challenger_for_batch(self, batch: str) -> tuple[str, str] | None:
+        """(version, run id) of a challenger already registered for this batch, if any.
+
+        Found through the retraining run's batch tag, which is set before the model is
+        logged, so a cycle killed at any point after registration is recognised.
+        """
+        runs = self.client.search_runs(
+            [self.experiment_id] if self.experiment_id else [],
+            f"attributes.run_name = '{RETRAINING_RUN}' and tags.batch_key = '{batch}'")
+        for run in runs:
+            versions = self.client.search_model_versions(
+                f"name='{_quoted(self.model_name)}' and run_id='{run.info.run_id}'")
+            if versions:
+                return str(versions[0].version), run.info.run_id
+        return None
+
     def record_quarantine(self, quarantined: Sequence[Mapping[str, Any]]) -> None:
         """A run listing the files set aside and why, so the UI explains where they went."""
         with self.run(QUARANTINE_RUN, {"quarantined_files": str(len(quarantined))}) as active:
@@ -215,3 +248,7 @@ class Registry:
             pip_requirements=model_requirements(), serialization_format="skops",
             skops_trusted_types=trusted, registered_model_name=self.model_name)
         return str(info.registered_model_version)
+
+
+def _quoted(text: str) -> str:
+    return text.replace("'", "\\'")

@@ -1,0 +1,106 @@
+"""Killed for real at a step boundary, the next run converges: no second challenger, no
+file lost or duplicated, no run left RUNNING."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+
+from tests.conftest import PROJECT_DIR, cycle, machine_files, run_script, snapshot, write_csvs
+
+# error_metric is called once by monitoring, then twice by the comparison, which runs after
+# the challenger is registered: dying on the second call is dying between registration and
+# the alias move.
+KILLING_DOMAIN = """
+import os, signal
+from pathlib import Path
+from train_classification_model import train_model, ERROR_METRIC_NAME
+from train_classification_model import error_metric as _error_metric
+
+def error_metric(labels, predictions):
+    counter = Path(os.environ["CALLS_FILE"])
+    calls = int(counter.read_text() or 0) + 1 if counter.exists() else 1
+    counter.write_text(str(calls))
+    if calls == int(os.environ["KILL_ON_CALL"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _error_metric(labels, predictions)
+"""
+
+
+def test_killed_after_registration_resumes_with_the_same_challenger(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=31))
+    batch = snapshot(production.new_dir)
+    domain = production.root / "killing_domain.py"
+    domain.write_text(KILLING_DOMAIN)
+
+    killed = run_script("pipeline_orchestrator.py",
+                        [*production.flags, "--min-new-files", "5", "--domain-file", str(domain)],
+                        env_extra={"CALLS_FILE": str(production.root / "calls"),
+                                   "KILL_ON_CALL": "2", "PYTHONPATH": str(PROJECT_DIR)})
+    assert killed.returncode == -9
+    client = production.client()
+    assert sorted(str(v.version) for v in client.search_model_versions("")) == ["1", "2"]
+    assert production.alias_version() == "1" and snapshot(production.new_dir) == batch
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["outcome"] == "promoted"
+    assert summary["challenger_version"] == "2"  # the same challenger, not a third version
+    assert sorted(str(v.version) for v in client.search_model_versions("")) == ["1", "2"]
+    assert production.alias_version() == "2"
+    # Every file exactly once, byte for byte, now in history.
+    used = snapshot(production.used_dir)
+    assert snapshot(production.new_dir) == {} and all(used[n] == b for n, b in batch.items())
+    statuses = {run.info.run_id: run.info.status
+                for run in mlflow.search_runs(search_all_experiments=True, output_format="list")}
+    assert "RUNNING" not in statuses.values()
+
+
+def test_killed_inside_the_retraining_run_is_marked_killed_and_retrained_once(production,
+                                                                              capsys):
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=33))
+    batch = snapshot(production.new_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
+    process = subprocess.Popen([sys.executable, str(PROJECT_DIR / "pipeline_orchestrator.py"),
+                                *production.flags, "--min-new-files", "5"], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = production.client()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        open_runs = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            "attributes.status = 'RUNNING' and attributes.run_name = 'ModelRetraining'")
+        if open_runs:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    assert process.wait(timeout=60) == -9, "the cycle ended before it could be killed"
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["outcome"] == "promoted"
+    assert sorted(str(v.version) for v in client.search_model_versions("")) == ["1", "2"]
+    assert production.alias_version() == "2"
+    killed = client.get_run(open_runs[0].info.run_id)
+    assert killed.info.status == "KILLED" and "interrupted" in killed.data.tags
+    used = snapshot(production.used_dir)
+    assert snapshot(production.new_dir) == {} and all(used[n] == b for n, b in batch.items())
+
+
+def test_file_left_in_both_folders_by_an_interrupted_move_is_archived_once(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=0.0, seed=32))
+    # The state a kill between archive's link and unlink leaves: one file under two names.
+    os.link(production.new_dir / "batch_000.csv", production.used_dir / "batch_000.csv")
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["outcome"] == "healthy"
+    assert "batch_000.csv" not in summary["archived_files"]
+    assert len(summary["archived_files"]) == 5
+    copies = [p for p in production.used_dir.iterdir() if p.name.startswith("batch_000")]
+    assert len(copies) == 1 and snapshot(production.new_dir) == {}
