@@ -8,7 +8,6 @@ runs. Exit codes: 0 the cycle completed (any outcome), 1 failure, 2 bad usage, 7
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import sys
@@ -20,6 +19,7 @@ from retraining.cli import ArgumentParser, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.datafiles import list_data_files
 from retraining.errors import NeedsAttention
+from retraining.registry import unreachable_store_is_temporary
 from retraining.runlock import exclusive_run
 
 log = logging.getLogger("retraining.cycle")
@@ -37,7 +37,10 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         return finish(summary, "skipped", f"{len(new_paths)} new files, "
                                           f"{settings.min_new_files} needed")
 
-    with exclusive_run(settings.new_dir), store_faults_are_temporary(settings):
+    # A tracking server lost mid-cycle ends it with exit 75; archiving comes after every
+    # store call, so no file has moved by then.
+    with exclusive_run(settings.new_dir), \
+            unreachable_store_is_temporary(settings.tracking_uri, "finish the cycle"):
         # Listed again under the lock: a run that just finished may have archived some.
         new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
         summary["new_files"] = len(new_paths)
@@ -84,15 +87,6 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         # after it, so a store fault never leaves a completed cycle reported as failed.
         summary["archived_files"] = archive(context)
         return finish(summary, outcome, reason)
-
-
-@contextlib.contextmanager
-def store_faults_are_temporary(settings: Settings):
-    """A tracking server that goes away mid-cycle ends it with exit 75, before any move."""
-    from retraining.registry import unreachable_store_is_temporary
-
-    with unreachable_store_is_temporary(settings.tracking_uri, "finish the cycle"):
-        yield
 
 
 def empty_summary(settings: Settings) -> dict[str, Any]:
@@ -161,9 +155,9 @@ def read_new_files(settings: Settings, domain, paths: list[Path],
     A bad file must not stall every night's cycle, nor be lost: it is set aside, named in
     the summary and in MLflow, and the cycle goes on with the good ones.
     """
-    from retraining.archive import quarantine_file
     import pandas as pd
 
+    from retraining.archive import quarantine_file
     from retraining.datafiles import column_problem, label_kind, load_file
     from retraining.errors import DataError
 
@@ -372,14 +366,13 @@ def archive(context: CycleContext) -> list[str] | None:
 
 # --- entry point ---------------------------------------------------------------------------
 
-OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_file", "tracking_uri", "experiment", "model_name",
-           "alias", "label_column", "min_new_files", "error_threshold", "min_improvement",
-           "holdout_fraction", "seed", "dry_run", "json"]
+OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_file",
+           "tracking_uri", "experiment", "model_name", "alias", "label_column", "min_new_files",
+           "error_threshold", "min_improvement", "holdout_fraction", "seed", "dry_run", "json"]
 
 
 def main(argv=None) -> int:
-    parser = ArgumentParser(prog="pipeline_orchestrator.py",
-                                     description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="pipeline_orchestrator.py", description=__doc__.splitlines()[0])
     add_options(parser, OPTIONS)
     return run_entry_point(parser, argv, lambda settings, args: run_cycle(settings))
 

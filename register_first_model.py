@@ -79,8 +79,7 @@ def find_model_file(model_dir: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    parser = ArgumentParser(prog="register_first_model.py",
-                                     description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="register_first_model.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model-file", type=Path, default=None,
                         help="the pickle to register (default: the one .pkl in model/)")
     add_options(parser, OPTIONS)

@@ -74,7 +74,8 @@ def main(argv=None) -> int:
     from retraining.cli import ArgumentParser, run_entry_point
     from retraining.config import add_options
 
-    parser = ArgumentParser(prog="train_classification_model.py", description="Train the first model from a folder of CSVs.")
+    parser = ArgumentParser(prog="train_classification_model.py",
+                            description="Train the first model from a folder of CSVs.")
     parser.add_argument("data_dir", type=Path, help="folder of labelled CSV files")
     parser.add_argument("--output", type=Path, required=True, help="where to write the pickle")
     add_options(parser, ["label_column", "seed", "domain_file"])

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from retraining.datafiles import LoadedFile
+from retraining.datafiles import LoadedFile, file_identity
 from retraining.errors import NeedsAttention
 
 log = logging.getLogger(__name__)
@@ -63,10 +63,9 @@ def move_without_overwrite(source: Path, target: Path) -> None:
 
 def _identity(path: Path) -> tuple | None:
     try:
-        status = os.stat(path)
+        return file_identity(os.stat(path))
     except FileNotFoundError:
         return None
-    return (status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 def archive_files(files: Sequence[LoadedFile], used_dir: Path) -> list[str]:

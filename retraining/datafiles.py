@@ -40,6 +40,11 @@ def list_data_files(folder: Path, settle_seconds: float = 0.0) -> list[Path]:
     )
 
 
+def file_identity(status: os.stat_result) -> tuple:
+    """What tells one version of a file from another without reading it again."""
+    return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+
 @dataclasses.dataclass
 class LoadedFile:
     """One data file read once: its identity and its rows."""
@@ -77,7 +82,7 @@ def load_file(path: Path, label_column: str, prepare_file: Callable) -> LoadedFi
     with open(path, "rb") as handle:
         status = os.fstat(handle.fileno())
         payload = handle.read()
-    identity = (status.st_ino, status.st_size, status.st_mtime_ns)
+    identity = file_identity(status)
     sha256 = hashlib.sha256(payload).hexdigest()
     try:
         table = pcsv.read_csv(pa.BufferReader(payload))
@@ -120,7 +125,8 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def load_files(paths: Iterable[Path], label_column: str, prepare_file: Callable) -> list[LoadedFile]:
+def load_files(paths: Iterable[Path], label_column: str,
+               prepare_file: Callable) -> list[LoadedFile]:
     return [load_file(path, label_column, prepare_file) for path in paths]
 
 

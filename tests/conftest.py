@@ -101,7 +101,8 @@ def run_script(script: str, argv, cwd=None, env_extra=None) -> subprocess.Comple
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, str(PROJECT_DIR / script), *argv], cwd=cwd or PROJECT_DIR,
+    return subprocess.run([sys.executable, str(PROJECT_DIR / script), *argv],
+                          cwd=cwd or PROJECT_DIR,
                           env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -100,7 +100,8 @@ def test_default_paths_and_store_resolve_from_the_project_not_the_working_direct
 def test_flag_beats_environment_beats_default():
     assert settings_from([]).min_new_files == 15
     assert settings_from([], {"RETRAIN_MIN_NEW_FILES": "3"}).min_new_files == 3
-    assert settings_from(["--min-new-files", "4"], {"RETRAIN_MIN_NEW_FILES": "3"}).min_new_files == 4
+    flag_and_env = settings_from(["--min-new-files", "4"], {"RETRAIN_MIN_NEW_FILES": "3"})
+    assert flag_and_env.min_new_files == 4
     assert settings_from([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5000"}).tracking_uri == \
         "http://127.0.0.1:5000"
     assert settings_from([], {"RETRAIN_DRY_RUN": "true"}).dry_run is True
