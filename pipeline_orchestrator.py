@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from retraining.archive import archive_interrupted, finish_archive
 from retraining.cli import ArgumentParser, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.datafiles import list_data_files
 from retraining.errors import NeedsAttention
-from retraining.registry import unreachable_store_is_temporary
+from retraining.registry import store_faults
 from retraining.runlock import exclusive_run
 
 log = logging.getLogger("retraining.cycle")
@@ -33,19 +35,27 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
     # 1. Trigger: cheap, and before anything heavy is imported or the store is touched.
     new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
     summary["new_files"] = len(new_paths)
-    if len(new_paths) < needed:
+    if len(new_paths) < needed and not archive_interrupted(settings.used_dir):
         return finish(summary, "skipped", f"{len(new_paths)} new files, "
                                           f"{settings.min_new_files} needed")
 
-    # A tracking server lost mid-cycle ends it with exit 75; archiving comes after every
+    # A store fault ends the cycle with one line (exit 75 or 1); archiving comes after every
     # store call, so no file has moved by then.
     with exclusive_run(settings.new_dir), \
-            unreachable_store_is_temporary(settings.tracking_uri, "finish the cycle"):
+            store_faults(settings.tracking_uri, "finish the cycle"):
+        # A cycle killed while archiving had completed: its batch is consumed, not new.
+        if archive_interrupted(settings.used_dir) and not settings.dry_run:
+            summary["resumed_archive"] = finish_archive(settings.used_dir)
+            log.warning("finished archiving %d files of an interrupted cycle",
+                        len(summary["resumed_archive"]))
         # Listed again under the lock: a run that just finished may have archived some.
         new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
         summary["new_files"] = len(new_paths)
         if len(new_paths) < needed:
-            return finish(summary, "skipped", "another cycle consumed the files")
+            return finish(summary, "skipped",
+                          f"{len(new_paths)} new files, {settings.min_new_files} needed, after "
+                          + ("finishing an interrupted archive" if summary["resumed_archive"]
+                             else "another cycle consumed some"))
         context = open_cycle(settings, new_paths)
         summary["quarantined_files"] = context.quarantined
         if len(context.new_files) < needed:
@@ -93,7 +103,7 @@ def empty_summary(settings: Settings) -> dict[str, Any]:
     keys = ("outcome", "reason", "new_files", "monitoring_error", "production_version_before",
             "production_version_after", "challenger_version", "production_error",
             "challenger_error", "archived_files", "heldout_files", "monitoring_run_id",
-            "retraining_run_id", "quarantined_files")
+            "retraining_run_id", "quarantined_files", "resumed_archive")
     return dict.fromkeys(keys) | {"dry_run": settings.dry_run}
 
 
@@ -124,8 +134,8 @@ def open_cycle(settings: Settings, new_paths: list[Path]) -> CycleContext:
     domain = load_domain(settings.domain_file)
     registry = Registry(settings)
     registry.close_interrupted_runs(str(settings.new_dir))
-    finish_interrupted_moves(new_paths, settings.used_dir)
-    new_paths = [path for path in new_paths if path.exists()]
+    finish_interrupted_moves(new_paths, settings)
+    new_paths = [path for path in new_paths if os.path.lexists(path)]
     production = registry.load_production()
     new_files, quarantined = read_new_files(settings, domain, new_paths, production)
     if quarantined:
@@ -135,17 +145,17 @@ def open_cycle(settings: Settings, new_paths: list[Path]) -> CycleContext:
     return CycleContext(settings, domain, registry, production, new_files, columns, quarantined)
 
 
-def finish_interrupted_moves(new_paths: list[Path], used_dir: Path) -> None:
-    """Complete archive moves that a kill cut between link and unlink.
+def finish_interrupted_moves(new_paths: list[Path], settings: Settings) -> None:
+    """Settle files that a kill left between their link and unlink: one inode, two names.
 
-    Such a file is one inode under two names, in new_gts/ and used_gts/; taking it again
-    would put it in history twice.
+    One also in used_gts/ was being archived: taking it again would put it in history twice.
+    One also in quarantine may lack its reason there: it is taken back and checked again.
     """
-    from retraining.archive import finish_move
+    from retraining.archive import finish_move, undo_quarantine
 
     for path in new_paths:
-        if path.stat().st_nlink > 1:
-            finish_move(path, used_dir)
+        if os.lstat(path).st_nlink > 1 and finish_move(path, settings.used_dir) is None:
+            undo_quarantine(path, settings.quarantine_dir)
 
 
 def read_new_files(settings: Settings, domain, paths: list[Path],
@@ -155,23 +165,25 @@ def read_new_files(settings: Settings, domain, paths: list[Path],
     A bad file must not stall every night's cycle, nor be lost: it is set aside, named in
     the summary and in MLflow, and the cycle goes on with the good ones.
     """
-    import pandas as pd
-
     from retraining.archive import quarantine_file
-    from retraining.datafiles import column_problem, label_kind, load_file
+    from retraining.datafiles import file_problem, load_file
     from retraining.errors import DataError
+    from retraining.ledger import consumed_content
 
+    history = list_data_files(settings.used_dir)
+    taken = {sha256: f"{name} in {settings.used_dir.name}/" for sha256, name in
+             consumed_content(settings.used_dir, history, not settings.dry_run).items()}
     classes = getattr(production.model, "classes_", None)
-    class_kind = label_kind(pd.Series(classes)) if classes is not None else None
     good, quarantined = [], []
     for path in paths:
         try:
+            if path.is_symlink():
+                # Only what is inside new_gts/ is read: a link could reach anywhere.
+                raise DataError(f"{path.name} is a symbolic link, not a file",
+                                fix=f"put the file itself in {settings.new_dir}")
             loaded = load_file(path, settings.label_column, domain.prepare_file)
-            reference = production.input_columns or (good[0].features.columns if good else None)
-            problem = column_problem(loaded, reference) if reference is not None else None
-            if problem is None and class_kind and label_kind(loaded.labels) != class_kind:
-                problem = (f"has {label_kind(loaded.labels)} labels where the production "
-                           f"model's classes are {class_kind}")
+            columns = production.input_columns or (good[0].features.columns if good else None)
+            problem = file_problem(loaded, columns, classes, taken)
             if problem:
                 raise DataError(f"{path.name} {problem}", fix=f"fix or remove {path}")
         except DataError as error:
@@ -182,6 +194,7 @@ def read_new_files(settings: Settings, domain, paths: list[Path],
             quarantined.append(entry)
             continue
         good.append(loaded)
+        taken[loaded.sha256] = f"{path.name} in this batch"
     return good, quarantined
 
 

@@ -6,16 +6,20 @@ A file is moved, never copied and deleted, and never lands on top of an existing
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import time
 from pathlib import Path
 from typing import Sequence
 
-from retraining.datafiles import LoadedFile, file_identity
+from retraining.datafiles import LoadedFile, batch_key, file_identity
 from retraining.errors import NeedsAttention
+from retraining.ledger import last_batch, record_arrivals
 
 log = logging.getLogger(__name__)
+
+ARCHIVE_PLAN = ".archive_in_progress.json"
 
 
 def free_name(folder: Path, name: str, tag: str) -> Path:
@@ -47,7 +51,7 @@ def move_without_overwrite(source: Path, target: Path) -> None:
     replace it), and at no moment is the file absent from both folders.
     """
     try:
-        os.link(source, target)
+        os.link(source, target, follow_symlinks=False)  # a link moves as a link
     except OSError as error:
         if error.errno == errno.EEXIST:
             raise FileExistsError(target) from error
@@ -69,19 +73,74 @@ def _identity(path: Path) -> tuple | None:
 
 
 def archive_files(files: Sequence[LoadedFile], used_dir: Path) -> list[str]:
-    """Move each consumed file into `used_dir`; return the names they now have there."""
-    archived = []
+    """Move each consumed file into `used_dir`, record it in the ledger; return its new names.
+
+    The plan is written first (`.archive_in_progress.json` in `used_dir`), so a cycle killed
+    halfway through leaves work that the next run finishes rather than a batch half consumed.
+    """
+    unchanged = []
     for loaded in files:
         if _identity(loaded.path) != loaded.identity:
             log.warning("%s changed after it was read; left in place for the next cycle",
                         loaded.name)
             continue
-        target = move_to_free_name(loaded.path, used_dir, loaded.sha256[:12])
-        if target.name != loaded.name:
-            log.warning("%s already exists in %s; archived as %s", loaded.name, used_dir,
+        unchanged.append(loaded)
+    if not unchanged:
+        return []
+    plan = {"archive_id": f"{time.time_ns()}-{batch_key(unchanged)[:16]}",
+            "files": [{"path": str(loaded.path), "sha256": loaded.sha256,
+                       "identity": list(loaded.identity)} for loaded in unchanged]}
+    write_atomically(used_dir / ARCHIVE_PLAN, json.dumps(plan, indent=1))
+    return finish_archive(used_dir)
+
+
+def archive_interrupted(used_dir: Path) -> bool:
+    return (used_dir / ARCHIVE_PLAN).exists()
+
+
+def finish_archive(used_dir: Path) -> list[str]:
+    """Carry out the archive plan in `used_dir` from wherever it stopped; return the names.
+
+    Each step can be repeated: a file already moved is found in `used_dir` by its identity, a
+    file left under both names loses its old one, and the ledger gets the batch once.
+    """
+    plan = json.loads((used_dir / ARCHIVE_PLAN).read_text(encoding="utf-8"))
+    arrivals, moved = [], None
+    for item in plan["files"]:
+        source, identity = Path(item["path"]), tuple(item["identity"])
+        if _identity(source) == identity:
+            target = finish_move(source, used_dir)
+            if target is None:
+                target = move_to_free_name(source, used_dir, item["sha256"][:12])
+        else:
+            if moved is None:
+                moved = {_identity(path): path for path in used_dir.iterdir()
+                         if not path.is_symlink()}
+            target = moved.get(identity)
+            if target is None:
+                log.warning("%s changed after it was read; left in place for the next cycle",
+                            source.name)
+                continue
+        if target.name != source.name:
+            log.warning("%s already exists in %s; archived as %s", source.name, used_dir,
                         target.name)
-        archived.append(target.name)
-    return archived
+        arrivals.append({"name": target.name, "arrived_as": source.name,
+                         "sha256": item["sha256"], "size": identity[1],
+                         "mtime_ns": identity[2]})
+    if last_batch(used_dir) != plan["archive_id"]:
+        record_arrivals(used_dir, plan["archive_id"], arrivals)
+    os.unlink(used_dir / ARCHIVE_PLAN)
+    return [arrival["name"] for arrival in arrivals]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write then rename, so a reader or a crash sees the old file or the whole new one."""
+    partial = path.with_name(path.name + ".part")
+    with open(partial, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
 
 
 def quarantine_file(path: Path, reason: str, quarantine_dir: Path) -> str:
@@ -92,20 +151,44 @@ def quarantine_file(path: Path, reason: str, quarantine_dir: Path) -> str:
     quarantine_dir.mkdir(parents=True, exist_ok=True)
     tag = time.strftime("%Y%m%dT%H%M%S")
     target = move_to_free_name(path, quarantine_dir, tag)
-    note = target.with_name(target.name + ".reason.txt")
-    partial = note.with_name(note.name + ".part")
-    partial.write_text(f"{path.name}: {reason}\n")
-    os.replace(partial, note)
+    write_atomically(target.with_name(target.name + ".reason.txt"), f"{path.name}: {reason}\n")
     log.warning("quarantined %s as %s: %s", path.name, target.name, reason)
     return target.name
 
 
-def finish_move(path: Path, used_dir: Path) -> bool:
-    """If `path` is also linked into `used_dir` (an interrupted move), drop the new name."""
-    for candidate in used_dir.iterdir():
-        if candidate.is_file() and os.path.samefile(candidate, path):
-            os.unlink(path)
-            log.warning("finished the interrupted archiving of %s (already in %s as %s)",
-                        path.name, used_dir, candidate.name)
-            return True
-    return False
+def finish_move(path: Path, used_dir: Path) -> Path | None:
+    """If `path` is also linked into `used_dir` (an interrupted move), drop the old name.
+
+    Returns the name the file keeps in `used_dir`, or None when it is not linked there.
+    """
+    target = _other_name(path, used_dir)
+    if target is not None:
+        os.unlink(path)
+        log.warning("finished the interrupted archiving of %s (in %s as %s)", path.name,
+                    used_dir, target.name)
+    return target
+
+
+def undo_quarantine(path: Path, quarantine_dir: Path) -> bool:
+    """If `path` is also linked into quarantine (an interrupted move), drop that name.
+
+    The kill may have come before the reason was written: the file is judged again instead.
+    """
+    target = _other_name(path, quarantine_dir) if quarantine_dir.is_dir() else None
+    if target is not None:
+        os.unlink(target)
+        log.warning("took back the interrupted quarantining of %s; it is checked again",
+                    path.name)
+    return target is not None
+
+
+def _other_name(path: Path, folder: Path) -> Path | None:
+    # lstat, not samefile: a symbolic link to the file is not a second name of it, and
+    # unlinking the file's only name because of one would lose it.
+    status = os.lstat(path)
+    for candidate in folder.iterdir():
+        other = os.lstat(candidate)
+        if (other.st_ino, other.st_dev) == (status.st_ino, status.st_dev) \
+                and candidate != path:
+            return candidate
+    return None

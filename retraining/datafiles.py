@@ -86,13 +86,15 @@ def load_file(path: Path, label_column: str, prepare_file: Callable) -> LoadedFi
     sha256 = hashlib.sha256(payload).hexdigest()
     try:
         table = pcsv.read_csv(pa.BufferReader(payload))
+        for index, field in enumerate(table.schema):
+            if pa.types.is_boolean(field.type) or pa.types.is_null(field.type):
+                table = table.set_column(index, field.name,
+                                         pc.cast(table[field.name], pa.float64()))
+        # Column names are decoded only here: a header that is not UTF-8 fails late.
+        frame = table.to_pandas()
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
         raise DataError(f"{path.name} is not a readable CSV file ({_first_line(error)})",
                         fix=f"fix or remove {path}") from None
-    for index, field in enumerate(table.schema):
-        if pa.types.is_boolean(field.type) or pa.types.is_null(field.type):
-            table = table.set_column(index, field.name, pc.cast(table[field.name], pa.float64()))
-    frame = table.to_pandas()
     try:
         frame = prepare_file(frame, path)
     except Exception as error:  # the user's hook: report its own message, whatever it raised
@@ -163,6 +165,32 @@ def column_problem(loaded: LoadedFile, reference: Sequence[str]) -> str | None:
         return None
     return (f"has different feature columns (missing {sorted(set(reference) - columns)}, "
             f"unexpected {sorted(columns - set(reference))})")
+
+
+def file_problem(loaded: LoadedFile, columns: Sequence[str] | None, classes,
+                 taken: dict[str, str]) -> str | None:
+    """Why a new file cannot join the batch, or None.
+
+    `columns` are the production model's inputs, `classes` its classes (None when unknown),
+    and `taken` maps the content already consumed or in the batch to where it is.
+    """
+    import pandas as pd
+
+    if columns is not None and (problem := column_problem(loaded, columns)):
+        return problem
+    if classes is not None:
+        class_kind, kind = label_kind(pd.Series(classes)), label_kind(loaded.labels)
+        if kind != class_kind:
+            return f"has {kind} labels where the production model's classes are {class_kind}"
+        unseen = sorted(set(loaded.labels.unique().tolist()) - set(classes.tolist()), key=str)
+        if unseen:
+            # Scored as errors, a new class would look like drift; trained on, it would be
+            # promoted unchecked. A person decides whether it is a typo or a new class.
+            return (f"has labels the production model has never seen: {unseen[:5]} (a typo, "
+                    f"or a new class: then register a model that knows it)")
+    if loaded.sha256 in taken:
+        return f"has the same content as {taken[loaded.sha256]}, already taken"
+    return None
 
 
 def concat_files(files: Sequence[LoadedFile], columns: Sequence[str] | None = None):

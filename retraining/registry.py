@@ -33,9 +33,14 @@ def model_requirements() -> list[str]:
 
 
 @contextlib.contextmanager
-def unreachable_store_is_temporary(tracking_uri: str, doing: str = "continue") -> Iterator[None]:
-    """Turn a store that cannot be reached, at any call inside, into TryLater (exit 75)."""
+def store_faults(tracking_uri: str, doing: str = "continue") -> Iterator[None]:
+    """Turn a store fault, at any call inside, into one line that says what to do.
+
+    Unreachable, timing out or locked may pass by itself: TryLater (exit 75). A file that is
+    not a database, or one whose schema is older than this MLflow, needs a person: exit 1.
+    """
     import requests
+    import sqlalchemy.exc
     from mlflow.exceptions import MlflowException
 
     def temporary(error):
@@ -48,10 +53,28 @@ def unreachable_store_is_temporary(tracking_uri: str, doing: str = "continue") -
         yield
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
         raise temporary(error) from error
+    except sqlalchemy.exc.OperationalError as error:
+        if "locked" in str(error):
+            raise temporary(error) from error
+        raise _unusable_database(tracking_uri, error) from error
+    except sqlalchemy.exc.DatabaseError as error:
+        raise _unusable_database(tracking_uri, error) from error
     except MlflowException as error:
         if "Max retries exceeded" in str(error) or "Connection refused" in str(error):
             raise temporary(error) from error
+        if "out-of-date database schema" in str(error):
+            raise NeedsAttention(
+                f"the MLflow store at {tracking_uri} was made by an older MLflow",
+                fix=f"back up the database, then run: mlflow db upgrade {tracking_uri}; "
+                    "no data file was moved") from error
         raise
+
+
+def _unusable_database(tracking_uri: str, error: Exception) -> NeedsAttention:
+    cause = str(getattr(error, "orig", error)).splitlines()[0]
+    return NeedsAttention(f"the MLflow store at {tracking_uri} cannot be used ({cause})",
+                          fix="restore the database from a backup or point --tracking-uri at "
+                              "the right store; no data file was moved")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +104,7 @@ class Registry:
 
     def _store_call(self, doing: str, call, *args, **kwargs):
         """Call the store; a store that cannot be reached becomes TryLater."""
-        with unreachable_store_is_temporary(self._settings.tracking_uri, doing):
+        with store_faults(self._settings.tracking_uri, doing):
             return call(*args, **kwargs)
 
     def _ensure_experiment(self) -> str:

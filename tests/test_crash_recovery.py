@@ -10,7 +10,11 @@ import sys
 import time
 
 import mlflow
+import mlflow.sklearn
+import pytest
 
+from retraining.datafiles import list_data_files
+from retraining.ledger import arrival_order
 from tests.conftest import PROJECT_DIR, cycle, machine_files, run_script, snapshot, write_csvs
 
 # error_metric is called once by monitoring, then twice by the comparison, which runs after
@@ -104,3 +108,68 @@ def test_file_left_in_both_folders_by_an_interrupted_move_is_archived_once(produ
     assert len(summary["archived_files"]) == 5
     copies = [p for p in production.used_dir.iterdir() if p.name.startswith("batch_000")]
     assert len(copies) == 1 and snapshot(production.new_dir) == {}
+
+
+# Every boundary of a promoting cycle whose batch also holds a bad file, in the order the cycle
+# reaches them. The first file move is the bad file's, into quarantine; the next are archives.
+BOUNDARIES = {
+    "after open_cycle: bad file quarantined": ("pipeline_orchestrator.open_cycle", "after", 1),
+    "mid-quarantine: file under both names": ("retraining.archive.move_without_overwrite",
+                                              "linked", 1),
+    "after monitoring": ("pipeline_orchestrator.monitor", "after", 1),
+    "after the challenger is registered": ("pipeline_orchestrator.retrain", "after", 1),
+    "after the comparison, before the alias": ("pipeline_orchestrator.compare", "after", 1),
+    "after the alias moved, before archiving": ("pipeline_orchestrator.promote", "after", 1),
+    "mid-archive: file under both names": ("retraining.archive.move_without_overwrite",
+                                           "linked", 4),
+    "mid-archive: between two files": ("retraining.archive.move_without_overwrite", "before", 4),
+}
+
+
+@pytest.mark.parametrize("boundary", BOUNDARIES)
+def test_killed_at_any_boundary_the_next_run_converges(production, capsys, boundary):
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=41))
+    (production.new_dir / "broken.csv").write_bytes(b"\x00\xff\xfe garbage \x00\n\x01")
+    every_file = sorted([*snapshot(production.used_dir).values(),
+                         *snapshot(production.new_dir).values()])
+
+    target, when, nth = BOUNDARIES[boundary]
+    killed = subprocess.run([sys.executable, str(PROJECT_DIR / "tests" / "kill_at.py"), target,
+                             when, str(nth), "--", *production.flags, "--min-new-files", "5"],
+                            env=_without_retrain_settings(), capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, f"not killed at {boundary}: {killed.stderr[-2000:]}"
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0, capsys.readouterr().err
+    if boundary.startswith("mid-archive"):
+        # The killed cycle had completed: its batch is finished, not judged again.
+        assert summary["resumed_archive"] and summary["outcome"] == "skipped"
+    else:
+        assert summary["outcome"] in ("promoted", "healthy", "rejected")
+    # Every file exactly once, byte for byte, in history or quarantine; none left waiting.
+    assert snapshot(production.new_dir) == {}
+    kept = [*snapshot(production.used_dir).values(),
+            *(content for name, content in snapshot(production.quarantine_dir).items()
+              if not name.endswith(".reason.txt"))]
+    assert sorted(kept) == every_file
+    # The batch is history's newest arrival, whatever names its files were given.
+    newest = arrival_order(production.used_dir, list_data_files(production.used_dir))[-1]
+    assert sorted(newest) == [f"batch_{i:03d}.csv" for i in range(6)]
+    reasons = [p for p in production.quarantine_dir.iterdir() if p.name.endswith(".reason.txt")]
+    assert len(reasons) == 1 and "broken.csv" in reasons[0].read_text()
+    # One challenger for the batch, and the alias on a version that loads.
+    client = production.client()
+    assert sorted(str(v.version) for v in client.search_model_versions("")) == ["1", "2"]
+    assert production.alias_version() == "2"
+    mlflow.set_tracking_uri(production.tracking_uri)
+    assert hasattr(mlflow.sklearn.load_model("models:/classifier@production"), "predict")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert {run.info.status for run in runs} <= {"FINISHED", "KILLED"}
+
+
+def _without_retrain_settings() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env

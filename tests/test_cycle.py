@@ -264,33 +264,55 @@ def test_per_file_error_is_averaged_over_files(production, capsys):
     assert summary["monitoring_error"] == pytest.approx(expected)
 
 
-def test_redelivered_history_is_never_scored_as_unseen(workspace, memorising_domain, capsys):
+def test_redelivered_history_is_quarantined_never_scored_as_unseen(workspace, memorising_domain,
+                                                                   capsys):
     domain = memorising_domain
     # The same history again under new names, plus genuinely new files.
     for path in sorted(workspace.used_dir.glob("*.csv")):
         (workspace.new_dir / ("redelivered_" + path.name)).write_bytes(path.read_bytes())
-    write_csvs(workspace.new_dir, "fresh", noise_files(4, seed=12))
+    write_csvs(workspace.new_dir, "fresh", noise_files(5, seed=12))
 
     code, summary = cycle(workspace, capsys, "--domain-file", str(domain),
                           "--error-threshold", "0", "--holdout-fraction", "0.3")
 
     assert code == 0 and summary["outcome"] == "rejected", summary["reason"]
+    redelivered = {entry["file"]: entry["reason"] for entry in summary["quarantined_files"]}
+    assert len(redelivered) == len(list(workspace.used_dir.glob("history_*.csv")))
+    for name, reason in redelivered.items():
+        original = name[len("redelivered_"):]
+        assert f"same content as {original} in used_gts/" in reason
     assert all(name.startswith("fresh_") for name in summary["heldout_files"])
     assert summary["challenger_error"] > 0.15
 
 
-def test_batch_of_only_redelivered_files_fails_and_moves_nothing(production, capsys):
+def test_batch_of_only_redelivered_files_is_quarantined_and_history_untouched(production,
+                                                                              capsys):
     for path in sorted(production.used_dir.glob("*.csv"))[:5]:
         (production.new_dir / ("again_" + path.name)).write_bytes(path.read_bytes())
-    before = snapshot(production.new_dir), snapshot(production.used_dir)
+    batch, history = snapshot(production.new_dir), snapshot(production.used_dir)
 
     # Production has error 0 on its own training data: a negative threshold forces retraining.
-    done = run_script("pipeline_orchestrator.py", [*production.flags, "--min-new-files", "5",
-                                                   "--error-threshold=-1"])
+    code, summary = cycle(production, capsys, "--error-threshold=-1")
 
-    assert done.returncode == 1
-    assert "re-delivered" in done.stderr.strip().splitlines()[-1]
-    assert (snapshot(production.new_dir), snapshot(production.used_dir)) == before
+    assert code == 0 and summary["outcome"] == "skipped", summary["reason"]
+    assert len(summary["quarantined_files"]) == 5 and snapshot(production.new_dir) == {}
+    assert snapshot(production.used_dir) == history
+    quarantined = snapshot(production.quarantine_dir)
+    assert {name: quarantined[name] for name in batch} == batch
+
+
+def test_same_content_twice_in_one_batch_keeps_the_first(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=0.0, seed=16))
+    copy = production.new_dir / "batch_005.csv"
+    copy.write_bytes((production.new_dir / "batch_001.csv").read_bytes())
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["outcome"] == "healthy"
+    [entry] = summary["quarantined_files"]
+    assert entry["file"] == "batch_005.csv"
+    assert "same content as batch_001.csv in this batch" in entry["reason"]
+    assert "batch_001.csv" in summary["archived_files"]
 
 
 def test_dry_run_reports_the_alias_as_it_still_is(production, capsys):

@@ -21,6 +21,14 @@ BAD_FILES = {
                       b"label\n50,1,100,5,press,TRUE,\n",
     "integer_labels.csv": b"temperature,vibration,operating_hours,pressure,machine_type,serviced,"
                           b"label\n50,1,100,5,press,TRUE,1\n",
+    "garbage_header.csv": b"\x00\xff\xfe garbage \x00\n\x01",
+    "not_utf8.csv": b"temperature,vibration,operating_hours,pressure,machine_type,serviced,"
+                    b"label\n50,1,100,5,pr\xe9ss,TRUE,ok\n",
+    "unparsable_rows.csv": b"temperature,vibration,operating_hours,pressure,machine_type,"
+                           b"serviced,label\n50,1,100,5,press,TRUE,ok\n51,1\n",
+    "unseen_label.csv": b"temperature,vibration,operating_hours,pressure,machine_type,serviced,"
+                        b"label\n50,1,100,5,press,TRUE,exploded\n",
+    "odd name \u2013 \u00fcn\u00efc\u00f8d\u00e9..csv": b"",
 }
 
 
@@ -43,6 +51,9 @@ def test_bad_files_are_quarantined_with_a_reason_and_the_cycle_goes_on(productio
     assert "different feature columns" in quarantined["other_columns.csv"]["reason"]
     assert "integer labels" in quarantined["integer_labels.csv"]["reason"]
     assert "no label column" in quarantined["no_label.csv"]["reason"]
+    assert "never seen: ['exploded']" in quarantined["unseen_label.csv"]["reason"]
+    for name in ("garbage_header.csv", "not_utf8.csv", "unparsable_rows.csv"):
+        assert "not a readable CSV file" in quarantined[name]["reason"]
     # The good files were monitored and archived as usual.
     assert sorted(summary["archived_files"]) == sorted(n for n in good_before
                                                        if n not in BAD_FILES)
@@ -109,3 +120,40 @@ def test_files_still_settling_are_left_for_the_next_run(production, capsys):
 
     assert code == 0 and summary["new_files"] == 4
     assert snapshot(production.new_dir).keys() == {"batch_004.csv"}
+
+
+def test_odd_file_names_are_read_and_archived_under_their_own_names(production, capsys):
+    names = ["with spaces.csv", "\u00fcn\u00efc\u00f8d\u00e9 \u6e29\u5ea6.csv", "two..dots.csv",
+             "batch_003.csv", "batch_004.csv"]
+    for name, frame in zip(names, machine_files(5, drift=0.0, seed=27), strict=True):
+        frame.to_csv(production.new_dir / name, index=False)
+    # A leading dot is a hidden name, by the writer protocol: not taken, and not touched.
+    (production.new_dir / "..hidden.csv").write_bytes(b"still being written")
+    batch = snapshot(production.new_dir)
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["outcome"] == "healthy"
+    assert sorted(summary["archived_files"]) == sorted(names)
+    history = snapshot(production.used_dir)
+    assert all(history[name] == batch[name] for name in names)
+    assert (production.new_dir / "..hidden.csv").read_bytes() == b"still being written"
+
+
+def test_symbolic_link_is_set_aside_unread_and_its_target_untouched(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(5, drift=0.0, seed=28))
+    outside = production.root / "elsewhere"
+    outside.mkdir()
+    [target] = write_csvs(outside, "secret", machine_files(1, drift=0.0, seed=29))
+    content = target.read_bytes()
+    os.symlink(target, production.new_dir / "linked.csv")
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["outcome"] == "healthy"
+    [entry] = summary["quarantined_files"]
+    assert entry["file"] == "linked.csv" and "symbolic link" in entry["reason"]
+    kept = production.quarantine_dir / entry["quarantined_as"]
+    assert kept.is_symlink() and os.readlink(kept) == str(target)
+    assert target.read_bytes() == content and os.stat(target).st_nlink == 1
+    assert "linked.csv" not in summary["archived_files"]
