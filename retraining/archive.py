@@ -146,12 +146,20 @@ def write_atomically(path: Path, text: str) -> None:
 def quarantine_file(path: Path, reason: str, quarantine_dir: Path) -> str:
     """Move an unusable file aside, with `<name>.reason.txt` beside it; return its new name.
 
-    Nothing is deleted: the file keeps its bytes, and the reason says what to fix.
+    Nothing is deleted: the file keeps its bytes, and the reason says what to fix. The reason
+    is written first, so a quarantined file is never found without one.
     """
     quarantine_dir.mkdir(parents=True, exist_ok=True)
     tag = time.strftime("%Y%m%dT%H%M%S")
-    target = move_to_free_name(path, quarantine_dir, tag)
-    write_atomically(target.with_name(target.name + ".reason.txt"), f"{path.name}: {reason}\n")
+    while True:
+        target = free_name(quarantine_dir, path.name, tag)
+        write_atomically(target.with_name(target.name + ".reason.txt"),
+                         f"{path.name}: {reason}\n")
+        try:
+            move_without_overwrite(path, target)
+            break
+        except FileExistsError:
+            continue  # another writer took the name between the check and the link
     log.warning("quarantined %s as %s: %s", path.name, target.name, reason)
     return target.name
 

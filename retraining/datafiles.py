@@ -87,6 +87,8 @@ def load_file(path: Path, label_column: str, prepare_file: Callable) -> LoadedFi
     try:
         table = pcsv.read_csv(pa.BufferReader(payload))
         for index, field in enumerate(table.schema):
+            if pa.types.is_binary(field.type):  # what pyarrow makes of text that is not UTF-8
+                raise pa.ArrowInvalid(f"column {field.name!r} has text that is not UTF-8")
             if pa.types.is_boolean(field.type) or pa.types.is_null(field.type):
                 table = table.set_column(index, field.name,
                                          pc.cast(table[field.name], pa.float64()))

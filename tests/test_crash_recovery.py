@@ -114,6 +114,8 @@ def test_file_left_in_both_folders_by_an_interrupted_move_is_archived_once(produ
 # reaches them. The first file move is the bad file's, into quarantine; the next are archives.
 BOUNDARIES = {
     "after open_cycle: bad file quarantined": ("pipeline_orchestrator.open_cycle", "after", 1),
+    "mid-quarantine: reason written, file not moved": (
+        "retraining.archive.move_without_overwrite", "before", 1),
     "mid-quarantine: file under both names": ("retraining.archive.move_without_overwrite",
                                               "linked", 1),
     "after monitoring": ("pipeline_orchestrator.monitor", "after", 1),
