@@ -281,7 +281,13 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
                     "error_metric": domain.error_metric_name,
                     "model_class": type(model).__name__,
                     "history_files": len(history), "new_training_files": len(new_training),
-                    "heldout_files": len(heldout_names)},
+                    "heldout_files": len(heldout_names),
+                    "min_heldout_files": settings.min_heldout_files,
+                    "min_heldout_rows": settings.min_heldout_rows,
+                    "max_file_regression": settings.max_file_regression,
+                    "confidence_level": settings.confidence_level,
+                    "bootstrap_resamples": settings.bootstrap_resamples,
+                    "require_significance": settings.require_significance},
             metrics={"training_rows": len(labels), "training_files": len(training_files)},
             tags={"production_version_before": context.production.version})
         if run is not None:
@@ -314,34 +320,49 @@ class Comparison:
 
 def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenger) -> Comparison:
     """Both models on the held-out files only: data neither of them was trained on."""
-    from retraining.evaluation import error_on, judge_challenger, predict_files
+    from retraining.evaluation import predict_files
+    from retraining.gate import judge, score_heldout
 
-    settings, domain, registry = context.settings, context.domain, context.registry
     heldout = [f for f in context.new_files if f.name in challenger.heldout_names]
-    production_error = error_on(domain, heldout, monitoring.predictions)
     challenger_predictions = predict_files(challenger.model, heldout, context.columns)
-    challenger_error = error_on(domain, heldout, challenger_predictions)
-    verdict = judge_challenger(domain, production_error, challenger_error,
-                               settings.min_improvement)
-    decision = "promoted" if verdict.promote else "rejected"
+    scores = score_heldout(context.domain, heldout, monitoring.predictions,
+                           challenger_predictions)
+    verdict = judge(context.domain, scores, context.settings)
     log.info(verdict.reason)
     if challenger.run_id is not None:
-        registry.log_to_run(challenger.run_id,
-                            metrics={"production_error": production_error,
-                                     "challenger_error": challenger_error,
-                                     "improvement": verdict.improvement},
-                            tags={"decision": decision, "reason": verdict.reason})
-        decision_tags = {"decision": decision, "production_error": production_error,
-                         "challenger_error": challenger_error,
-                         "challenger_version": challenger.version,
-                         "previous_production_version": context.production.version,
-                         "heldout_files": len(heldout)}
-        registry.annotate_version(challenger.version, decision_tags,
-                                  description=f"{decision}: {verdict.reason}")
-        registry.annotate_version(context.production.version,
-                                  decision_tags | {"decision": "replaced" if verdict.promote
-                                                   else "kept"})
-    return Comparison(verdict.promote, verdict.reason, production_error, challenger_error)
+        record_comparison(context, challenger, heldout, scores, verdict)
+    return Comparison(verdict.promote, verdict.reason, scores.production_error,
+                      scores.challenger_error)
+
+
+def record_comparison(context: CycleContext, challenger: Challenger, heldout: list, scores,
+                      verdict) -> None:
+    """The gate's figures on the retraining run; the decision on both versions."""
+    registry = context.registry
+    decision = "promoted" if verdict.promote else "rejected"
+    interval = verdict.interval
+    registry.log_to_run(challenger.run_id,
+                        metrics={"production_error": scores.production_error,
+                                 "challenger_error": scores.challenger_error,
+                                 "improvement": verdict.improvement,
+                                 "error_difference_low": interval.low,
+                                 "error_difference_high": interval.high,
+                                 "confidence_level": interval.level,
+                                 "heldout_rows": int(scores.rows.sum()),
+                                 "worst_file_regression": verdict.worst_regression},
+                        tags={"decision": decision, "reason": verdict.reason,
+                              "worst_heldout_file": verdict.worst_file})
+    decision_tags = {"decision": decision, "production_error": scores.production_error,
+                     "challenger_error": scores.challenger_error,
+                     "error_difference_interval": f"{interval} of challenger minus production",
+                     "challenger_version": challenger.version,
+                     "previous_production_version": context.production.version,
+                     "heldout_files": len(heldout)}
+    registry.annotate_version(challenger.version, decision_tags,
+                              description=f"{decision}: {verdict.reason}")
+    registry.annotate_version(context.production.version,
+                              decision_tags | {"decision": "replaced" if verdict.promote
+                                               else "kept"})
 
 
 # --- promote -------------------------------------------------------------------------------
@@ -368,7 +389,9 @@ def archive(context: CycleContext) -> list[str] | None:
 
 OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_file",
            "tracking_uri", "experiment", "model_name", "alias", "label_column", "min_new_files",
-           "error_threshold", "min_improvement", "holdout_fraction", "seed", "dry_run", "json"]
+           "error_threshold", "min_improvement", "holdout_fraction", "seed",
+           "min_heldout_files", "min_heldout_rows", "max_file_regression", "confidence_level",
+           "bootstrap_resamples", "require_significance", "dry_run", "json"]
 
 
 def main(argv=None) -> int:
