@@ -330,17 +330,35 @@ def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenge
     verdict = judge(context.domain, scores, context.settings)
     log.info(verdict.reason)
     if challenger.run_id is not None:
-        record_comparison(context, challenger, heldout, scores, verdict)
+        record_comparison(context, challenger, heldout, scores, verdict,
+                          {"production": monitoring.predictions,
+                           "challenger": challenger_predictions})
     return Comparison(verdict.promote, verdict.reason, scores.production_error,
                       scores.challenger_error)
 
 
 def record_comparison(context: CycleContext, challenger: Challenger, heldout: list, scores,
-                      verdict) -> None:
-    """The gate's figures on the retraining run; the decision on both versions."""
-    registry = context.registry
+                      verdict, predictions_by_file: dict) -> None:
+    """The figures, tables and plots on the retraining run; the decision on both versions."""
+    import numpy as np
+
+    from retraining.datafiles import concat_files
+    from retraining.report import write_heldout_report
+
+    domain, registry = context.domain, context.registry
     decision = "promoted" if verdict.promote else "rejected"
     interval = verdict.interval
+    features, labels = concat_files(heldout, context.columns)
+    with tempfile.TemporaryDirectory() as folder:
+        figures = write_heldout_report(
+            Path(folder), {"production": context.production.model,
+                           "challenger": challenger.model},
+            features, labels,
+            {role: np.concatenate([np.asarray(by_file[f.name]) for f in heldout])
+             for role, by_file in predictions_by_file.items()},
+            {"production": scores.production_error, "challenger": scores.challenger_error},
+            domain.error_metric_name, scores.per_file_rows(domain.lower_error_is_better))
+        registry.log_artifacts_to_run(challenger.run_id, folder, "evaluation")
     registry.log_to_run(challenger.run_id,
                         metrics={"production_error": scores.production_error,
                                  "challenger_error": scores.challenger_error,
@@ -349,7 +367,8 @@ def record_comparison(context: CycleContext, challenger: Challenger, heldout: li
                                  "error_difference_high": interval.high,
                                  "confidence_level": interval.level,
                                  "heldout_rows": int(scores.rows.sum()),
-                                 "worst_file_regression": verdict.worst_regression},
+                                 "worst_file_regression": verdict.worst_regression,
+                                 **figures},
                         tags={"decision": decision, "reason": verdict.reason,
                               "worst_heldout_file": verdict.worst_file})
     decision_tags = {"decision": decision, "production_error": scores.production_error,

@@ -177,6 +177,10 @@ class Registry:
             run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
             tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_artifacts_to_run(self, run_id: str, folder, artifact_path: str) -> None:
+        """Add a folder's files to a run that has already ended, under `artifact_path`."""
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
     def close_interrupted_runs(self, new_dir: str) -> list[str]:
         """Mark this folder's runs that a killed cycle left RUNNING as KILLED; return their ids.
 

@@ -1,4 +1,5 @@
-"""The promotion gate: not fooled by noise, a small held-out set, or one bad file."""
+"""The promotion gate (not fooled by noise, a small held-out set or one bad file) and what a
+reviewer sees of it in MLflow."""
 
 from __future__ import annotations
 
@@ -16,6 +17,13 @@ from retraining.domain import Domain
 from retraining.gate import HeldoutScores, bootstrap_difference, judge
 from tests.conftest import (PROJECT_DIR, cycle, machine_files, train_on_folder,
                             write_csvs)
+
+EVALUATION_ARTIFACTS = {"comparison.csv", "comparison.md", "heldout_per_file.csv",
+                        "classification_report.txt", "confusion_matrix.png", "roc_curve.png",
+                        "precision_recall_curve.png"}
+FIGURES = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss",
+           "misclassification_rate")
+
 
 # --- the bootstrap ---------------------------------------------------------------------------
 
@@ -108,6 +116,34 @@ def test_noisy_equal_challenger_is_refused_when_significance_is_required(product
     run = production.client().get_run(summary["retraining_run_id"])
     assert run.data.metrics["error_difference_high"] == pytest.approx(0.0)
     assert run.data.metrics["confidence_level"] == 0.95
+
+
+def test_clearly_better_challenger_is_promoted_with_every_figure_and_plot(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(10, drift=1.0, seed=6))
+
+    code, summary = cycle(production, capsys, "--require-significance",
+                          "--max-file-regression", "0.02")
+
+    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+    assert "challenger is better" in summary["reason"] and "95% interval" in summary["reason"]
+    client = production.client()
+    run_id = summary["retraining_run_id"]
+    names = {Path(a.path).name for a in client.list_artifacts(run_id, "evaluation")}
+    assert EVALUATION_ARTIFACTS <= names
+    metrics = client.get_run(run_id).data.metrics
+    for role in ("production", "challenger"):
+        assert {f"{role}_{figure}" for figure in FIGURES} <= metrics.keys()
+    assert metrics["challenger_accuracy"] > metrics["production_accuracy"]
+    assert metrics["error_difference_low"] <= metrics["error_difference_high"] < 0
+    folder = production.root / "downloaded"
+    folder.mkdir()
+    table = Path(client.download_artifacts(run_id, "evaluation/heldout_per_file.csv",
+                                           str(folder))).read_text().splitlines()
+    assert table[0] == "file,rows,production_error,challenger_error,regression"
+    assert sorted(line.split(",")[0] for line in table[1:]) == summary["heldout_files"]
+    comparison = Path(client.download_artifacts(run_id, "evaluation/comparison.md",
+                                                str(folder))).read_text()
+    assert comparison.startswith("| figure | production | challenger |")
 
 
 def test_a_file_where_the_challenger_regresses_blocks_it_and_is_named(production, capsys):
