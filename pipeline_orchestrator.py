@@ -9,6 +9,7 @@ runs. Exit codes: 0 the cycle completed (any outcome), 1 failure, 2 bad usage, 7
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import sys
 import tempfile
@@ -233,11 +234,13 @@ class Challenger:
     version: str | None
     heldout_names: set
     run_id: str | None
+    lineage: dict | None = None  # the version's lineage tags; None when resumed or dry run
 
 
 def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
     from retraining.datafiles import (batch_key, check_columns, choose_heldout, concat_files,
                                       list_data_files, load_files, write_manifest)
+    from retraining.lineage import describe, lineage_tags
     from retraining.registry import RETRAINING_RUN
 
     settings, domain, registry = context.settings, context.domain, context.registry
@@ -270,7 +273,7 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
                 + [f.manifest_entry("new_training") for f in new_training]
                 + [f.manifest_entry("heldout") for f in context.new_files
                    if f.name in heldout_names])
-    version = None
+    version, lineage = None, None
     with registry.run(RETRAINING_RUN, {"batch_key": key, "new_dir": str(settings.new_dir),
                                        "monitoring_run_id": monitoring.run_id or ""}) as run:
         registry.log_summary(
@@ -303,9 +306,14 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
                 manifest_path = Path(folder) / "data_manifest.json"
                 write_manifest(manifest_path, manifest)
                 registry.log_artifact(manifest_path)
+                manifest_sha256 = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
             version = registry.log_model_version(model, features, model.predict(features.head(100)))
             log.info("registered challenger as version %s", version)
-    return Challenger(model, version, heldout_names, run and run.info.run_id)
+            lineage = lineage_tags(settings, context.production.version,
+                                   data_manifest_sha256=manifest_sha256, batch_key=key,
+                                   training_files=len(training_files), training_rows=len(labels))
+            registry.annotate_version(version, lineage, description=describe(lineage))
+    return Challenger(model, version, heldout_names, run and run.info.run_id, lineage)
 
 
 # --- 5. compare ----------------------------------------------------------------------------
@@ -339,10 +347,15 @@ def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenge
 
 def record_comparison(context: CycleContext, challenger: Challenger, heldout: list, scores,
                       verdict, predictions_by_file: dict) -> None:
-    """The figures, tables and plots on the retraining run; the decision on both versions."""
+    """The figures, tables and plots on the retraining run; the decision on both versions.
+
+    The production version gets one `challenge.v<N>` tag per challenger, so a later challenge
+    does not erase an earlier one; its `decision` figures change only when it is replaced.
+    """
     import numpy as np
 
     from retraining.datafiles import concat_files
+    from retraining.lineage import describe
     from retraining.report import write_heldout_report
 
     domain, registry = context.domain, context.registry
@@ -377,11 +390,14 @@ def record_comparison(context: CycleContext, challenger: Challenger, heldout: li
                      "challenger_version": challenger.version,
                      "previous_production_version": context.production.version,
                      "heldout_files": len(heldout)}
+    lineage = challenger.lineage or registry.version_tags(challenger.version)
     registry.annotate_version(challenger.version, decision_tags,
-                              description=f"{decision}: {verdict.reason}")
-    registry.annotate_version(context.production.version,
-                              decision_tags | {"decision": "replaced" if verdict.promote
-                                               else "kept"})
+                              description=f"{decision}: {verdict.reason}\n\n{describe(lineage)}")
+    challenge = {f"challenge.v{challenger.version}":
+                 f"{'replaced' if verdict.promote else 'kept'}: {verdict.reason}"}
+    if verdict.promote:
+        challenge |= decision_tags | {"decision": "replaced", "replaced_by": challenger.version}
+    registry.annotate_version(context.production.version, challenge)
 
 
 # --- promote -------------------------------------------------------------------------------

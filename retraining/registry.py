@@ -137,6 +137,9 @@ class Registry:
         if description is not None:
             self.client.update_model_version(self.model_name, version, description=description)
 
+    def version_tags(self, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(self.model_name, version).tags)
+
     # --- runs -----------------------------------------------------------------------------
 
     @contextlib.contextmanager

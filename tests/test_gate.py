@@ -1,10 +1,12 @@
-"""The promotion gate (not fooled by noise, a small held-out set or one bad file) and what a
-reviewer sees of it in MLflow."""
+"""The promotion gate (not fooled by noise, a small held-out set or one bad file) , what a
+reviewer sees of it in MLflow, and the lineage of every version."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -199,3 +201,45 @@ def test_too_few_heldout_rows_blocks_promotion_and_says_why(production, capsys):
     assert summary["challenger_error"] < summary["production_error"]
     assert production.alias_version() == "1"
     assert len(summary["archived_files"]) == 10
+
+
+# --- lineage and decisions on versions -------------------------------------------------------
+
+def test_every_version_carries_its_lineage(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=8))
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["challenger_version"] == "2"
+    client = production.client()
+    version = client.get_model_version("classifier", "2")
+    manifest = client.download_artifacts(summary["retraining_run_id"], "data_manifest.json",
+                                         str(production.root))
+    tags = version.tags
+    assert tags["data_manifest_sha256"] == hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
+    assert tags["parent_production_version"] == "1"
+    commit = tags["git_commit"]
+    assert commit == "unknown" or len(commit.removesuffix("-dirty")) == 40
+    settings = json.loads(tags["settings"])
+    assert settings["seed"] == 42 and settings["max_file_regression"] == "inf"
+    assert settings["domain_file"] == "train_classification_model.py"
+    assert "Trained on" in version.description and commit in version.description
+    assert version.description.startswith(f"{summary['outcome']}: ")
+    first = client.get_model_version("classifier", "1").tags
+    assert first["git_commit"] == commit and first["parent_production_version"] == "none"
+    assert json.loads(first["settings"])["label_column"] == "label"
+    assert len(first["history_batch_key"]) == 64
+
+
+def test_every_challenge_stays_recorded_on_the_production_version(production, capsys):
+    for seed in (11, 12):
+        write_csvs(production.new_dir, f"batch{seed}", machine_files(5, drift=1.0, seed=seed))
+        code, summary = cycle(production, capsys, "--min-improvement", "1.0")
+        assert code == 0 and summary["outcome"] == "rejected", summary["reason"]
+
+    tags = production.client().get_model_version("classifier", "1").tags
+    # The second challenge did not erase the first, nor the version's own record.
+    assert tags["challenge.v2"].startswith("kept: challenger is not better enough")
+    assert tags["challenge.v3"].startswith("kept: challenger is not better enough")
+    assert tags["decision"] == "registered_first"
+    assert "replaced_by" not in tags
