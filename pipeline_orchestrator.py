@@ -9,6 +9,7 @@ runs. Exit codes: 0 the cycle completed (any outcome), 1 failure, 2 bad usage, 7
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import sys
@@ -246,11 +247,13 @@ class Challenger:
     version: str | None
     heldout_names: set
     run_id: str | None
+    lineage: dict | None = None  # the version's lineage tags; None when resumed or dry run
 
 
 def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
     from retraining.datafiles import (batch_key, check_columns, choose_heldout, concat_files,
                                       list_data_files, load_files, write_manifest)
+    from retraining.lineage import describe, lineage_tags
     from retraining.registry import RETRAINING_RUN
 
     settings, domain, registry = context.settings, context.domain, context.registry
@@ -283,7 +286,7 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
                 + [f.manifest_entry("new_training") for f in new_training]
                 + [f.manifest_entry("heldout") for f in context.new_files
                    if f.name in heldout_names])
-    version = None
+    version, lineage = None, None
     with registry.run(RETRAINING_RUN, {"batch_key": key, "new_dir": str(settings.new_dir),
                                        "monitoring_run_id": monitoring.run_id or ""}) as run:
         registry.log_summary(
@@ -294,7 +297,13 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
                     "error_metric": domain.error_metric_name,
                     "model_class": type(model).__name__,
                     "history_files": len(history), "new_training_files": len(new_training),
-                    "heldout_files": len(heldout_names)},
+                    "heldout_files": len(heldout_names),
+                    "min_heldout_files": settings.min_heldout_files,
+                    "min_heldout_rows": settings.min_heldout_rows,
+                    "max_file_regression": settings.max_file_regression,
+                    "confidence_level": settings.confidence_level,
+                    "bootstrap_resamples": settings.bootstrap_resamples,
+                    "require_significance": settings.require_significance},
             metrics={"training_rows": len(labels), "training_files": len(training_files)},
             tags={"production_version_before": context.production.version})
         if run is not None:
@@ -310,9 +319,14 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
                 manifest_path = Path(folder) / "data_manifest.json"
                 write_manifest(manifest_path, manifest)
                 registry.log_artifact(manifest_path)
+                manifest_sha256 = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
             version = registry.log_model_version(model, features, model.predict(features.head(100)))
             log.info("registered challenger as version %s", version)
-    return Challenger(model, version, heldout_names, run and run.info.run_id)
+            lineage = lineage_tags(settings, context.production.version,
+                                   data_manifest_sha256=manifest_sha256, batch_key=key,
+                                   training_files=len(training_files), training_rows=len(labels))
+            registry.annotate_version(version, lineage, description=describe(lineage))
+    return Challenger(model, version, heldout_names, run and run.info.run_id, lineage)
 
 
 # --- 5. compare ----------------------------------------------------------------------------
@@ -327,34 +341,76 @@ class Comparison:
 
 def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenger) -> Comparison:
     """Both models on the held-out files only: data neither of them was trained on."""
-    from retraining.evaluation import error_on, judge_challenger, predict_files
+    from retraining.evaluation import predict_files
+    from retraining.gate import judge, score_heldout
 
-    settings, domain, registry = context.settings, context.domain, context.registry
     heldout = [f for f in context.new_files if f.name in challenger.heldout_names]
-    production_error = error_on(domain, heldout, monitoring.predictions)
     challenger_predictions = predict_files(challenger.model, heldout, context.columns)
-    challenger_error = error_on(domain, heldout, challenger_predictions)
-    verdict = judge_challenger(domain, production_error, challenger_error,
-                               settings.min_improvement)
-    decision = "promoted" if verdict.promote else "rejected"
+    scores = score_heldout(context.domain, heldout, monitoring.predictions,
+                           challenger_predictions)
+    verdict = judge(context.domain, scores, context.settings)
     log.info(verdict.reason)
     if challenger.run_id is not None:
-        registry.log_to_run(challenger.run_id,
-                            metrics={"production_error": production_error,
-                                     "challenger_error": challenger_error,
-                                     "improvement": verdict.improvement},
-                            tags={"decision": decision, "reason": verdict.reason})
-        decision_tags = {"decision": decision, "production_error": production_error,
-                         "challenger_error": challenger_error,
-                         "challenger_version": challenger.version,
-                         "previous_production_version": context.production.version,
-                         "heldout_files": len(heldout)}
-        registry.annotate_version(challenger.version, decision_tags,
-                                  description=f"{decision}: {verdict.reason}")
-        registry.annotate_version(context.production.version,
-                                  decision_tags | {"decision": "replaced" if verdict.promote
-                                                   else "kept"})
-    return Comparison(verdict.promote, verdict.reason, production_error, challenger_error)
+        record_comparison(context, challenger, heldout, scores, verdict,
+                          {"production": monitoring.predictions,
+                           "challenger": challenger_predictions})
+    return Comparison(verdict.promote, verdict.reason, scores.production_error,
+                      scores.challenger_error)
+
+
+def record_comparison(context: CycleContext, challenger: Challenger, heldout: list, scores,
+                      verdict, predictions_by_file: dict) -> None:
+    """The figures, tables and plots on the retraining run; the decision on both versions.
+
+    The production version gets one `challenge.v<N>` tag per challenger, so a later challenge
+    does not erase an earlier one; its `decision` figures change only when it is replaced.
+    """
+    import numpy as np
+
+    from retraining.datafiles import concat_files
+    from retraining.lineage import describe
+    from retraining.report import write_heldout_report
+
+    domain, registry = context.domain, context.registry
+    decision = "promoted" if verdict.promote else "rejected"
+    interval = verdict.interval
+    features, labels = concat_files(heldout, context.columns)
+    with tempfile.TemporaryDirectory() as folder:
+        figures = write_heldout_report(
+            Path(folder), {"production": context.production.model,
+                           "challenger": challenger.model},
+            features, labels,
+            {role: np.concatenate([np.asarray(by_file[f.name]) for f in heldout])
+             for role, by_file in predictions_by_file.items()},
+            {"production": scores.production_error, "challenger": scores.challenger_error},
+            domain.error_metric_name, scores.per_file_rows(domain.lower_error_is_better))
+        registry.log_artifacts_to_run(challenger.run_id, folder, "evaluation")
+    registry.log_to_run(challenger.run_id,
+                        metrics={"production_error": scores.production_error,
+                                 "challenger_error": scores.challenger_error,
+                                 "improvement": verdict.improvement,
+                                 "error_difference_low": interval.low,
+                                 "error_difference_high": interval.high,
+                                 "confidence_level": interval.level,
+                                 "heldout_rows": int(scores.rows.sum()),
+                                 "worst_file_regression": verdict.worst_regression,
+                                 **figures},
+                        tags={"decision": decision, "reason": verdict.reason,
+                              "worst_heldout_file": verdict.worst_file})
+    decision_tags = {"decision": decision, "production_error": scores.production_error,
+                     "challenger_error": scores.challenger_error,
+                     "error_difference_interval": f"{interval} of challenger minus production",
+                     "challenger_version": challenger.version,
+                     "previous_production_version": context.production.version,
+                     "heldout_files": len(heldout)}
+    lineage = challenger.lineage or registry.version_tags(challenger.version)
+    registry.annotate_version(challenger.version, decision_tags,
+                              description=f"{decision}: {verdict.reason}\n\n{describe(lineage)}")
+    challenge = {f"challenge.v{challenger.version}":
+                 f"{'replaced' if verdict.promote else 'kept'}: {verdict.reason}"}
+    if verdict.promote:
+        challenge |= decision_tags | {"decision": "replaced", "replaced_by": challenger.version}
+    registry.annotate_version(context.production.version, challenge)
 
 
 # --- promote -------------------------------------------------------------------------------
@@ -381,7 +437,9 @@ def archive(context: CycleContext) -> list[str] | None:
 
 OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_file",
            "tracking_uri", "experiment", "model_name", "alias", "label_column", "min_new_files",
-           "error_threshold", "min_improvement", "holdout_fraction", "seed", "dry_run", "json"]
+           "error_threshold", "min_improvement", "holdout_fraction", "seed",
+           "min_heldout_files", "min_heldout_rows", "max_file_regression", "confidence_level",
+           "bootstrap_resamples", "require_significance", "dry_run", "json"]
 
 
 def main(argv=None) -> int:

@@ -21,8 +21,10 @@ OPTIONS = ["model_dir", "used_dir", "domain_file", "tracking_uri", "experiment",
 
 
 def register_first_model(settings: Settings, model_file: Path | None) -> dict[str, Any]:
-    from retraining.datafiles import check_columns, concat_files, list_data_files, load_files
+    from retraining.datafiles import (batch_key, check_columns, concat_files, list_data_files,
+                                      load_files)
     from retraining.domain import load_domain
+    from retraining.lineage import describe, lineage_tags
     from retraining.evaluation import error_on, predict_files
     from retraining.registry import REGISTRATION_RUN, Registry
 
@@ -58,9 +60,11 @@ def register_first_model(settings: Settings, model_file: Path | None) -> dict[st
         version = registry.log_model_version(model, features, model.predict(features.head(100)))
     reason = (f"first model from {model_path.name}; {domain.error_metric_name} {error:.4f} "
               f"on {len(history)} history files (data it may have been trained on)")
+    # Its training data are unknown here; what it was evaluated on is the history.
+    lineage = lineage_tags(settings, current, history_batch_key=batch_key(history))
     registry.annotate_version(version, {"decision": "registered_first", "history_error": error,
-                                        "previous_production_version": current or "none"},
-                              description=reason)
+                                        "previous_production_version": current or "none"}
+                              | lineage, description=f"{reason}. {describe(lineage)}")
     if not settings.no_alias:
         registry.set_alias(version)
     return {"model_name": settings.model_name, "version": version,

@@ -35,6 +35,12 @@ class Settings:
     min_improvement: float
     holdout_fraction: float
     seed: int
+    min_heldout_files: int
+    min_heldout_rows: int
+    max_file_regression: float
+    confidence_level: float
+    bootstrap_resamples: int
+    require_significance: bool
     dry_run: bool
     json: bool
     force: bool
@@ -71,6 +77,13 @@ def _nonnegative_float(text: str) -> float:
     value = float(text)
     if value < 0.0 or value != value:
         raise ValueError("must be a number, 0 or more")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be 1 or more")
     return value
 
 
@@ -127,7 +140,22 @@ _OPTIONS = {
         _Option("error_threshold", _finite_float, "production error above which to retrain"),
         _Option("min_improvement", _nonnegative_float, "how much better the challenger must be"),
         _Option("holdout_fraction", _fraction, "share of new files held out for the comparison"),
-        _Option("seed", _nonnegative_int, "seed for the held-out split and training"),
+        _Option("seed", _nonnegative_int,
+                "seed for the held-out split, training and the bootstrap"),
+        _Option("min_heldout_files", _positive_int,
+                "held-out files needed before a challenger may be promoted"),
+        _Option("min_heldout_rows", _nonnegative_int,
+                "held-out rows needed before a challenger may be promoted"),
+        _Option("max_file_regression", _nonnegative_float,
+                "how much worse than production the challenger may be on any one held-out "
+                "file, in the metric's units ('inf': no cap)"),
+        _Option("confidence_level", _fraction,
+                "level of the bootstrap interval of the error difference"),
+        _Option("bootstrap_resamples", _positive_int,
+                "resamples of the held-out files for the bootstrap interval"),
+        _Option("require_significance", _flag,
+                "promote only when the whole bootstrap interval favours the challenger",
+                is_flag=True),
         _Option("dry_run", _flag, "decide and report, change nothing", is_flag=True),
         _Option("json", _flag, "print one JSON summary on stdout", is_flag=True),
         _Option("force", _flag, "replace an existing production alias", is_flag=True),
@@ -155,6 +183,16 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "min_improvement": 0.0,
         "holdout_fraction": 0.2,
         "seed": 42,
+        # One file of a few hundred rows is what the smallest batches hold out; below 200 rows
+        # one row moves a rate by more than half a point.
+        "min_heldout_files": 1,
+        "min_heldout_rows": 200,
+        # Off by default: a single file's error is noisy, and the right cap depends on the
+        # metric's units and the files' sizes. heldout_per_file.csv reports it either way.
+        "max_file_regression": float("inf"),
+        "confidence_level": 0.95,
+        "bootstrap_resamples": 2000,
+        "require_significance": False,
         "dry_run": False,
         "json": False,
         "force": False,

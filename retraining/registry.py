@@ -160,6 +160,9 @@ class Registry:
         if description is not None:
             self.client.update_model_version(self.model_name, version, description=description)
 
+    def version_tags(self, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(self.model_name, version).tags)
+
     # --- runs -----------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -199,6 +202,10 @@ class Registry:
         self.client.log_batch(
             run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
             tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifacts_to_run(self, run_id: str, folder, artifact_path: str) -> None:
+        """Add a folder's files to a run that has already ended, under `artifact_path`."""
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
 
     def close_interrupted_runs(self, new_dir: str) -> list[str]:
         """Mark this folder's runs that a killed cycle left RUNNING as KILLED; return their ids.

@@ -1,0 +1,245 @@
+"""The promotion gate (not fooled by noise, a small held-out set or one bad file) , what a
+reviewer sees of it in MLflow, and the lineage of every version."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retraining.config import Settings, build_settings
+from retraining.datafiles import choose_heldout, list_data_files, load_file, load_files
+from retraining.domain import Domain
+from retraining.gate import HeldoutScores, bootstrap_difference, judge
+from tests.conftest import (PROJECT_DIR, cycle, machine_files, train_on_folder,
+                            write_csvs)
+
+EVALUATION_ARTIFACTS = {"comparison.csv", "comparison.md", "heldout_per_file.csv",
+                        "classification_report.txt", "confusion_matrix.png", "roc_curve.png",
+                        "precision_recall_curve.png"}
+FIGURES = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss",
+           "misclassification_rate")
+
+
+# --- the bootstrap ---------------------------------------------------------------------------
+
+def noisy_errors(files, seed=0):
+    generator = np.random.default_rng(seed)
+    production = generator.uniform(0.1, 0.3, files)
+    challenger = production + generator.normal(-0.02, 0.05, files)
+    rows = generator.integers(50, 500, files)
+    return production, challenger, rows
+
+
+def test_bootstrap_is_deterministic_with_its_seed_and_moves_with_it():
+    production, challenger, rows = noisy_errors(40)
+    first = bootstrap_difference(production, challenger, rows, resamples=500, level=0.9, seed=1)
+    again = bootstrap_difference(production, challenger, rows, resamples=500, level=0.9, seed=1)
+    other = bootstrap_difference(production, challenger, rows, resamples=500, level=0.9, seed=2)
+    assert first == again
+    assert (other.low, other.high) != (first.low, first.high)
+
+
+def test_bootstrap_interval_contains_the_row_weighted_point_estimate():
+    production, challenger, rows = noisy_errors(30, seed=3)
+    interval = bootstrap_difference(production, challenger, rows, resamples=2000, level=0.95,
+                                    seed=42)
+    # Row weights make the statistic the pooled difference of a row-averaged error.
+    pooled = (rows @ challenger - rows @ production) / rows.sum()
+    assert interval.estimate == pytest.approx(pooled)
+    assert interval.low < interval.estimate < interval.high
+    wider = bootstrap_difference(production, challenger, rows, resamples=2000, level=0.99,
+                                 seed=42)
+    assert wider.low <= interval.low and wider.high >= interval.high
+
+
+def test_identical_models_give_an_interval_of_zero():
+    production, _, rows = noisy_errors(25)
+    interval = bootstrap_difference(production, production.copy(), rows, resamples=1000,
+                                    level=0.95, seed=42)
+    assert (interval.estimate, interval.low, interval.high) == (0.0, 0.0, 0.0)
+
+
+def test_bootstrap_over_a_thousand_files_takes_well_under_a_second():
+    production, challenger, rows = noisy_errors(1000)
+    started = time.perf_counter()
+    bootstrap_difference(production, challenger, rows, resamples=2000, level=0.95, seed=42)
+    assert time.perf_counter() - started < 1.0
+
+
+def gate_settings(**changes) -> Settings:
+    defaults = build_settings(PROJECT_DIR, argparse.Namespace(), environ={})
+    return dataclasses.replace(defaults, **changes)
+
+
+def scores(production, challenger, rows=300) -> HeldoutScores:
+    production, challenger = np.array(production, float), np.array(challenger, float)
+    rows = np.full(len(production), rows)
+    return HeldoutScores([f"f{i}.csv" for i in range(len(production))], rows, production,
+                         challenger, float(production.mean()), float(challenger.mean()))
+
+
+def test_a_score_where_higher_is_better_needs_the_whole_interval_above_zero():
+    accuracy = Domain(source=Path("d.py"), prepare_file=None, train_model=None,
+                      error_metric=None, error_metric_name="accuracy", error_per_file=False,
+                      lower_error_is_better=False)
+    strict = gate_settings(require_significance=True)
+    assert judge(accuracy, scores([0.7, 0.72, 0.69, 0.71], [0.8, 0.83, 0.79, 0.82]),
+                 strict).promote
+    mixed = judge(accuracy, scores([0.7, 0.72, 0.69, 0.71], [0.8, 0.65, 0.79, 0.70]), strict)
+    assert not mixed.promote and "not significantly better" in mixed.reason
+
+
+# --- the gate in a cycle -----------------------------------------------------------------------
+
+def test_noisy_equal_challenger_is_refused_when_significance_is_required(production, capsys):
+    # Same regime as history, no drift: both models are equally good, and the challenger's
+    # lead on three small held-out files is a single row. A negative threshold forces
+    # retraining.
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=0.0, seed=109, rows=100))
+    flags = ("--error-threshold=-1", "--holdout-fraction", "0.5")
+
+    code, point_only = cycle(production, capsys, *flags, "--dry-run")
+    assert code == 0 and point_only["outcome"] == "promoted", point_only["reason"]
+
+    code, summary = cycle(production, capsys, *flags, "--require-significance")
+
+    assert code == 0 and summary["outcome"] == "rejected", summary["reason"]
+    assert summary["challenger_error"] < summary["production_error"]
+    assert "not significantly better" in summary["reason"]
+    assert "95% interval [-0.0100, +0.0000]" in summary["reason"]
+    assert production.alias_version() == "1"
+    run = production.client().get_run(summary["retraining_run_id"])
+    assert run.data.metrics["error_difference_high"] == pytest.approx(0.0)
+    assert run.data.metrics["confidence_level"] == 0.95
+
+
+def test_clearly_better_challenger_is_promoted_with_every_figure_and_plot(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(10, drift=1.0, seed=6))
+
+    code, summary = cycle(production, capsys, "--require-significance",
+                          "--max-file-regression", "0.02")
+
+    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+    assert "challenger is better" in summary["reason"] and "95% interval" in summary["reason"]
+    client = production.client()
+    run_id = summary["retraining_run_id"]
+    names = {Path(a.path).name for a in client.list_artifacts(run_id, "evaluation")}
+    assert EVALUATION_ARTIFACTS <= names
+    metrics = client.get_run(run_id).data.metrics
+    for role in ("production", "challenger"):
+        assert {f"{role}_{figure}" for figure in FIGURES} <= metrics.keys()
+    assert metrics["challenger_accuracy"] > metrics["production_accuracy"]
+    assert metrics["error_difference_low"] <= metrics["error_difference_high"] < 0
+    folder = production.root / "downloaded"
+    folder.mkdir()
+    table = Path(client.download_artifacts(run_id, "evaluation/heldout_per_file.csv",
+                                           str(folder))).read_text().splitlines()
+    assert table[0] == "file,rows,production_error,challenger_error,regression"
+    assert sorted(line.split(",")[0] for line in table[1:]) == summary["heldout_files"]
+    comparison = Path(client.download_artifacts(run_id, "evaluation/comparison.md",
+                                                str(folder))).read_text()
+    assert comparison.startswith("| figure | production | challenger |")
+
+
+def test_a_file_where_the_challenger_regresses_blocks_it_and_is_named(production, capsys):
+    odd = hold_out_a_file_production_gets_right(production)
+
+    code, point_only = cycle(production, capsys, "--holdout-fraction", "0.3", "--dry-run")
+    assert code == 0 and point_only["outcome"] == "promoted", point_only["reason"]
+
+    code, summary = cycle(production, capsys, "--holdout-fraction", "0.3",
+                          "--max-file-regression", "0.1")
+
+    assert code == 0 and summary["outcome"] == "rejected", summary["reason"]
+    assert f"regresses on held-out file {odd}" in summary["reason"]
+    assert "where the cap is 0.1000" in summary["reason"]
+    assert production.alias_version() == "1"
+
+
+def hold_out_a_file_production_gets_right(workspace) -> str:
+    """A drifted batch plus one file labelled as production predicts, which is held out.
+
+    The challenger learned the drifted regime's rule, so it is worse than production on that
+    file alone. File contents decide which files are held out, so seeds are tried until
+    this file is among them.
+    """
+    model = train_on_folder(workspace.used_dir)  # production: same data, same seed
+    history = {loaded.sha256 for loaded in load_files(list_data_files(workspace.used_dir),
+                                                      "label", lambda frame, path: frame)}
+    for seed in range(50, 80):
+        for path in workspace.new_dir.glob("*.csv"):
+            path.unlink()
+        write_csvs(workspace.new_dir, "batch", machine_files(12, drift=1.0, seed=seed))
+        [odd] = write_csvs(workspace.new_dir, "odd", machine_files(1, drift=1.0, seed=seed + 100,
+                                                                   rows=150))
+        loaded = load_file(odd, "label", lambda frame, path: frame)
+        frame = loaded.features.assign(label=model.predict(loaded.features))
+        frame.to_csv(odd, index=False)
+        files = load_files(list_data_files(workspace.new_dir), "label", lambda frame, path: frame)
+        if odd.name in choose_heldout(files, 0.3, 42, seen_sha256=history):
+            return odd.name
+    raise AssertionError("no seed holds out the odd file")
+
+
+def test_too_few_heldout_rows_blocks_promotion_and_says_why(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(10, drift=1.0, seed=6))
+
+    code, summary = cycle(production, capsys, "--min-heldout-rows", "1000",
+                          "--min-heldout-files", "2")
+
+    assert code == 0 and summary["outcome"] == "rejected", summary["reason"]
+    assert summary["reason"].startswith("too few held-out data to judge: 2 files and 600 rows, "
+                                        "where promotion needs at least 2 files and 1000 rows")
+    # Judged unfit on its data, not on its merit: the better challenger's figures are there.
+    assert summary["challenger_error"] < summary["production_error"]
+    assert production.alias_version() == "1"
+    assert len(summary["archived_files"]) == 10
+
+
+# --- lineage and decisions on versions -------------------------------------------------------
+
+def test_every_version_carries_its_lineage(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=8))
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["challenger_version"] == "2"
+    client = production.client()
+    version = client.get_model_version("classifier", "2")
+    manifest = client.download_artifacts(summary["retraining_run_id"], "data_manifest.json",
+                                         str(production.root))
+    tags = version.tags
+    assert tags["data_manifest_sha256"] == hashlib.sha256(Path(manifest).read_bytes()).hexdigest()
+    assert tags["parent_production_version"] == "1"
+    commit = tags["git_commit"]
+    assert commit == "unknown" or len(commit.removesuffix("-dirty")) == 40
+    settings = json.loads(tags["settings"])
+    assert settings["seed"] == 42 and settings["max_file_regression"] == "inf"
+    assert settings["domain_file"] == "train_classification_model.py"
+    assert "Trained on" in version.description and commit in version.description
+    assert version.description.startswith(f"{summary['outcome']}: ")
+    first = client.get_model_version("classifier", "1").tags
+    assert first["git_commit"] == commit and first["parent_production_version"] == "none"
+    assert json.loads(first["settings"])["label_column"] == "label"
+    assert len(first["history_batch_key"]) == 64
+
+
+def test_every_challenge_stays_recorded_on_the_production_version(production, capsys):
+    for seed in (11, 12):
+        write_csvs(production.new_dir, f"batch{seed}", machine_files(5, drift=1.0, seed=seed))
+        code, summary = cycle(production, capsys, "--min-improvement", "1.0")
+        assert code == 0 and summary["outcome"] == "rejected", summary["reason"]
+
+    tags = production.client().get_model_version("classifier", "1").tags
+    # The second challenge did not erase the first, nor the version's own record.
+    assert tags["challenge.v2"].startswith("kept: challenger is not better enough")
+    assert tags["challenge.v3"].startswith("kept: challenger is not better enough")
+    assert tags["decision"] == "registered_first"
+    assert "replaced_by" not in tags
