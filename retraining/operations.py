@@ -19,6 +19,7 @@ import math
 import os
 import re
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -559,28 +560,28 @@ def render_status(summary: Mapping[str, Any]) -> str:
     for key in ("since", "moved_by", "changed_by", "why", "decision",
                 "previous_production_version", "rollback_target"):
         if production.get(key) is not None:
-            lines.append(f"  {key}: {production[key]}")
+            lines.append(textwrap.fill(f"{key}: {production[key]}", width=96,
+                                       initial_indent="  ", subsequent_indent="    "))
+    # Reasons are left to --json: they would make each row hundreds of characters wide.
     lines += ["", f"last {len(summary['cycles'])} cycles (newest first):",
               table(summary["cycles"], ["started", "outcome", "production_version",
-                                        "monitoring_error", "threshold", "drift_share",
-                                        "reason"]),
+                                        "monitoring_error", "threshold", "drift_share"]),
               "", f"new files waiting in {summary['new_dir']}: {summary['new_files_waiting']}"]
     return "\n".join(lines)
 
 
 def render_versions(summary: Mapping[str, Any]) -> str:
     return table(summary["versions"], ["version", "aliases", "decision", "production_error",
-                                       "challenger_error", "previous_production_version",
-                                       "created"])
+                                       "challenger_error", "previous_production_version"])
 
 
 def render_history(summary: Mapping[str, Any]) -> str:
-    moves = [move | {"when": move["when"]} for move in summary["alias_moves"]]
+    moves = summary["alias_moves"]
     return "\n".join([
         table(summary["cycles"], ["started", "production_version", "monitoring_error",
                                   "threshold", "drift_share", "decision"]),
         "", f"moves of alias {summary['alias']!r}:",
-        table(moves, ["when", "version", "previous", "action", "by", "reason"]),
+        table(moves, ["when", "version", "previous", "action", "by", "reason"], width=28),
         "", f"plot: {summary['plot']}"
         + (f" (logged to run {summary['history_run_id']})" if summary["history_run_id"]
            else "")])

@@ -101,7 +101,7 @@ def test_status_shows_the_promoted_version_why_and_the_last_cycle(promoted):
     assert "  moved_by: promoted" in text and "  rollback_target: 1" in text
     header = next(line for line in text.splitlines() if line.startswith("started"))
     assert header.split() == ["started", "outcome", "production_version", "monitoring_error",
-                              "threshold", "drift_share", "reason"]
+                              "threshold", "drift_share"]
     assert f"new files waiting in {promoted.new_dir}: 1" in text
 
 
