@@ -32,10 +32,20 @@ RECENT_CYCLES = 10
 LOW_CONFIDENCE = 0.6
 
 
-def _registry(settings: Settings):
+def _registry(settings: Settings, read_only: bool = False):
+    """The store the settings name; a SQLite file that does not exist is not created.
+
+    A typo in --tracking-uri would otherwise create an empty store and report on it.
+    """
     from retraining.registry import Registry
 
-    return Registry(settings)
+    if settings.tracking_uri.startswith("sqlite:///"):
+        database = Path(settings.tracking_uri[len("sqlite:///"):])
+        if not database.is_file():
+            raise NeedsAttention(f"no MLflow store at {database}",
+                                 fix="check --tracking-uri, or register a first model with "
+                                     "register_first_model.py")
+    return Registry(dataclasses.replace(settings, dry_run=True) if read_only else settings)
 
 
 def _when(milliseconds: int | None) -> str | None:
@@ -137,7 +147,7 @@ def status(settings: Settings, last: int = RECENT_CYCLES) -> dict[str, Any]:
     """Production, when and why it got there, the last cycles, and the files waiting."""
     from retraining.datafiles import list_data_files
 
-    registry = _registry(settings)
+    registry = _registry(settings, read_only=True)
     current = registry.production_version()
     moves = alias_moves(registry, settings.alias)
     latest = next((move for move in reversed(moves) if move.version == current), None)
@@ -200,7 +210,7 @@ def _float(text: str | None) -> float | None:
 
 def versions(settings: Settings) -> dict[str, Any]:
     """Every version with its aliases, errors and decision, newest first."""
-    registry = _registry(settings)
+    registry = _registry(settings, read_only=True)
     name = registry.model_name
     try:
         aliases = registry.client.get_registered_model(name).aliases

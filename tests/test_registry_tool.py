@@ -322,3 +322,11 @@ def test_mlflow_models_serve_answers_with_the_promoted_models_predictions(promot
     model = mlflow.sklearn.load_model("models:/classifier@production")
     assert promoted.alias_version() == "2"
     assert served == list(model.predict(rows))
+
+
+def test_status_on_a_missing_store_says_so_and_creates_nothing(workspace, capsys):
+    code, error = tool_failure(["status", *store_flags(workspace)], capsys)
+
+    assert code == 1 and len(error) == 1
+    assert f"no MLflow store at {workspace.database}" in error[0] and "Fix:" in error[0]
+    assert not workspace.database.exists()
