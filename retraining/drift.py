@@ -12,6 +12,7 @@ between the two cumulative distributions) and Cramér's V of the category table.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +23,8 @@ from typing import Callable, Sequence
 REFERENCE_MAX_FILES = 40
 REFERENCE_MAX_ROWS = 20_000
 _MISSING = "<missing>"
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,14 +71,22 @@ def reference_sample(history_paths: Sequence[Path], label_column: str, prepare_f
     import numpy as np
     import pandas as pd
 
-    from retraining.datafiles import load_files
+    from retraining.datafiles import load_file
+    from retraining.errors import DataError
 
     generator = np.random.default_rng(seed)
     chosen = list(history_paths)
     if len(chosen) > REFERENCE_MAX_FILES:
         picks = generator.choice(len(chosen), size=REFERENCE_MAX_FILES, replace=False)
         chosen = [chosen[index] for index in sorted(picks)]
-    files = load_files(chosen, label_column, prepare_file)
+    files = []
+    for path in chosen:
+        try:
+            files.append(load_file(path, label_column, prepare_file))
+        except DataError as error:
+            # Drift only informs the decision: a history file the reader now rejects (a
+            # changed prepare_file) must not stop every healthy cycle. Retraining reports it.
+            log.warning("drift reference leaves out %s: %s", path.name, error.cause)
     if not files:
         return pd.DataFrame(), 0
     features = pd.concat([loaded.features for loaded in files], ignore_index=True)

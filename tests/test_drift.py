@@ -92,3 +92,14 @@ def test_drift_is_measured_but_does_not_decide_when_the_trigger_is_off(productio
     assert "drift.csv" in [item.path for item in
                            mlflow.MlflowClient(production.tracking_uri)
                            .list_artifacts(run.info.run_id)]
+
+
+def test_an_unreadable_history_file_is_left_out_of_the_reference_not_fatal(production, capsys):
+    (production.used_dir / "broken.csv").write_bytes(b"\x00\x01 not a csv")
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=0.0, seed=24))
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["outcome"] == "healthy", summary
+    run = monitoring_run(production, summary)
+    assert run.data.metrics["drift_reference_files"] == 8
