@@ -69,6 +69,7 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         monitoring = monitor(context)
         summary["monitoring_error"] = monitoring.error
         summary["monitoring_run_id"] = monitoring.run_id
+        summary["drift_share"] = monitoring.drift_share
 
         # 3. Decide.
         if not monitoring.retrain:
@@ -104,7 +105,7 @@ def empty_summary(settings: Settings) -> dict[str, Any]:
     keys = ("outcome", "reason", "new_files", "monitoring_error", "production_version_before",
             "production_version_after", "challenger_version", "production_error",
             "challenger_error", "archived_files", "heldout_files", "monitoring_run_id",
-            "retraining_run_id", "quarantined_files", "resumed_archive")
+            "retraining_run_id", "quarantined_files", "resumed_archive", "drift_share")
     return dict.fromkeys(keys) | {"dry_run": settings.dry_run}
 
 
@@ -208,6 +209,7 @@ class Monitoring:
     reason: str
     predictions: dict  # production's predictions per new file, reused by the comparison
     run_id: str | None
+    drift_share: float | None = None
 
 
 def monitor(context: CycleContext) -> Monitoring:
@@ -218,11 +220,18 @@ def monitor(context: CycleContext) -> Monitoring:
     settings, domain = context.settings, context.domain
     predictions = predict_files(context.production.model, context.new_files, context.columns)
     error = error_on(domain, context.new_files, predictions)
-    retrain_needed = needs_retraining(domain, error, settings.error_threshold)
-    relation = "crossed" if retrain_needed else "within"
+    error_crossed = needs_retraining(domain, error, settings.error_threshold)
+    relation = "crossed" if error_crossed else "within"
     reason = (f"production v{context.production.version} {domain.error_metric_name} "
               f"{error:.4f} on {len(context.new_files)} new files {relation} the threshold "
               f"{settings.error_threshold:.4f}")
+    drift = drift_of_new_files(context)
+    drift_fires = settings.drift_trigger is not None and drift.share > settings.drift_trigger
+    if drift_fires:
+        reason += (f"; data drift on {len(drift.drifted_features)}/{len(drift.features)} "
+                   f"features ({', '.join(drift.drifted_features)}), share {drift.share:.2f}, "
+                   f"passed --drift-trigger {settings.drift_trigger:.2f}")
+    retrain_needed = error_crossed or drift_fires
     log.info(reason)
     with context.registry.run(MONITORING_RUN, {"batch_key": batch_key(context.new_files),
                                                "new_dir": str(settings.new_dir)}) as run:
@@ -236,7 +245,44 @@ def monitor(context: CycleContext) -> Monitoring:
                      "dropped_unlabelled_rows": sum(f.dropped_rows for f in context.new_files)},
             tags={"decision": "retrain" if retrain_needed else "healthy", "reason": reason,
                   "production_version": context.production.version})
-    return Monitoring(error, retrain_needed, reason, predictions, run and run.info.run_id)
+        if run is not None:
+            log_drift(context.registry, settings, drift)
+    return Monitoring(error, retrain_needed, reason, predictions, run and run.info.run_id,
+                      drift.share)
+
+
+def drift_of_new_files(context: CycleContext):
+    """Per-feature drift of the new files against a sample of the history (retraining.drift)."""
+    from retraining.datafiles import concat_files, list_data_files
+    from retraining.drift import drift_report
+
+    settings = context.settings
+    new_features, _ = concat_files(context.new_files, context.columns)
+    drift = drift_report(list_data_files(settings.used_dir), new_features, context.columns,
+                         label_column=settings.label_column,
+                         prepare_file=context.domain.prepare_file, seed=settings.seed,
+                         p_value=settings.drift_p_value, min_effect=settings.drift_min_effect)
+    log.info("drift share %.2f (%s) against %d history rows, in %.2f s", drift.share,
+             ", ".join(drift.drifted_features) or "no feature", drift.reference_rows,
+             drift.seconds)
+    return drift
+
+
+def log_drift(registry, settings: Settings, drift) -> None:
+    from retraining.drift import write_drift_csv
+
+    registry.log_summary(
+        params={"drift_p_value": settings.drift_p_value,
+                "drift_min_effect": settings.drift_min_effect,
+                "drift_trigger": settings.drift_trigger if settings.drift_trigger is not None
+                else "off"},
+        metrics={"drift_share": drift.share, "drifted_features": len(drift.drifted_features),
+                 "drift_reference_rows": drift.reference_rows,
+                 "drift_reference_files": drift.reference_files, "drift_seconds": drift.seconds})
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "drift.csv"
+        write_drift_csv(path, drift)
+        registry.log_artifact(path)
 
 
 # --- 4. retrain ----------------------------------------------------------------------------
@@ -437,9 +483,10 @@ def archive(context: CycleContext) -> list[str] | None:
 
 OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_file",
            "tracking_uri", "experiment", "model_name", "alias", "label_column", "min_new_files",
-           "error_threshold", "min_improvement", "holdout_fraction", "seed",
-           "min_heldout_files", "min_heldout_rows", "max_file_regression", "confidence_level",
-           "bootstrap_resamples", "require_significance", "dry_run", "json"]
+           "error_threshold", "drift_p_value", "drift_min_effect", "drift_trigger",
+           "min_improvement", "holdout_fraction", "seed", "min_heldout_files",
+           "min_heldout_rows", "max_file_regression", "confidence_level", "bootstrap_resamples",
+           "require_significance", "dry_run", "json"]
 
 
 def main(argv=None) -> int:

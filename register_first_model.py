@@ -51,7 +51,9 @@ def register_first_model(settings: Settings, model_file: Path | None) -> dict[st
     error = error_on(domain, history, predict_files(model, history, columns))
     features, _ = concat_files(history, columns)
 
-    with registry.run(REGISTRATION_RUN, {"model_file": model_path.name}):
+    # The alias tag tells the alias history (registry_tool.py) whether this run moved it.
+    moved_alias = "(none)" if settings.no_alias else settings.alias
+    with registry.run(REGISTRATION_RUN, {"model_file": model_path.name, "alias": moved_alias}):
         registry.log_summary(
             params={"model_file": model_path.name, "model_class": type(model).__name__,
                     "error_metric": domain.error_metric_name, "history_files": len(history)},

@@ -27,10 +27,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-                    action: Callable[[Settings, argparse.Namespace], Mapping[str, Any]]) -> int:
+                    action: Callable[[Settings, argparse.Namespace], Mapping[str, Any]],
+                    render: Callable[[Mapping[str, Any]], str] | None = None) -> int:
     """Run `action`; print its summary (JSON with --json); return the exit code.
 
-    Every failure ends as one line on stderr naming the cause and the fix.
+    Without --json the summary is printed by `render` when given, else as `key: value`
+    lines. Every failure ends as one line on stderr naming the cause and the fix.
     """
     try:
         args = parser.parse_args(argv)
@@ -62,6 +64,8 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         return EXIT_FAILURE
     if getattr(settings, "json", False):
         print(json.dumps(summary, sort_keys=True))
+    elif render is not None:
+        print(render(summary))
     else:
         for key, value in summary.items():
             print(f"{key}: {value}")

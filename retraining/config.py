@@ -31,6 +31,9 @@ class Settings:
     label_column: str
     min_new_files: int
     settle_seconds: float
+    drift_p_value: float
+    drift_min_effect: float
+    drift_trigger: float | None
     error_threshold: float
     min_improvement: float
     holdout_fraction: float
@@ -94,6 +97,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _share_or_off(text: str) -> float | None:
+    if text.strip().lower() in {"off", "none"}:
+        return None
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise ValueError("must be a share from 0 up to (not including) 1, or off")
+    return value
+
+
 def _flag(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -137,6 +149,11 @@ _OPTIONS = {
         _Option("min_new_files", _nonnegative_int, "new files needed before a cycle runs"),
         _Option("settle_seconds", _nonnegative_float,
                 "files modified more recently than this are left for the next run"),
+        _Option("drift_p_value", _fraction, "p-value under which a feature may count as drifted"),
+        _Option("drift_min_effect", _nonnegative_float,
+                "smallest effect (KS statistic or Cramér's V) that counts as drift"),
+        _Option("drift_trigger", _share_or_off,
+                "retrain when the share of drifted features passes this (off by default)"),
         _Option("error_threshold", _finite_float, "production error above which to retrain"),
         _Option("min_improvement", _nonnegative_float, "how much better the challenger must be"),
         _Option("holdout_fraction", _fraction, "share of new files held out for the comparison"),
@@ -179,6 +196,9 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "label_column": "label",
         "min_new_files": 15,
         "settle_seconds": 5.0,
+        "drift_p_value": 0.01,
+        "drift_min_effect": 0.1,
+        "drift_trigger": None,
         "error_threshold": 0.10,
         "min_improvement": 0.0,
         "holdout_fraction": 0.2,

@@ -69,11 +69,14 @@ class LoadedFile:
                 "dropped_rows": self.dropped_rows, "role": role}
 
 
-def load_file(path: Path, label_column: str, prepare_file: Callable) -> LoadedFile:
+def load_file(path: Path, label_column: str, prepare_file: Callable,
+              labels_required: bool = True) -> LoadedFile:
     """Read, hash and prepare one CSV from a single read of its bytes.
 
     Booleans become 0.0/1.0 (NaN where missing) so that a column has one type whether or
     not a file happens to have a gap in it. Rows with a missing label are dropped and counted.
+    With `labels_required` False (files to predict on), every row is kept and the label
+    column may be absent; `labels` is then all missing where there is none.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -102,6 +105,14 @@ def load_file(path: Path, label_column: str, prepare_file: Callable) -> LoadedFi
     except Exception as error:  # the user's hook: report its own message, whatever it raised
         raise DataError(f"prepare_file rejected {path.name}: {type(error).__name__}: {error}",
                         fix=f"fix {path} or the prepare_file hook") from error
+    if not labels_required:
+        import pandas as pd
+
+        labels = frame[label_column] if label_column in frame.columns \
+            else pd.Series(float("nan"), index=frame.index)
+        return LoadedFile(path=path, sha256=sha256,
+                          features=frame.drop(columns=[label_column], errors="ignore"),
+                          labels=labels, dropped_rows=0, identity=identity)
     if label_column not in frame.columns:
         raise DataError(f"{path.name} has no label column {label_column!r}",
                         fix="add the column or set --label-column to the right name")

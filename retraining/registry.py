@@ -23,6 +23,10 @@ MONITORING_RUN = "ModelMonitoring"
 RETRAINING_RUN = "ModelRetraining"
 REGISTRATION_RUN = "FirstModelRegistration"
 QUARANTINE_RUN = "DataQuarantine"
+# Written by registry_tool.py (retraining/operations.py).
+ALIAS_CHANGE_RUN = "AliasChange"
+HISTORY_RUN = "RegistryHistory"
+BATCH_PREDICTIONS_RUN = "BatchPredictions"
 
 # Passed explicitly because inferring requirements costs seconds per logged model.
 _MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skops")
@@ -249,6 +253,9 @@ class Registry:
 
     def log_artifact(self, path) -> None:
         self._mlflow.log_artifact(str(path))
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        self._mlflow.log_dict(dict(data), name)
 
     def log_training_inputs(self, datasets: Sequence[tuple[str, str, str, str]]) -> None:
         """Log dataset lineage without copying the data: (name, folder, digest, context)."""

@@ -1,0 +1,163 @@
+"""Data drift: how far the new files' features have moved from the training history.
+
+Per feature, a two-sample test of the new rows against a reference sample of `used_gts/`:
+Kolmogorov-Smirnov for numbers (booleans are numbers here: the reader turns them into
+0.0/1.0), chi-squared on the category counts for text. A feature drifts when its p-value is
+under `p_value` *and* its effect size reaches `min_effect`: with thousands of rows a test
+rejects shifts far too small to matter, so significance alone would flag nearly every
+feature every night. Both effect sizes lie in [0, 1]: the KS statistic (the largest gap
+between the two cumulative distributions) and Cramér's V of the category table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+# The reference is a seeded sample of the history, not all of it: history grows every night,
+# and reading it whole to test six columns would make monitoring cost grow with it. Tests
+# on 20,000 reference rows already resolve shifts far below the effect floor.
+REFERENCE_MAX_FILES = 40
+REFERENCE_MAX_ROWS = 20_000
+_MISSING = "<missing>"
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureDrift:
+    feature: str
+    kind: str  # "numeric" or "categorical"
+    test: str  # "ks" or "chi2"
+    statistic: float
+    p_value: float
+    effect: float  # KS statistic or Cramér's V, in [0, 1]
+    drifted: bool
+    reference_rows: int
+    new_rows: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftReport:
+    features: list[FeatureDrift]
+    reference_files: int
+    reference_rows: int
+    seconds: float
+
+    @property
+    def share(self) -> float:
+        """Share of tested features that drifted; 0 when nothing could be tested."""
+        tested = [feature for feature in self.features if not math.isnan(feature.p_value)]
+        return sum(feature.drifted for feature in tested) / len(tested) if tested else 0.0
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return [feature.feature for feature in self.features if feature.drifted]
+
+    def rows(self) -> list[dict]:
+        return [dataclasses.asdict(feature) for feature in self.features]
+
+
+def reference_sample(history_paths: Sequence[Path], label_column: str, prepare_file: Callable,
+                     seed: int):
+    """Features of a seeded sample of history files, at most REFERENCE_MAX_ROWS rows.
+
+    Returns (features, number of files read). Read with the project's reader and the
+    domain's hook, so the columns are those the model sees.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from retraining.datafiles import load_file
+    from retraining.errors import DataError
+
+    generator = np.random.default_rng(seed)
+    chosen = list(history_paths)
+    if len(chosen) > REFERENCE_MAX_FILES:
+        picks = generator.choice(len(chosen), size=REFERENCE_MAX_FILES, replace=False)
+        chosen = [chosen[index] for index in sorted(picks)]
+    files = []
+    for path in chosen:
+        try:
+            files.append(load_file(path, label_column, prepare_file))
+        except DataError as error:
+            # Drift only informs the decision: a history file the reader now rejects (a
+            # changed prepare_file) must not stop every healthy cycle. Retraining reports it.
+            log.warning("drift reference leaves out %s: %s", path.name, error.cause)
+    if not files:
+        return pd.DataFrame(), 0
+    features = pd.concat([loaded.features for loaded in files], ignore_index=True)
+    if len(features) > REFERENCE_MAX_ROWS:
+        features = features.sample(n=REFERENCE_MAX_ROWS, random_state=seed, ignore_index=True)
+    return features, len(files)
+
+
+def measure_drift(reference, new, columns: Sequence[str], p_value: float,
+                  min_effect: float) -> list[FeatureDrift]:
+    """Test every column of `new` against `reference` (two DataFrames)."""
+    return [_feature_drift(column, reference[column], new[column], p_value, min_effect)
+            for column in columns if column in reference.columns and column in new.columns]
+
+
+def _feature_drift(name: str, reference, new, p_value: float,
+                   min_effect: float) -> FeatureDrift:
+    import numpy as np
+    import pandas as pd
+    from scipy import stats
+
+    numeric = (pd.api.types.is_numeric_dtype(reference) and pd.api.types.is_numeric_dtype(new))
+    if numeric:
+        reference_values = reference.dropna().to_numpy(dtype=float)
+        new_values = new.dropna().to_numpy(dtype=float)
+        if len(reference_values) == 0 or len(new_values) == 0:
+            return _untested(name, "numeric", "ks", len(reference_values), len(new_values))
+        result = stats.ks_2samp(reference_values, new_values)
+        statistic, probability, effect = float(result.statistic), float(result.pvalue), \
+            float(result.statistic)
+        kind, test = "numeric", "ks"
+        rows = len(reference_values), len(new_values)
+    else:
+        # Missing values are a category of their own: a sensor that stops reporting is drift.
+        reference_counts = reference.astype("string").fillna(_MISSING).value_counts()
+        new_counts = new.astype("string").fillna(_MISSING).value_counts()
+        table = pd.concat([reference_counts, new_counts], axis=1).fillna(0).to_numpy(float).T
+        rows = int(reference_counts.sum()), int(new_counts.sum())
+        kind, test = "categorical", "chi2"
+        if table.shape[1] < 2 or min(rows) == 0:
+            # One category in both samples: nothing can have shifted between them.
+            return FeatureDrift(name, kind, test, 0.0, 1.0, 0.0, False, *rows)
+        result = stats.chi2_contingency(table, correction=False)
+        statistic, probability = float(result.statistic), float(result.pvalue)
+        # Cramér's V for a 2 x k table: sqrt(chi2 / n).
+        effect = float(np.sqrt(statistic / table.sum()))
+    drifted = probability < p_value and effect >= min_effect
+    return FeatureDrift(name, kind, test, statistic, probability, effect, drifted, *rows)
+
+
+def _untested(name: str, kind: str, test: str, reference_rows: int,
+              new_rows: int) -> FeatureDrift:
+    nan = float("nan")
+    return FeatureDrift(name, kind, test, nan, nan, nan, False, reference_rows, new_rows)
+
+
+def drift_report(history_paths: Sequence[Path], new_features, columns: Sequence[str], *,
+                 label_column: str, prepare_file: Callable, seed: int, p_value: float,
+                 min_effect: float) -> DriftReport:
+    """Drift of `new_features` against a sample of the history, with the time it took."""
+    import time
+
+    started = time.perf_counter()
+    reference, files = reference_sample(history_paths, label_column, prepare_file, seed)
+    features = measure_drift(reference, new_features, columns, p_value, min_effect) \
+        if files else []
+    return DriftReport(features, files, len(reference), time.perf_counter() - started)
+
+
+def write_drift_csv(path: Path, report: DriftReport) -> None:
+    import pandas as pd
+
+    columns = [field.name for field in dataclasses.fields(FeatureDrift)]
+    pd.DataFrame(report.rows(), columns=columns).to_csv(path, index=False)

@@ -1,0 +1,618 @@
+"""Operating the registry by hand: status, versions, history, moving the alias, predictions.
+
+The logic behind `registry_tool.py`. It reads what the cycle records (runs ModelMonitoring,
+ModelRetraining and FirstModelRegistration; tags and descriptions on versions) and records
+its own changes the same way: a run (AliasChange, RegistryHistory, BatchPredictions) and,
+for alias moves, tags and a description on the versions, saying who and why.
+
+MLflow keeps no history of an alias, so the history is rebuilt from those runs: the first
+registration, each promoted retraining run, each AliasChange run. Replaying them gives the
+line of production versions, which is what a rollback walks back along.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import math
+import os
+import re
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from retraining.config import Settings
+from retraining.errors import NeedsAttention, UsageError
+
+log = logging.getLogger(__name__)
+
+RECENT_CYCLES = 10
+LOW_CONFIDENCE = 0.6
+
+
+def _registry(settings: Settings, read_only: bool = False):
+    """The store the settings name; a SQLite file that does not exist is not created.
+
+    A typo in --tracking-uri would otherwise create an empty store and report on it.
+    """
+    from retraining.registry import Registry
+
+    if settings.tracking_uri.startswith("sqlite:///"):
+        database = Path(settings.tracking_uri[len("sqlite:///"):])
+        if not database.is_file():
+            raise NeedsAttention(f"no MLflow store at {database}",
+                                 fix="check --tracking-uri, or register a first model with "
+                                     "register_first_model.py")
+    return Registry(dataclasses.replace(settings, dry_run=True) if read_only else settings)
+
+
+def _when(milliseconds: int | None) -> str | None:
+    if not milliseconds:
+        return None
+    moment = datetime.datetime.fromtimestamp(milliseconds / 1000, tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="seconds")
+
+
+def _quoted(text: str) -> str:
+    return text.replace("'", "\\'")
+
+
+def _runs(registry, run_name: str, extra_filter: str = "", newest_first: bool = False,
+          max_results: int = 5000) -> list:
+    if registry.experiment_id is None:  # nothing was ever logged
+        return []
+    query = f"attributes.run_name = '{run_name}'" + (f" and {extra_filter}" if extra_filter
+                                                     else "")
+    order = "DESC" if newest_first else "ASC"
+    return list(registry.client.search_runs([registry.experiment_id], query,
+                                            max_results=max_results,
+                                            order_by=[f"attributes.start_time {order}"]))
+
+
+def _metric(run, name: str) -> float | None:
+    return run.data.metrics.get(name)
+
+
+# --- the alias history -------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class AliasMove:
+    version: str
+    previous: str | None
+    action: str  # registered_first, promoted, rollback, set-alias
+    when: int | None  # milliseconds since the epoch
+    reason: str
+    by: str | None
+    run_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"when": _when(self.when)}
+
+
+def alias_moves(registry, alias: str) -> list[AliasMove]:
+    """Every recorded move of `alias`, oldest first."""
+    from retraining.registry import ALIAS_CHANGE_RUN, REGISTRATION_RUN, RETRAINING_RUN
+
+    name = registry.model_name
+    version_of_run = {
+        version.run_id: str(version.version)
+        for version in registry.client.search_model_versions(f"name='{_quoted(name)}'")}
+    moves = []
+    for run in _runs(registry, REGISTRATION_RUN):
+        version = version_of_run.get(run.info.run_id)
+        # Runs from before the alias tag existed set the default alias.
+        if version and run.data.tags.get("alias", alias) == alias:
+            moves.append(AliasMove(version, None, "registered_first", run.info.start_time,
+                                   "first model registered", run.info.user_id, run.info.run_id))
+    for run in _runs(registry, RETRAINING_RUN, "tags.decision = 'promoted'"):
+        version = version_of_run.get(run.info.run_id)
+        if version:
+            moves.append(AliasMove(version, run.data.tags.get("production_version_before"),
+                                   "promoted", run.info.end_time or run.info.start_time,
+                                   run.data.tags.get("reason", ""), run.info.user_id,
+                                   run.info.run_id))
+    for run in _runs(registry, ALIAS_CHANGE_RUN,
+                     f"tags.alias = '{_quoted(alias)}' and tags.model_name = '{_quoted(name)}' "
+                     "and attributes.status = 'FINISHED'"):
+        tags = run.data.tags
+        moves.append(AliasMove(tags["to_version"], tags.get("from_version") or None,
+                               tags["action"], run.info.start_time, tags.get("reason", ""),
+                               tags.get("changed_by"), run.info.run_id))
+    return sorted(moves, key=lambda move: move.when or 0)
+
+
+def production_line(moves: Sequence[AliasMove], current: str | None) -> list[str]:
+    """The versions production went through, rollbacks undone: the last one is `current`.
+
+    A rollback undoes the move before it, so rolling back twice goes two steps back
+    rather than toggling between two versions. A move made outside this tool and the
+    cycle (another client) is taken as the last one.
+    """
+    line: list[str] = []
+    for move in moves:
+        if move.action == "rollback" and line:
+            line.pop()
+        if not line or line[-1] != move.version:
+            line.append(move.version)
+    if current is not None and (not line or line[-1] != current):
+        line.append(current)
+    return line
+
+
+# --- status and versions -----------------------------------------------------------------
+
+def status(settings: Settings, last: int = RECENT_CYCLES) -> dict[str, Any]:
+    """Production, when and why it got there, the last cycles, and the files waiting."""
+    from retraining.datafiles import list_data_files
+
+    registry = _registry(settings, read_only=True)
+    current = registry.production_version()
+    moves = alias_moves(registry, settings.alias)
+    latest = next((move for move in reversed(moves) if move.version == current), None)
+    line = production_line(moves, current)
+    production: dict[str, Any] = {"version": current}
+    if current is not None:
+        version = registry.client.get_model_version(registry.model_name, current)
+        production |= {
+            "decision": version.tags.get("decision"),
+            "description": version.description or None,
+            "since": _when(latest.when) if latest else None,
+            "moved_by": latest.action if latest else None,
+            "changed_by": latest.by if latest else None,
+            "why": latest.reason if latest else None,
+            "previous_production_version": version.tags.get("previous_production_version"),
+            "rollback_target": line[-2] if len(line) >= 2 else None,
+        }
+    waiting = list_data_files(settings.new_dir, settings.settle_seconds)
+    return {"model_name": settings.model_name, "alias": settings.alias,
+            "production": production, "cycles": recent_cycles(registry, last),
+            "new_files_waiting": len(waiting), "new_dir": str(settings.new_dir),
+            "waiting_files": [path.name for path in waiting]}
+
+
+def recent_cycles(registry, last: int) -> list[dict[str, Any]]:
+    """The last cycles that reached monitoring, newest first, with their outcome."""
+    from retraining.registry import MONITORING_RUN, RETRAINING_RUN
+
+    monitoring = _runs(registry, MONITORING_RUN, newest_first=True, max_results=last)
+    retraining = {run.data.tags.get("monitoring_run_id"): run
+                  for run in _runs(registry, RETRAINING_RUN, newest_first=True,
+                                   max_results=max(100, 2 * last))}
+    cycles = []
+    for run in monitoring:
+        tags, retrained = run.data.tags, retraining.get(run.info.run_id)
+        if tags.get("decision") != "retrain":
+            outcome, reason = tags.get("decision", run.info.status.lower()), tags.get("reason")
+        elif retrained is not None and "decision" in retrained.data.tags:
+            outcome, reason = retrained.data.tags["decision"], retrained.data.tags.get("reason")
+        else:
+            outcome = "retrain: " + (retrained.info.status.lower() if retrained
+                                     else "no retraining run")
+            reason = tags.get("reason")
+        cycles.append({"started": _when(run.info.start_time), "outcome": outcome,
+                       "production_version": tags.get("production_version"),
+                       "monitoring_error": _metric(run, "monitoring_error"),
+                       "threshold": _float(run.data.params.get("threshold")),
+                       "drift_share": _metric(run, "drift_share"), "reason": reason,
+                       "monitoring_run_id": run.info.run_id,
+                       "retraining_run_id": retrained.info.run_id if retrained else None})
+    return cycles
+
+
+def _float(text: str | None) -> float | None:
+    try:
+        return float(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def versions(settings: Settings) -> dict[str, Any]:
+    """Every version with its aliases, errors and decision, newest first."""
+    registry = _registry(settings, read_only=True)
+    name = registry.model_name
+    try:
+        aliases = registry.client.get_registered_model(name).aliases
+    except Exception as error:
+        if getattr(error, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+            raise NeedsAttention(f"no registered model {name!r} in {settings.tracking_uri}",
+                                 fix="run register_first_model.py, or check --model-name "
+                                     "and --tracking-uri") from error
+        raise
+    by_version: dict[str, list[str]] = {}
+    for alias, version in aliases.items():
+        by_version.setdefault(str(version), []).append(alias)
+    rows = []
+    found = registry.client.search_model_versions(f"name='{_quoted(name)}'")
+    for version in sorted(found, key=lambda item: -int(item.version)):
+        tags = version.tags
+        rows.append({"version": str(version.version),
+                     "aliases": sorted(by_version.get(str(version.version), [])),
+                     "decision": tags.get("decision"),
+                     "production_error": _float(tags.get("production_error")),
+                     "challenger_error": _float(tags.get("challenger_error")),
+                     "previous_production_version": tags.get("previous_production_version"),
+                     "created": _when(version.creation_timestamp),
+                     "description": version.description or None,
+                     "run_id": version.run_id})
+    return {"model_name": name, "versions": rows}
+
+
+# --- history -----------------------------------------------------------------------------
+
+def history(settings: Settings, output: Path) -> dict[str, Any]:
+    """Monitoring error over time, and a plot of it logged to a RegistryHistory run."""
+    from retraining.registry import HISTORY_RUN, MONITORING_RUN
+
+    registry = _registry(settings)
+    cycles = [{"started": _when(run.info.start_time), "time": run.info.start_time,
+               "production_version": run.data.tags.get("production_version"),
+               "monitoring_error": _metric(run, "monitoring_error"),
+               "threshold": _float(run.data.params.get("threshold")),
+               "drift_share": _metric(run, "drift_share"),
+               "decision": run.data.tags.get("decision")}
+              for run in _runs(registry, MONITORING_RUN)]
+    moves = alias_moves(registry, settings.alias)
+    output = output.expanduser().resolve()
+    if not output.parent.is_dir():
+        raise UsageError(f"folder {output.parent} does not exist",
+                         fix="create it or pass --output a path in an existing folder")
+    _plot_history(output, cycles, moves, settings)
+    summary = {"model_name": settings.model_name, "alias": settings.alias,
+               "cycles": [{key: value for key, value in cycle.items() if key != "time"}
+                          for cycle in cycles],
+               "alias_moves": [move.as_dict() for move in moves], "plot": str(output),
+               "history_run_id": None}
+    with registry.run(HISTORY_RUN, {"model_name": settings.model_name}) as run:
+        if run is not None:
+            registry.log_summary(metrics={"cycles": len(cycles), "alias_moves": len(moves)})
+            registry.log_artifact(output)
+            registry.log_dict(summary, "history.json")
+            summary["history_run_id"] = run.info.run_id
+    return summary
+
+
+def _plot_history(output: Path, cycles: list[dict], moves: list[AliasMove],
+                  settings: Settings) -> None:
+    """Error per cycle, the threshold, and a vertical line at each move of the alias."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: cron and SSH sessions have none
+    import matplotlib.pyplot as plt
+
+    def moment(milliseconds):
+        return datetime.datetime.fromtimestamp(milliseconds / 1000, tz=datetime.timezone.utc)
+
+    figure, axes = plt.subplots(figsize=(9, 4.5))
+    measured = [cycle for cycle in cycles if cycle["monitoring_error"] is not None]
+    stamps = [cycle["time"] for cycle in measured] + [move.when for move in moves if move.when]
+    # Pad the time axis by at least half an hour: one cycle alone would span years.
+    padding = max((max(stamps) - min(stamps)) * 0.05, 30 * 60 * 1000) if stamps else 0
+    if stamps:
+        axes.set_xlim(moment(min(stamps) - padding), moment(max(stamps) + padding))
+    if measured:
+        times = [moment(cycle["time"]) for cycle in measured]
+        axes.plot(times, [cycle["monitoring_error"] for cycle in measured], marker="o",
+                  label="monitoring error")
+        thresholds = [math.nan if cycle["threshold"] is None else cycle["threshold"]
+                      for cycle in measured]
+        # Each threshold holds until the next cycle, the last one to the plot's edge.
+        axes.step(times + [moment(max(stamps) + padding)], thresholds + thresholds[-1:],
+                  where="post", linestyle="--", color="tab:red", label="threshold")
+    else:
+        axes.text(0.5, 0.5, "no monitoring run yet", ha="center", va="center",
+                  transform=axes.transAxes)
+    for index, move in enumerate(moves):
+        if move.when is None:
+            continue
+        style = {"rollback": "tab:orange", "set-alias": "tab:purple"}.get(move.action,
+                                                                          "tab:green")
+        axes.axvline(moment(move.when), color=style, linestyle=":",
+                     label=f"{settings.alias} moves" if index == 0 else None)
+        axes.annotate(f"v{move.version} ({move.action})", (moment(move.when), 1.0),
+                      xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
+                      fontsize=8, color=style)
+    axes.set_title(f"{settings.model_name}@{settings.alias}: error on each night's new files")
+    axes.set_xlabel("cycle start (UTC)")
+    axes.set_ylabel("monitoring error")
+    axes.set_ylim(bottom=0)
+    axes.legend(loc="upper left", fontsize=8)
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    # Written beside the target then renamed: a reader never sees half a PNG.
+    handle, partial = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part",
+                                       dir=output.parent)
+    os.close(handle)
+    try:
+        figure.savefig(partial, format="png", dpi=100)
+        os.replace(partial, output)
+    finally:
+        plt.close(figure)
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+# --- moving the alias --------------------------------------------------------------------
+
+def rollback(settings: Settings, reason: str, by: str) -> dict[str, Any]:
+    """Move the alias back to the version production had before its last move."""
+    registry = _registry(settings)
+    current = registry.production_version()
+    if current is None:
+        raise NeedsAttention(f"{settings.model_name!r} has no alias {settings.alias!r}",
+                             fix="run register_first_model.py, or set-alias a version")
+    line = production_line(alias_moves(registry, settings.alias), current)
+    if len(line) < 2:
+        raise NeedsAttention(f"no production version before version {current} is recorded "
+                             f"for alias {settings.alias!r}",
+                             fix="pick one with set-alias (the versions command lists them)")
+    return move_alias(registry, settings, settings.alias, line[-2], "rollback", reason, by)
+
+
+def set_alias(settings: Settings, alias: str, version: str, reason: str,
+              by: str) -> dict[str, Any]:
+    """Point `alias` at `version` by hand, recorded like a promotion."""
+    return move_alias(_registry(settings), settings, alias, version, "set-alias", reason, by)
+
+
+def move_alias(registry, settings: Settings, alias: str, version: str, action: str,
+               reason: str, by: str) -> dict[str, Any]:
+    """Check the version loads, move the alias in an AliasChange run, tag both versions."""
+    from retraining.registry import ALIAS_CHANGE_RUN
+
+    name = registry.model_name
+    check_loadable(registry, version)
+    current = _alias_version(registry, alias)
+    summary = {"model_name": name, "alias": alias, "action": action,
+               "from_version": current, "to_version": version, "reason": reason,
+               "changed_by": by, "changed": current != version, "run_id": None}
+    if current == version:
+        log.info("alias %r already points at version %s: nothing to do", alias, version)
+        return summary
+    if registry.read_only:
+        log.info("dry run: alias %r stays on version %s", alias, current)
+        return summary | {"changed": False}
+    with registry.run(ALIAS_CHANGE_RUN, {"model_name": name, "alias": alias, "action": action,
+                                         "from_version": current or "",
+                                         "to_version": version, "reason": reason,
+                                         "changed_by": by}) as run:
+        registry.client.set_registered_model_alias(name, alias, version)
+        summary["run_id"] = run.info.run_id
+        note = (f"{action} by {by}: {reason} (alias {alias!r} moved from version "
+                f"{current or 'none'})")
+        if alias == settings.alias:  # a production move: tagged like a promotion
+            registry.annotate_version(version, {
+                "decision": "restored" if action == "rollback" else "set_by_hand",
+                "previous_production_version": current or "none",
+                "alias_changed_by": by, "alias_change_reason": reason}, description=note)
+            if current is not None:
+                registry.annotate_version(current, {
+                    "decision": "rolled_back" if action == "rollback" else "replaced_by_hand",
+                    "replaced_by_version": version})
+        else:
+            registry.annotate_version(version, {f"alias_{alias}_set_by": by,
+                                                f"alias_{alias}_reason": reason})
+    log.info("alias %r moved from version %s to %s (%s)", alias, current, version, action)
+    return summary
+
+
+def _alias_version(registry, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(registry.client.get_model_version_by_alias(registry.model_name,
+                                                              alias).version)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def check_loadable(registry, version: str) -> None:
+    """A version the alias may point at: it exists, is READY, and its model loads."""
+    from mlflow.exceptions import MlflowException
+
+    name = registry.model_name
+    if not re.fullmatch(r"[1-9][0-9]*", version):
+        raise UsageError(f"version {version!r} is not a version number",
+                         fix="give a number the versions command lists")
+    try:
+        found = registry.client.get_model_version(name, version)
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise UsageError(f"version {version} of {name!r} does not exist",
+                             fix="give a version the versions command lists") from None
+        raise
+    if found.status != "READY":
+        raise NeedsAttention(f"version {version} of {name!r} is {found.status}, not READY",
+                             fix="pick a version whose registration completed")
+    try:
+        registry.load_version(version)
+    except Exception as error:  # whatever the cause, the alias must not point at it
+        raise NeedsAttention(f"version {version} of {name!r} cannot be loaded "
+                             f"({type(error).__name__}: {' '.join(str(error).split())[:200]})",
+                             fix="pick another version, or restore its artifacts") from error
+
+
+# --- batch predictions -------------------------------------------------------------------
+
+def predict(settings: Settings, input_dir: Path, output: Path,
+            low_confidence: float = LOW_CONFIDENCE) -> dict[str, Any]:
+    """Predict every row of the CSVs in `input_dir` with production; write one CSV.
+
+    Labels are optional in the inputs. The output is never written over an existing file.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from retraining.archive import move_without_overwrite
+    from retraining.datafiles import column_problem, list_data_files, load_file
+    from retraining.domain import load_domain
+    from retraining.errors import DataError
+    from retraining.registry import BATCH_PREDICTIONS_RUN
+
+    if not 0.0 < low_confidence <= 1.0:
+        raise UsageError(f"--low-confidence {low_confidence} is not in (0, 1]",
+                         fix="give the probability under which a prediction is doubtful")
+    output = output.expanduser().resolve()
+    _check_free_output(output)
+    paths = list_data_files(input_dir.expanduser().resolve())
+    if not paths:
+        raise UsageError(f"no CSV files in {input_dir}", fix="point --input-dir at CSV files")
+    domain = load_domain(settings.domain_file)
+    registry = _registry(settings)
+    production = registry.load_production()
+    files = [load_file(path, settings.label_column, domain.prepare_file, labels_required=False)
+             for path in paths]
+    columns = production.input_columns or list(files[0].features.columns)
+    for loaded in files:
+        problem = column_problem(loaded, columns)
+        if problem:
+            raise DataError(f"{loaded.name} {problem}", fix=f"fix or remove {loaded.path}")
+    features = pd.concat([loaded.features[columns] for loaded in files])
+    if len(features) == 0:
+        raise UsageError(f"the CSV files in {input_dir} have no rows",
+                         fix="point --input-dir at files with data")
+    model = production.model
+    table = pd.DataFrame({
+        "source_file": np.concatenate([[loaded.name] * len(loaded.features)
+                                       for loaded in files]),
+        "row": features.index.to_numpy(),
+        "predicted_class": np.asarray(model.predict(features.reset_index(drop=True)))})
+    low_share = None
+    if hasattr(model, "predict_proba"):
+        probabilities = np.asarray(model.predict_proba(features.reset_index(drop=True)))
+        for index, label in enumerate(model.classes_):
+            table[f"proba_{label}"] = probabilities[:, index]
+        low_share = float(np.mean(probabilities.max(axis=1) < low_confidence))
+    _write_new_csv(table, output, move_without_overwrite)
+    distribution = {str(label): int(count)
+                    for label, count in table["predicted_class"].value_counts().items()}
+    summary = {"model_name": settings.model_name, "production_version": production.version,
+               "output": str(output), "files": len(files), "rows": len(table),
+               "prediction_distribution": distribution,
+               "low_confidence_threshold": low_confidence, "low_confidence_share": low_share,
+               "run_id": None}
+    with registry.run(BATCH_PREDICTIONS_RUN, {"model_name": settings.model_name,
+                                              "production_version": production.version,
+                                              "output": str(output)}) as run:
+        if run is not None:
+            registry.log_summary(
+                params={"input_dir": str(input_dir), "model_version": production.version,
+                        "low_confidence_threshold": low_confidence, "files": len(files)},
+                metrics={"rows": len(table), "low_confidence_share": low_share,
+                         **{f"predicted_share_{_metric_name(label)}": count / len(table)
+                            for label, count in distribution.items()}})
+            registry.log_dict(summary, "prediction_distribution.json")
+            summary["run_id"] = run.info.run_id
+    return summary
+
+
+def _check_free_output(output: Path) -> None:
+    if os.path.lexists(output):
+        raise UsageError(f"{output} already exists",
+                         fix="pass --output a new path, or move the old file away")
+    if not output.parent.is_dir():
+        raise UsageError(f"folder {output.parent} does not exist",
+                         fix="create it or pass --output a path in an existing folder")
+
+
+def _write_new_csv(table, output: Path, move_without_overwrite) -> None:
+    """Write beside the target, then link it in: an existing file is never replaced."""
+    handle, partial = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part",
+                                       dir=output.parent)
+    os.close(handle)
+    try:
+        table.to_csv(partial, index=False)
+        move_without_overwrite(Path(partial), output)
+    except FileExistsError:
+        raise UsageError(f"{output} appeared while predicting; it was left as it was",
+                         fix="pass --output a new path") from None
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+
+
+def _metric_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", label)
+
+
+# --- readable tables ---------------------------------------------------------------------
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], width: int = 60) -> str:
+    """Rows as aligned text columns; floats to 4 decimals, lists joined, None as '-'.
+
+    Cells longer than `width` are cut (the JSON output has them whole).
+    """
+    def cell(value):
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        if isinstance(value, (list, tuple)):
+            return ",".join(map(str, value)) or "-"
+        text = " ".join(str(value).split())
+        return text if len(text) <= width else text[:width - 3] + "..."
+
+    cells = [[cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max([len(column)] + [len(line[index]) for line in cells])
+              for index, column in enumerate(columns)]
+    return "\n".join("  ".join(value.ljust(width)
+                               for value, width in zip(line, widths, strict=True)).rstrip()
+                     for line in [list(columns), *cells])
+
+
+def render_status(summary: Mapping[str, Any]) -> str:
+    production = summary["production"]
+    lines = [f"{summary['model_name']}@{summary['alias']}: version "
+             f"{production.get('version') or 'none'}"]
+    for key in ("since", "moved_by", "changed_by", "why", "decision",
+                "previous_production_version", "rollback_target"):
+        if production.get(key) is not None:
+            lines.append(textwrap.fill(f"{key}: {production[key]}", width=96,
+                                       initial_indent="  ", subsequent_indent="    "))
+    # Reasons are left to --json: they would make each row hundreds of characters wide.
+    lines += ["", f"last {len(summary['cycles'])} cycles (newest first):",
+              table(summary["cycles"], ["started", "outcome", "production_version",
+                                        "monitoring_error", "threshold", "drift_share"]),
+              "", f"new files waiting in {summary['new_dir']}: {summary['new_files_waiting']}"]
+    return "\n".join(lines)
+
+
+def render_versions(summary: Mapping[str, Any]) -> str:
+    return table(summary["versions"], ["version", "aliases", "decision", "production_error",
+                                       "challenger_error", "previous_production_version"])
+
+
+def render_history(summary: Mapping[str, Any]) -> str:
+    moves = summary["alias_moves"]
+    return "\n".join([
+        table(summary["cycles"], ["started", "production_version", "monitoring_error",
+                                  "threshold", "drift_share", "decision"]),
+        "", f"moves of alias {summary['alias']!r}:",
+        table(moves, ["when", "version", "previous", "action", "by", "reason"], width=28),
+        "", f"plot: {summary['plot']}"
+        + (f" (logged to run {summary['history_run_id']})" if summary["history_run_id"]
+           else "")])
+
+
+def render_alias_change(summary: Mapping[str, Any]) -> str:
+    if not summary["changed"]:
+        return f"alias {summary['alias']!r} already points at version {summary['to_version']}"
+    return (f"alias {summary['alias']!r} moved from version {summary['from_version']} to "
+            f"{summary['to_version']} ({summary['action']} by {summary['changed_by']}: "
+            f"{summary['reason']}); run {summary['run_id']}")
+
+
+def render_predictions(summary: Mapping[str, Any]) -> str:
+    rows = [{"predicted_class": label, "rows": count,
+             "share": count / summary["rows"]}
+            for label, count in summary["prediction_distribution"].items()]
+    low = summary["low_confidence_share"]
+    return "\n".join([
+        f"{summary['rows']} rows from {summary['files']} files predicted by version "
+        f"{summary['production_version']} -> {summary['output']}",
+        table(rows, ["predicted_class", "rows", "share"]),
+        "low-confidence share (max probability < "
+        f"{summary['low_confidence_threshold']}): {'-' if low is None else f'{low:.4f}'}"])
