@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from retraining.archive import archive_interrupted, finish_archive
+from retraining.archive import archive_interrupted, check_one_filesystem, finish_archive
 from retraining.cli import ArgumentParser, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.datafiles import list_data_files
@@ -42,8 +42,10 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
 
     # A store fault ends the cycle with one line (exit 75 or 1); archiving comes after every
     # store call, so no file has moved by then.
-    with exclusive_run(settings.new_dir), \
+    # used_gts/ is locked too: two new_gts/ folders may feed one history.
+    with exclusive_run(settings.new_dir), exclusive_run(settings.used_dir), \
             store_faults(settings.tracking_uri, "finish the cycle"):
+        check_one_filesystem(settings.new_dir, settings.used_dir, settings.quarantine_dir)
         # A cycle killed while archiving had completed: its batch is consumed, not new.
         if archive_interrupted(settings.used_dir) and not settings.dry_run:
             summary["resumed_archive"] = finish_archive(settings.used_dir)
@@ -136,7 +138,8 @@ def open_cycle(settings: Settings, new_paths: list[Path]) -> CycleContext:
     domain = load_domain(settings.domain_file)
     registry = Registry(settings)
     registry.close_interrupted_runs(str(settings.new_dir))
-    finish_interrupted_moves(new_paths, settings)
+    if not settings.dry_run:
+        finish_interrupted_moves(new_paths, settings)
     new_paths = [path for path in new_paths if os.path.lexists(path)]
     production = registry.load_production()
     new_files, quarantined = read_new_files(settings, domain, new_paths, production)
@@ -148,15 +151,16 @@ def open_cycle(settings: Settings, new_paths: list[Path]) -> CycleContext:
 
 
 def finish_interrupted_moves(new_paths: list[Path], settings: Settings) -> None:
-    """Settle files that a kill left between their link and unlink: one inode, two names.
+    """Take back a file that a kill left between its link into quarantine and its unlink.
 
-    One also in used_gts/ was being archived: taking it again would put it in history twice.
-    One also in quarantine may lack its reason there: it is taken back and checked again.
+    The reason may not be written yet: the file is checked again. (Archive moves are
+    finished from their plan; a file that shares its inode with history for any other
+    reason is a re-delivery, quarantined as such.)
     """
-    from retraining.archive import finish_move, undo_quarantine
+    from retraining.archive import undo_quarantine
 
     for path in new_paths:
-        if os.lstat(path).st_nlink > 1 and finish_move(path, settings.used_dir) is None:
+        if os.lstat(path).st_nlink > 1:
             undo_quarantine(path, settings.quarantine_dir)
 
 
@@ -170,11 +174,11 @@ def read_new_files(settings: Settings, domain, paths: list[Path],
     from retraining.archive import quarantine_file
     from retraining.datafiles import file_problem, load_file
     from retraining.errors import DataError
-    from retraining.ledger import consumed_content
+    from retraining.ledger import history_content
 
-    history = list_data_files(settings.used_dir)
-    taken = {sha256: f"{name} in {settings.used_dir.name}/" for sha256, name in
-             consumed_content(settings.used_dir, history, not settings.dry_run).items()}
+    history = history_content(settings.used_dir, list_data_files(settings.used_dir),
+                              record_unknown=not settings.dry_run)
+    taken = {sha256: f"{name} in {settings.used_dir.name}/" for sha256, name in history.items()}
     classes = getattr(production.model, "classes_", None)
     good, quarantined = [], []
     for path in paths:

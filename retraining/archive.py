@@ -5,6 +5,7 @@ A file is moved, never copied and deleted, and never lands on top of an existing
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import Sequence
 
 from retraining.datafiles import LoadedFile, batch_key, file_identity
-from retraining.errors import NeedsAttention
-from retraining.ledger import last_batch, record_arrivals
+from retraining.errors import NeedsAttention, UsageError
+from retraining.ledger import record_batch, stat_fields
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def move_without_overwrite(source: Path, target: Path) -> None:
             raise NeedsAttention(
                 f"cannot move {source.name} into {target.parent} without risking an overwrite "
                 f"({os.strerror(error.errno)})",
-                fix="keep new_gts/ and used_gts/ on one filesystem that supports hard links"
+                fix="keep new_gts/, used_gts/ and the quarantine folder on one filesystem "
+                    "that supports hard links"
             ) from error
         raise
     os.unlink(source)
@@ -95,42 +97,84 @@ def archive_files(files: Sequence[LoadedFile], used_dir: Path) -> list[str]:
 
 
 def archive_interrupted(used_dir: Path) -> bool:
+    """True when a cycle was killed while archiving: its plan is still in `used_dir`."""
     return (used_dir / ARCHIVE_PLAN).exists()
 
 
 def finish_archive(used_dir: Path) -> list[str]:
     """Carry out the archive plan in `used_dir` from wherever it stopped; return the names.
 
-    Each step can be repeated: a file already moved is found in `used_dir` by its identity, a
-    file left under both names loses its old one, and the ledger gets the batch once.
+    Each step can be repeated: a file already moved is found in `used_dir` by its inode, a
+    file left under both names loses its old one, and the ledger gets each file once.
     """
-    plan = json.loads((used_dir / ARCHIVE_PLAN).read_text(encoding="utf-8"))
-    arrivals, moved = [], None
+    plan = _read_plan(used_dir)
+    in_history = {(status.st_dev, status.st_ino): path for path, status in
+                  ((path, os.lstat(path)) for path in used_dir.iterdir())}
+    arrivals = []
     for item in plan["files"]:
         source, identity = Path(item["path"]), tuple(item["identity"])
-        if _identity(source) == identity:
-            target = finish_move(source, used_dir)
-            if target is None:
+        status = _lstat(source)
+        if status is not None and file_identity(status) == identity:
+            target = in_history.get((status.st_dev, status.st_ino))
+            if target is not None:
+                os.unlink(source)  # the kill came between the link and the unlink
+            else:
                 target = move_to_free_name(source, used_dir, item["sha256"][:12])
         else:
-            if moved is None:
-                moved = {_identity(path): path for path in used_dir.iterdir()
-                         if not path.is_symlink()}
-            target = moved.get(identity)
+            target = next((path for (_, inode), path in in_history.items()
+                           if inode == identity[0]
+                           and file_identity(os.lstat(path)) == identity), None)
             if target is None:
-                log.warning("%s changed after it was read; left in place for the next cycle",
-                            source.name)
+                log.warning("%s is no longer as the cycle read it, in %s or in %s; it is "
+                            "left for the next cycle", source.name, source.parent, used_dir)
                 continue
         if target.name != source.name:
             log.warning("%s already exists in %s; archived as %s", source.name, used_dir,
                         target.name)
         arrivals.append({"name": target.name, "arrived_as": source.name,
-                         "sha256": item["sha256"], "size": identity[1],
-                         "mtime_ns": identity[2]})
-    if last_batch(used_dir) != plan["archive_id"]:
-        record_arrivals(used_dir, plan["archive_id"], arrivals)
+                         "sha256": item["sha256"], **stat_fields(os.stat(target))})
+    record_batch(used_dir, plan["archive_id"], arrivals)
     os.unlink(used_dir / ARCHIVE_PLAN)
     return [arrival["name"] for arrival in arrivals]
+
+
+def _read_plan(used_dir: Path) -> dict:
+    path = used_dir / ARCHIVE_PLAN
+    unreadable = NeedsAttention(
+        f"the archive plan {path} of an interrupted cycle cannot be read",
+        fix=f"every file it named is whole, in {used_dir} or still waiting; move the plan "
+            f"aside (mv {path} {path}.bad) and run again")
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+        valid = isinstance(plan.get("archive_id"), str) and all(
+            {"path", "sha256", "identity"} <= item.keys() for item in plan["files"])
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError,
+            TypeError) as error:
+        raise unreadable from error
+    if not valid:
+        raise unreadable
+    return plan
+
+
+def check_one_filesystem(new_dir: Path, used_dir: Path, quarantine_dir: Path) -> None:
+    """Files move by hard link, which cannot cross filesystems: refuse before any move."""
+    def device(folder: Path) -> int:
+        while not folder.exists():  # the quarantine folder is made on first use
+            folder = folder.parent
+        return os.stat(folder).st_dev
+
+    for folder in (used_dir, quarantine_dir):
+        if device(folder) != device(new_dir):
+            raise UsageError(f"{folder} is on another filesystem than {new_dir}, so files "
+                             "cannot be moved there without a copy",
+                             fix=f"put {folder.name} on the filesystem of {new_dir}")
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -164,19 +208,6 @@ def quarantine_file(path: Path, reason: str, quarantine_dir: Path) -> str:
     return target.name
 
 
-def finish_move(path: Path, used_dir: Path) -> Path | None:
-    """If `path` is also linked into `used_dir` (an interrupted move), drop the old name.
-
-    Returns the name the file keeps in `used_dir`, or None when it is not linked there.
-    """
-    target = _other_name(path, used_dir)
-    if target is not None:
-        os.unlink(path)
-        log.warning("finished the interrupted archiving of %s (in %s as %s)", path.name,
-                    used_dir, target.name)
-    return target
-
-
 def undo_quarantine(path: Path, quarantine_dir: Path) -> bool:
     """If `path` is also linked into quarantine (an interrupted move), drop that name.
 
@@ -185,6 +216,8 @@ def undo_quarantine(path: Path, quarantine_dir: Path) -> bool:
     target = _other_name(path, quarantine_dir) if quarantine_dir.is_dir() else None
     if target is not None:
         os.unlink(target)
+        with contextlib.suppress(FileNotFoundError):  # the note may not be written yet
+            os.unlink(target.with_name(target.name + ".reason.txt"))
         log.warning("took back the interrupted quarantining of %s; it is checked again",
                     path.name)
     return target is not None

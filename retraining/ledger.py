@@ -10,79 +10,89 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
+log = logging.getLogger(__name__)
+
 LEDGER_NAME = ".history_ledger.jsonl"
+# What tells the file an entry describes from one changed since: ctime cannot be set back by
+# `touch -r`, `cp -p` or `rsync -a`, and a copied folder has other inodes.
+_SAME_FILE = ("size", "mtime_ns", "ino", "ctime_ns")
+
+
+def stat_fields(status: os.stat_result) -> dict[str, int]:
+    return {"size": status.st_size, "mtime_ns": status.st_mtime_ns, "ino": status.st_ino,
+            "ctime_ns": status.st_ctime_ns}
 
 
 def read_ledger(used_dir: Path) -> list[dict]:
-    """Every entry, oldest first. A last line cut short by a crash is ignored."""
+    """Every entry, oldest first."""
     path = used_dir / LEDGER_NAME
     if not path.exists():
         return []
+    lines = path.read_text(encoding="utf-8").splitlines()
     entries = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, start=1):
         try:
             entries.append(json.loads(line))
         except json.JSONDecodeError:
-            continue  # only an append killed halfway leaves a partial line
+            if number < len(lines):  # a cut last line is an append a kill cut short
+                log.warning("line %d of %s is not JSON; it is ignored", number, path)
     return entries
 
 
-def last_batch(used_dir: Path) -> str | None:
-    entries = read_ledger(used_dir)
-    return entries[-1].get("archive_id") if entries else None
+def record_batch(used_dir: Path, archive_id: str, arrivals: Iterable[Mapping]) -> None:
+    """Append the arrivals of one archive; repeating it appends only what is missing.
 
-
-def record_arrivals(used_dir: Path, archive_id: str, arrivals: Iterable[Mapping],
-                    sequence: int | None = None) -> None:
-    """Append one batch: `arrivals` are dicts with name, arrived_as, sha256, size, mtime_ns.
-
-    The batch shares one sequence number, by default greater than any before: files that
-    arrived together are equally recent. Sequence 0 is history older than the ledger.
+    `arrivals` are dicts with name, arrived_as, sha256 and `stat_fields` of the file in
+    `used_dir`. The batch shares one sequence number, greater than any before: files that
+    arrived together are equally recent.
     """
-    if sequence is None:
-        sequence = max((entry.get("sequence", 0) for entry in read_ledger(used_dir)),
-                       default=0) + 1
+    entries = read_ledger(used_dir)
+    mine = [entry for entry in entries if entry.get("archive_id") == archive_id]
+    sequence = mine[0]["sequence"] if mine else max(
+        (entry.get("sequence", 0) for entry in entries), default=0) + 1
+    recorded = {entry["name"] for entry in mine}
     archived_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    lines = [json.dumps({"sequence": sequence, "archive_id": archive_id,
-                         "archived_at": archived_at, **arrival}, sort_keys=True)
-             for arrival in arrivals]
-    if not lines:
-        return
-    with open(used_dir / LEDGER_NAME, "a", encoding="utf-8") as ledger:
-        ledger.write("\n".join(lines) + "\n")
-        ledger.flush()
-        os.fsync(ledger.fileno())
+    _append(used_dir, [{"sequence": sequence, "archive_id": archive_id,
+                        "archived_at": archived_at, **arrival}
+                       for arrival in arrivals if arrival["name"] not in recorded])
 
 
-def consumed_content(used_dir: Path, history: Iterable[Path],
-                     record_unknown: bool = True) -> dict[str, str]:
+def history_content(used_dir: Path, history: Iterable[Path], *,
+                    record_unknown: bool) -> dict[str, str]:
     """sha256 -> name of every file in `history` (the data files of `used_dir`).
 
-    The hash comes from the ledger when the file still has the size and modification time it
-    was recorded with. Any other file (history placed by hand, or changed since) is hashed,
-    and with `record_unknown` entered in the ledger as older than any archived batch, so that
-    it is hashed once, not every night.
+    The hash comes from the ledger when the file is still the one its entry describes. Any
+    other file (history placed by hand, copied, or changed since) is hashed and, with
+    `record_unknown`, entered in the ledger, so it is hashed once, not every night. It keeps
+    the arrival of an entry with the same content, else it counts as older than any batch.
     """
-    recorded = {entry["name"]: entry for entry in read_ledger(used_dir)}
+    entries = read_ledger(used_dir)
+    by_name = {entry["name"]: entry for entry in entries}
+    arrival_of = {}
+    for entry in entries:
+        arrival_of[entry["sha256"]] = max(arrival_of.get(entry["sha256"], 0),
+                                          entry.get("sequence", 0))
     content, unknown = {}, []
     for path in history:
         status = os.stat(path)
-        entry = recorded.get(path.name)
-        if entry and (entry.get("size"), entry.get("mtime_ns")) == (status.st_size,
-                                                                    status.st_mtime_ns):
+        entry = by_name.get(path.name)
+        if entry and all(entry.get(key) == value
+                         for key, value in stat_fields(status).items()):
             content[entry["sha256"]] = path.name
             continue
-        sha256 = _sha256(path)
+        sha256 = sha256_of(path)
         content[sha256] = path.name
-        unknown.append({"name": path.name, "arrived_as": None, "sha256": sha256,
-                        "size": status.st_size, "mtime_ns": status.st_mtime_ns})
+        unknown.append({"sequence": arrival_of.get(sha256, 0), "archive_id": None,
+                        "name": path.name, "arrived_as": None, "sha256": sha256,
+                        **stat_fields(status)})
     if unknown and record_unknown:
-        record_arrivals(used_dir, "history the ledger did not know", unknown, sequence=0)
+        _append(used_dir, unknown)
     return content
 
 
@@ -98,9 +108,30 @@ def arrival_order(used_dir: Path, history: Iterable[Path]) -> list[list[str]]:
     return [sorted(groups[sequence]) for sequence in sorted(groups)]
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _append(used_dir: Path, entries: list[dict]) -> None:
+    if not entries:
+        return
+    path = used_dir / LEDGER_NAME
+    with open(path, "a+b") as ledger:
+        # An append cut short by a kill left a partial line: drop it, or the next line would
+        # be glued to it and lost as well. Its entries are appended again below.
+        size = ledger.seek(0, os.SEEK_END)
+        if size:
+            ledger.seek(max(0, size - 65536))
+            tail = ledger.read()
+            if not tail.endswith(b"\n"):
+                cut = tail.rfind(b"\n")
+                ledger.truncate(size - len(tail) + cut + 1)
+        ledger.seek(0, os.SEEK_END)
+        ledger.write(("\n".join(json.dumps(entry, sort_keys=True) for entry in entries)
+                      + "\n").encode())
+        ledger.flush()
+        os.fsync(ledger.fileno())

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from retraining.errors import TryLater
+from retraining.errors import TryLater, UsageError
 
 LOCK_NAME = ".retraining.lock"  # hidden, so never mistaken for a data file
 
@@ -19,6 +19,9 @@ LOCK_NAME = ".retraining.lock"  # hidden, so never mistaken for a data file
 @contextlib.contextmanager
 def exclusive_run(folder: Path) -> Iterator[None]:
     """Hold the folder's lock for the block; raise TryLater if another run holds it."""
+    if not folder.is_dir():
+        raise UsageError(f"data folder {folder} does not exist",
+                         fix=f"create it (mkdir -p {folder}) or point the flag at the right one")
     path = folder / LOCK_NAME
     handle = open(path, "a+")
     try:

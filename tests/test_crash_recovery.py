@@ -96,18 +96,47 @@ def test_killed_inside_the_retraining_run_is_marked_killed_and_retrained_once(pr
     assert snapshot(production.new_dir) == {} and all(used[n] == b for n, b in batch.items())
 
 
-def test_file_left_in_both_folders_by_an_interrupted_move_is_archived_once(production, capsys):
-    write_csvs(production.new_dir, "batch", machine_files(6, drift=0.0, seed=32))
-    # The state a kill between archive's link and unlink leaves: one file under two names.
-    os.link(production.new_dir / "batch_000.csv", production.used_dir / "batch_000.csv")
+def test_hard_link_of_history_in_new_gts_is_quarantined_as_a_redelivery(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(5, drift=0.0, seed=32))
+    # One inode under two names, as a kill between link and unlink would leave, but made by
+    # a person: only an archive plan may say a file was being archived.
+    os.link(production.used_dir / "history_000.csv", production.new_dir / "again.csv")
+    history = snapshot(production.used_dir)
 
     code, summary = cycle(production, capsys)
 
     assert code == 0 and summary["outcome"] == "healthy"
-    assert "batch_000.csv" not in summary["archived_files"]
-    assert len(summary["archived_files"]) == 5
-    copies = [p for p in production.used_dir.iterdir() if p.name.startswith("batch_000")]
-    assert len(copies) == 1 and snapshot(production.new_dir) == {}
+    [entry] = summary["quarantined_files"]
+    assert entry["file"] == "again.csv" and "history_000.csv in used_gts/" in entry["reason"]
+    used = snapshot(production.used_dir)
+    assert {name: used[name] for name in history} == history and len(used) == len(history) + 5
+    assert (production.quarantine_dir / "again.csv").read_bytes() == history["history_000.csv"]
+
+
+def test_unreadable_archive_plan_needs_a_person_and_moves_nothing(production):
+    write_csvs(production.new_dir, "batch", machine_files(5, drift=0.0, seed=34))
+    plan = production.used_dir / ".archive_in_progress.json"
+    plan.write_text('{"archive_id": "1-ab", "fi')  # cut short, as a failing disk could
+    before = snapshot(production.new_dir), snapshot(production.used_dir)
+
+    done = run_script("pipeline_orchestrator.py", [*production.flags, "--min-new-files", "5"])
+
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert "archive plan" in last and f"mv {plan} {plan}.bad" in last
+    assert (snapshot(production.new_dir), snapshot(production.used_dir)) == before
+
+
+def test_dry_run_leaves_a_half_quarantined_file_as_it_is(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(5, drift=0.0, seed=35))
+    production.quarantine_dir.mkdir()
+    os.link(production.new_dir / "batch_000.csv", production.quarantine_dir / "batch_000.csv")
+
+    code, _ = cycle(production, capsys, "--dry-run")
+
+    assert code == 0
+    assert (production.quarantine_dir / "batch_000.csv").exists()
+    assert os.stat(production.new_dir / "batch_000.csv").st_nlink == 2
 
 
 # Every boundary of a promoting cycle whose batch also holds a bad file, in the order the cycle
@@ -125,6 +154,7 @@ BOUNDARIES = {
     "mid-archive: file under both names": ("retraining.archive.move_without_overwrite",
                                            "linked", 4),
     "mid-archive: between two files": ("retraining.archive.move_without_overwrite", "before", 4),
+    "after the moves, before the ledger": ("retraining.archive.record_batch", "before", 1),
 }
 
 
@@ -145,7 +175,7 @@ def test_killed_at_any_boundary_the_next_run_converges(production, capsys, bound
     code, summary = cycle(production, capsys)
 
     assert code == 0, capsys.readouterr().err
-    if boundary.startswith("mid-archive"):
+    if boundary.startswith("mid-archive") or "ledger" in boundary:
         # The killed cycle had completed: its batch is finished, not judged again.
         assert summary["resumed_archive"] and summary["outcome"] == "skipped"
     else:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import threading
+from pathlib import Path
 
 from tests.conftest import machine_files, run_script, snapshot, write_csvs
 
@@ -71,3 +73,22 @@ def test_server_that_accepts_but_never_answers_is_temporary(production):
     assert done.returncode == 75, done.stderr[-2000:]
     assert f"cannot reach the MLflow store at {uri}" in _last_line(done)
     assert (snapshot(production.new_dir), snapshot(production.used_dir)) == before
+
+
+def test_quarantine_on_another_filesystem_is_refused_before_any_move(production, tmp_path):
+    import pytest
+
+    other = Path("/dev/shm")
+    if not other.is_dir() or os.stat(other).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem to put the quarantine folder on")
+    before = _batch(production)
+    (production.new_dir / "empty.csv").write_bytes(b"")
+    quarantine = other / f"quarantine-{os.getpid()}-{tmp_path.name}"
+
+    done = run_script("pipeline_orchestrator.py", [*production.flags, "--min-new-files", "5",
+                                                   "--quarantine-dir", str(quarantine)])
+
+    assert done.returncode == 2
+    assert f"{quarantine} is on another filesystem" in _last_line(done)
+    assert snapshot(production.used_dir) == before[1] and not quarantine.exists()
+    assert snapshot(production.new_dir) == {**before[0], "empty.csv": b""}
