@@ -43,27 +43,29 @@ class Candidate:
 
     name: str
     files: list[LoadedFile]
-    weights: dict[str, float] | None  # per file name; None: every row counts once
+    # Per file path (a new file may share its name with a history file); None: every row
+    # counts once.
+    weights: dict[Path, float] | None
     params: dict[str, Any]  # what defines it, logged as `window.<name>.<param>`
 
-    def training_set(self, columns: Sequence[str], leave_out: set[str] = frozenset()):
-        """Features, labels and row weights (or None) of its files outside `leave_out`."""
+    def training_set(self, columns: Sequence[str], leave_out: set[Path] = frozenset()):
+        """Features, labels and row weights (or None) of its files not in `leave_out` (paths)."""
         import numpy as np
 
-        files = [f for f in self.files if f.name not in leave_out]
+        files = [f for f in self.files if f.path not in leave_out]
         features, labels = concat_files(files, columns)
         if self.weights is None:
             return features, labels, None
-        weights = np.concatenate([np.full(f.rows, self.weights[f.name]) for f in files])
+        weights = np.concatenate([np.full(f.rows, self.weights[f.path]) for f in files])
         # Mean 1, so a model's regularisation sees the same total weight as unweighted rows.
         return features, labels, weights * (len(weights) / weights.sum())
 
     def signature(self) -> tuple:
         """What makes two candidates the same training set."""
-        names = sorted(f.name for f in self.files)
+        paths = sorted(f.path for f in self.files)
         if self.weights is None or len(set(self.weights.values())) == 1:
-            return tuple(names), None
-        return tuple(names), tuple(round(self.weights[name], 12) for name in names)
+            return tuple(paths), None
+        return tuple(paths), tuple(round(self.weights[path], 12) for path in paths)
 
 
 @dataclasses.dataclass
@@ -73,7 +75,7 @@ class WindowChoice:
     chosen: Candidate
     reason: str
     candidates: list[Candidate]
-    validation_names: set[str]
+    validation: list[LoadedFile]  # new training files set aside to choose on
     validation_error: dict[str, float]
     training_seconds: dict[str, float]
     skipped: dict[str, str]  # window -> why it was not tried
@@ -82,7 +84,7 @@ class WindowChoice:
         params = {f"window.{c.name}.{key}": value
                   for c in self.candidates for key, value in c.params.items()}
         return params | {"training_windows": ",".join(c.name for c in self.candidates),
-                         "validation_files": len(self.validation_names)}
+                         "validation_files": len(self.validation)}
 
     def metrics(self) -> dict[str, float]:
         return ({f"validation_error.{name}": error
@@ -93,15 +95,15 @@ class WindowChoice:
     def tags(self) -> dict[str, str]:
         skipped = "; ".join(f"{name}: {why}" for name, why in self.skipped.items())
         return {"training_window": self.chosen.name, "training_window_reason": self.reason,
-                "validation_file_names": ",".join(sorted(self.validation_names)),
+                "validation_file_names": ",".join(sorted(f.name for f in self.validation)),
                 "skipped_windows": skipped or None}
 
     def file_facts(self, loaded: LoadedFile) -> dict[str, Any]:
         """What the manifest says of a file: in the chosen window, its weight, validation."""
-        in_window = any(f.name == loaded.name for f in self.chosen.files)
-        weight = (self.chosen.weights or {}).get(loaded.name, 1.0) if in_window else 0.0
-        return {"in_window": in_window, "window_weight": weight,
-                "validation": loaded.name in self.validation_names}
+        in_window = any(f.path == loaded.path for f in self.chosen.files)
+        weight = (self.chosen.weights or {}).get(loaded.path, 1.0) if in_window else 0.0
+        validation = any(f.path == loaded.path for f in self.validation)
+        return {"in_window": in_window, "window_weight": weight, "validation": validation}
 
     def table(self) -> list[dict[str, Any]]:
         """One row per window, tried or skipped: the record behind the choice."""
@@ -167,12 +169,12 @@ def _recent(groups: list[list[LoadedFile]], max_files: int) -> list[LoadedFile]:
     return chosen
 
 
-def _recency_weights(groups: list[list[LoadedFile]], half_life: float) -> dict[str, float]:
+def _recency_weights(groups: list[list[LoadedFile]], half_life: float) -> dict[Path, float]:
     """Per file: 0.5 ** (files that arrived after its batch / half_life)."""
     weights, arrived_after = {}, 0
     for group in groups:
         for loaded in group:
-            weights[loaded.name] = 0.5 ** (arrived_after / half_life)
+            weights[loaded.path] = 0.5 ** (arrived_after / half_life)
         arrived_after += len(group)
     return weights
 
@@ -206,17 +208,18 @@ def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFi
                                          settings.seed)
     if len(candidates) == 1:
         return WindowChoice(fallback, "only one training window to choose from: all history "
-                                      "plus the new training files", candidates, set(), {}, {},
+                                      "plus the new training files", candidates, [], {}, {},
                             skipped)
     if not validation_names:
         return WindowChoice(fallback, f"{len(new_training)} new training file(s) are too few to "
                                       "set validation files aside: trained on all history plus "
                                       "the new training files, as without windows",
-                            candidates, set(), {}, {}, skipped)
+                            candidates, [], {}, {}, skipped)
     validation = [f for f in new_training if f.name in validation_names]
     errors, seconds = {}, {}
     for candidate in candidates:
-        features, labels, weights = candidate.training_set(columns, leave_out=validation_names)
+        features, labels, weights = candidate.training_set(
+            columns, leave_out={f.path for f in validation})
         started = time.perf_counter()
         model = domain.train(features, labels, random_state=settings.seed,
                              sample_weight=weights)
@@ -236,4 +239,4 @@ def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFi
     reason = (f"window {chosen.name!r} has the best {domain.error_metric_name} on "
               f"{len(validation)} validation files ({rows} rows) set aside from the new "
               f"training files: {figures}")
-    return WindowChoice(chosen, reason, candidates, validation_names, errors, seconds, skipped)
+    return WindowChoice(chosen, reason, candidates, validation, errors, seconds, skipped)
