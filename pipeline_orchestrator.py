@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +79,10 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         if not monitoring.retrain:
             outcome, reason = "healthy", monitoring.reason
         else:
-            # 4. Retrain on all history plus the new files that are not held out.
+            # 4. Retrain on the training window that validates best; hold out new files.
             challenger = retrain(context, monitoring)
             summary.update(challenger_version=challenger.version,
+                           training_window=challenger.training_window,
                            heldout_files=sorted(challenger.heldout_names),
                            retraining_run_id=challenger.run_id)
 
@@ -107,7 +110,8 @@ def empty_summary(settings: Settings) -> dict[str, Any]:
     keys = ("outcome", "reason", "new_files", "monitoring_error", "production_version_before",
             "production_version_after", "challenger_version", "production_error",
             "challenger_error", "archived_files", "heldout_files", "monitoring_run_id",
-            "retraining_run_id", "quarantined_files", "resumed_archive", "drift_share")
+            "retraining_run_id", "quarantined_files", "resumed_archive", "drift_share",
+            "training_window")
     return dict.fromkeys(keys) | {"dry_run": settings.dry_run}
 
 
@@ -298,13 +302,15 @@ class Challenger:
     heldout_names: set
     run_id: str | None
     lineage: dict | None = None  # the version's lineage tags; None when resumed or dry run
+    training_window: str | None = None  # the candidate training set it was trained on
 
 
 def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
-    from retraining.datafiles import (batch_key, check_columns, choose_heldout, concat_files,
+    from retraining.datafiles import (batch_key, check_columns, choose_heldout,
                                       list_data_files, load_files, write_manifest)
     from retraining.lineage import describe, lineage_tags
     from retraining.registry import RETRAINING_RUN
+    from retraining.windows import choose_window
 
     settings, domain, registry = context.settings, context.domain, context.registry
     history = load_files(list_data_files(settings.used_dir), settings.label_column,
@@ -326,14 +332,24 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
         # that one (same batch, same seed, same held-out files) rather than train another.
         version, run_id = resumed
         log.info("resuming: this batch already has challenger version %s", version)
-        return Challenger(registry.load_version(version), version, heldout_names, run_id)
+        return Challenger(registry.load_version(version), version, heldout_names, run_id,
+                          training_window=registry.version_tags(version).get("training_window"))
 
-    features, labels = concat_files(training_files, context.columns)
-    log.info("training the challenger on %d files, %d rows (%d held out)",
-             len(training_files), len(labels), len(heldout_names))
-    model = domain.train(features, labels, random_state=settings.seed)
-    manifest = ([f.manifest_entry("history") for f in history]
-                + [f.manifest_entry("new_training") for f in new_training]
+    # Which history to learn from, chosen on validation files set aside from the new
+    # training files: never the held-out ones, so the comparison below stays fair.
+    window = choose_window(settings, domain, history, new_training, context.columns)
+    log.info(window.reason)
+    # The chosen window is trained again on all its files, validation files included: they
+    # are the newest rows, those a changed concept is learnt from, and one more training
+    # costs less than leaving a quarter of them out. The held-out files stay untouched.
+    features, labels, weights = window.chosen.training_set(context.columns)
+    log.info("training the challenger on window %r: %d files, %d rows (%d held out)",
+             window.chosen.name, len(window.chosen.files), len(labels), len(heldout_names))
+    started = time.perf_counter()
+    model = domain.train(features, labels, random_state=settings.seed, sample_weight=weights)
+    training_seconds = time.perf_counter() - started
+    manifest = ([f.manifest_entry("history") | window.file_facts(f) for f in history]
+                + [f.manifest_entry("new_training") | window.file_facts(f) for f in new_training]
                 + [f.manifest_entry("heldout") for f in context.new_files
                    if f.name in heldout_names])
     version, lineage = None, None
@@ -353,13 +369,20 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
                     "max_file_regression": settings.max_file_regression,
                     "confidence_level": settings.confidence_level,
                     "bootstrap_resamples": settings.bootstrap_resamples,
-                    "require_significance": settings.require_significance},
-            metrics={"training_rows": len(labels), "training_files": len(training_files)},
-            tags={"production_version_before": context.production.version})
+                    "require_significance": settings.require_significance,
+                    "recent_files": settings.recent_files,
+                    "recency_half_life": settings.recency_half_life,
+                    "validation_fraction": settings.validation_fraction, **window.params()},
+            metrics={"training_rows": len(labels), "training_files": len(window.chosen.files),
+                     "training_seconds": training_seconds, **window.metrics()},
+            tags={"production_version_before": context.production.version, **window.tags()})
         if run is not None:
             # Every file of a completed cycle ends in used_gts/: that is where lineage points.
+            # History outside the chosen window was not trained on and is not an input.
+            trained_history = [f for f in history if window.file_facts(f)["in_window"]]
             registry.log_training_inputs([
-                ("history", str(settings.used_dir), batch_key(history), "training"),
+                *([("history", str(settings.used_dir), batch_key(trained_history), "training")]
+                  if trained_history else []),
                 ("new_training", str(settings.used_dir), batch_key(new_training), "training"),
                 ("heldout", str(settings.used_dir),
                  batch_key([f for f in context.new_files if f.name in heldout_names]),
@@ -370,13 +393,19 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
                 write_manifest(manifest_path, manifest)
                 registry.log_artifact(manifest_path)
                 manifest_sha256 = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+                windows_path = Path(folder) / "training_windows.json"
+                windows_path.write_text(json.dumps({"windows": window.table()}, indent=1))
+                registry.log_artifact(windows_path)
             version = registry.log_model_version(model, features, model.predict(features.head(100)))
             log.info("registered challenger as version %s", version)
             lineage = lineage_tags(settings, context.production.version,
                                    data_manifest_sha256=manifest_sha256, batch_key=key,
-                                   training_files=len(training_files), training_rows=len(labels))
+                                   training_window=window.chosen.name,
+                                   training_files=len(window.chosen.files),
+                                   training_rows=len(labels))
             registry.annotate_version(version, lineage, description=describe(lineage))
-    return Challenger(model, version, heldout_names, run and run.info.run_id, lineage)
+    return Challenger(model, version, heldout_names, run and run.info.run_id, lineage,
+                      window.chosen.name)
 
 
 # --- 5. compare ----------------------------------------------------------------------------
@@ -490,7 +519,8 @@ OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_fi
            "error_threshold", "drift_p_value", "drift_min_effect", "drift_trigger",
            "min_improvement", "holdout_fraction", "seed", "min_heldout_files",
            "min_heldout_rows", "max_file_regression", "confidence_level", "bootstrap_resamples",
-           "require_significance", "dry_run", "json"]
+           "require_significance", "training_windows", "recent_files", "recency_half_life",
+           "validation_fraction", "dry_run", "json"]
 
 
 def main(argv=None) -> int:

@@ -7,9 +7,11 @@ The retraining cycle calls exactly what is defined here and nothing else of your
         Use it for feature engineering that needs the whole file. Default: the file as is.
         Raise an exception to reject a file; the cycle reports it with your message.
 
-    train_model(features, labels[, random_state]) -> fitted estimator
+    train_model(features, labels[, random_state][, sample_weight]) -> fitted estimator
         Required. Fit and return an object with scikit-learn's `predict`. Declare
         `random_state` if you want the cycle's seed. Only the keywords you declare are passed.
+        Declare `sample_weight` (one weight per row, or None) to let the cycle try a training
+        window that weighs recent files more; without it that window is skipped.
 
     error_metric(labels, predictions) -> float
         Required. The error the cycle monitors and compares.
@@ -44,7 +46,8 @@ def prepare_file(frame: pd.DataFrame, path) -> pd.DataFrame:
     return frame
 
 
-def train_model(features: pd.DataFrame, labels: pd.Series, random_state: int = 0) -> Pipeline:
+def train_model(features: pd.DataFrame, labels: pd.Series, random_state: int = 0,
+                sample_weight=None) -> Pipeline:
     """Gradient-boosted trees behind imputation and one-hot encoding of text columns."""
     numeric = SimpleImputer(strategy="median", keep_empty_features=True)
     categorical = make_pipeline(
@@ -59,7 +62,10 @@ def train_model(features: pd.DataFrame, labels: pd.Series, random_state: int = 0
         ),
         HistGradientBoostingClassifier(random_state=random_state),
     )
-    return model.fit(features, labels)
+    if sample_weight is None:
+        return model.fit(features, labels)
+    # A pipeline routes fit parameters by step name: only the trees take the weights.
+    return model.fit(features, labels, histgradientboostingclassifier__sample_weight=sample_weight)
 
 
 def error_metric(labels, predictions) -> float:

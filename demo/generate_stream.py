@@ -24,8 +24,12 @@ MACHINE_TYPES = np.array(["press", "lathe", "mill", "drill"])
 
 
 def readings(rows: int, drift: float, generator: np.random.Generator,
-             label_noise: float = 0.02) -> pd.DataFrame:
-    """`rows` readings; drift 0 is the historic regime, 1 the fully drifted one."""
+             label_noise: float = 0.02, worn_after_hours: float = 7_000) -> pd.DataFrame:
+    """`rows` readings; drift 0 is the historic regime, 1 the fully drifted one.
+
+    `worn_after_hours` is the labelling policy: lowering it is a change of concept, where
+    the same readings get other labels than history gave them.
+    """
     temperature = generator.normal(55 + 27 * drift, 6, rows)
     vibration = generator.gamma(2.0, 1.0 + 0.6 * drift, rows)
     hours = generator.uniform(0, 10_000, rows)
@@ -33,7 +37,7 @@ def readings(rows: int, drift: float, generator: np.random.Generator,
     machine = generator.choice(MACHINE_TYPES, rows, p=[0.4, 0.3, 0.2, 0.1])
     serviced = generator.random(rows) < 0.5
 
-    worn = (hours > 7_000) & ~serviced
+    worn = (hours > worn_after_hours) & ~serviced
     fault = (pressure > 6.8) | ((machine == "drill") & (vibration > 5))
     # The drifted regime's rule: history almost never reaches these temperatures.
     fault |= (temperature > 76) & (vibration > 2.5)

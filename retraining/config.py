@@ -14,6 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 from retraining.errors import UsageError
 
 ENV_PREFIX = "RETRAIN_"
+# The candidate training sets retraining can choose from (see retraining/windows.py).
+TRAINING_WINDOWS = ("all", "recent", "weighted")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,10 @@ class Settings:
     confidence_level: float
     bootstrap_resamples: int
     require_significance: bool
+    training_windows: tuple[str, ...]
+    recent_files: int
+    recency_half_life: float
+    validation_fraction: float
     dry_run: bool
     json: bool
     force: bool
@@ -104,6 +110,24 @@ def _share_or_off(text: str) -> float | None:
     if not 0.0 <= value < 1.0:
         raise ValueError("must be a share from 0 up to (not including) 1, or off")
     return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0.0:
+        raise ValueError("must be a number above 0")
+    return value
+
+
+def _window_names(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in TRAINING_WINDOWS]
+    if unknown:
+        raise ValueError(f"names unknown windows {unknown}; known: {', '.join(TRAINING_WINDOWS)}")
+    if "all" not in names:
+        # It is the fallback when no validation files can be set aside, so it is always there.
+        raise ValueError("must include 'all'")
+    return names
 
 
 def _flag(text: str) -> bool:
@@ -173,6 +197,16 @@ _OPTIONS = {
         _Option("require_significance", _flag,
                 "promote only when the whole bootstrap interval favours the challenger",
                 is_flag=True),
+        _Option("training_windows", _window_names,
+                "candidate training sets, comma-separated: all, recent, weighted"),
+        _Option("recent_files", _positive_int,
+                "the 'recent' window: the new files plus whole earlier batches up to this many "
+                "files"),
+        _Option("recency_half_life", _positive_float,
+                "the 'weighted' window: a file's weight halves for every this many files that "
+                "arrived after it"),
+        _Option("validation_fraction", _fraction,
+                "share of the new training files set aside to choose the window"),
         _Option("dry_run", _flag, "decide and report, change nothing", is_flag=True),
         _Option("json", _flag, "print one JSON summary on stdout", is_flag=True),
         _Option("force", _flag, "replace an existing production alias", is_flag=True),
@@ -213,6 +247,13 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "confidence_level": 0.95,
         "bootstrap_resamples": 2000,
         "require_significance": False,
+        # About one default batch (--min-new-files): the recent window is usually the new
+        # files alone, so an abrupt change is learnt in one cycle; "all" still wins on
+        # validation when nothing changed.
+        "training_windows": TRAINING_WINDOWS,
+        "recent_files": 15,
+        "recency_half_life": 15.0,
+        "validation_fraction": 0.25,
         "dry_run": False,
         "json": False,
         "force": False,

@@ -28,13 +28,28 @@ class Domain:
     error_per_file: bool
     lower_error_is_better: bool
 
-    def train(self, features, labels, *, random_state: int):
-        """Train through the user's hook, passing only the keywords it declares."""
-        accepted = inspect.signature(self.train_model).parameters
-        takes_any = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
-        keywords = {"random_state": random_state} if takes_any or "random_state" in accepted \
-            else {}
+    @property
+    def accepts_sample_weight(self) -> bool:
+        """Whether the user's `train_model` declares `sample_weight` (or **kwargs)."""
+        return self._accepts("sample_weight")
+
+    def train(self, features, labels, *, random_state: int, sample_weight=None):
+        """Train through the user's hook, passing only the keywords it declares.
+
+        `sample_weight` (one weight per row) is passed only when given; giving it to a hook
+        that does not declare it is a bug in the caller, which must ask
+        `accepts_sample_weight` first.
+        """
+        keywords = {"random_state": random_state} if self._accepts("random_state") else {}
+        if sample_weight is not None:
+            if not self.accepts_sample_weight:
+                raise TypeError(f"train_model in {self.source} does not accept sample_weight")
+            keywords["sample_weight"] = sample_weight
         return self.train_model(features, labels, **keywords)
+
+    def _accepts(self, keyword: str) -> bool:
+        accepted = inspect.signature(self.train_model).parameters
+        return keyword in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values())
 
 
 def _identity(frame, path):

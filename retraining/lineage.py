@@ -17,7 +17,8 @@ from retraining.config import Settings
 _LINEAGE_SETTINGS = ("label_column", "seed", "holdout_fraction", "error_threshold",
                      "min_improvement", "min_heldout_files", "min_heldout_rows",
                      "max_file_regression", "confidence_level", "bootstrap_resamples",
-                     "require_significance")
+                     "require_significance", "training_windows", "recent_files",
+                     "recency_half_life", "validation_fraction")
 
 
 @functools.cache
@@ -62,6 +63,9 @@ def describe(tags: Mapping[str, str]) -> str:
         parts.append(f"Trained on {tags.get('training_files', '?')} files "
                      f"({tags.get('training_rows', '?')} rows) listed in the retraining run's "
                      f"data_manifest.json, sha256 {tags['data_manifest_sha256']}.")
+    if "training_window" in tags:
+        parts.append(f"Training window {tags['training_window']!r}, chosen on validation "
+                     "files (the retraining run's tag training_window_reason says why).")
     parts.append(f"Code at git commit {tags.get('git_commit', 'unknown')}; parent production "
                  f"version {tags.get('parent_production_version', 'none')}; settings in the "
                  "tag 'settings'.")

@@ -17,9 +17,10 @@ from retraining.datafiles import list_data_files
 from retraining.ledger import arrival_order
 from tests.conftest import PROJECT_DIR, cycle, machine_files, run_script, snapshot, write_csvs
 
-# error_metric is called once by monitoring, then twice by the comparison, which runs after
-# the challenger is registered: dying on the second call is dying between registration and
-# the alias move.
+# error_metric is called once by monitoring, once per training window tried on the validation
+# files (two in this test: with 8 history files "recent" holds the same files as "all" and
+# is skipped), then by the comparison, which runs after the challenger is registered: dying
+# on the fourth call is dying between registration and the alias move.
 KILLING_DOMAIN = """
 import os, signal
 from pathlib import Path
@@ -45,7 +46,7 @@ def test_killed_after_registration_resumes_with_the_same_challenger(production, 
     killed = run_script("pipeline_orchestrator.py",
                         [*production.flags, "--min-new-files", "5", "--domain-file", str(domain)],
                         env_extra={"CALLS_FILE": str(production.root / "calls"),
-                                   "KILL_ON_CALL": "2", "PYTHONPATH": str(PROJECT_DIR)})
+                                   "KILL_ON_CALL": "4", "PYTHONPATH": str(PROJECT_DIR)})
     assert killed.returncode == -9
     client = production.client()
     assert sorted(str(v.version) for v in client.search_model_versions("")) == ["1", "2"]
@@ -55,6 +56,8 @@ def test_killed_after_registration_resumes_with_the_same_challenger(production, 
 
     assert code == 0 and summary["outcome"] == "promoted"
     assert summary["challenger_version"] == "2"  # the same challenger, not a third version
+    assert summary["training_window"] == client.get_model_version(
+        "classifier", "2").tags["training_window"]
     assert sorted(str(v.version) for v in client.search_model_versions("")) == ["1", "2"]
     assert production.alias_version() == "2"
     # Every file exactly once, byte for byte, now in history.

@@ -97,9 +97,13 @@ def test_drifted_batch_trains_challenger_and_promotes_it(production, capsys):
         summary["heldout_files"]
     assert sum(role == "history" for role in roles.values()) == 8
     assert all(len(entry["sha256"]) == 64 and entry["rows"] == 300 for entry in manifest)
-    assert run.data.metrics["training_rows"] == 300 * (8 + 10 - len(summary["heldout_files"]))
+    # The chosen training window's files, never a held-out one (see test_windows.py).
+    trained = [entry for entry in manifest if entry.get("in_window")]
+    assert trained and all(entry["role"] != "heldout" for entry in trained)
+    assert run.data.metrics["training_rows"] == 300 * len(trained)
     contexts = sorted(i.tags[0].value for i in run.inputs.dataset_inputs)
-    assert contexts == ["evaluation", "training", "training"]
+    history_trained = any(roles[entry["name"]] == "history" for entry in trained)
+    assert contexts == ["evaluation", "training"] + ["training"] * history_trained
     info = mlflow.models.get_model_info("models:/classifier/2")
     assert info.signature is not None
     assert set(info.signature.inputs.input_names()) == {
