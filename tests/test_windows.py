@@ -18,7 +18,7 @@ import pytest
 from demo.generate_stream import readings
 from retraining.datafiles import concat_files, list_data_files, load_files
 from retraining.domain import load_domain
-from retraining.ledger import record_arrivals
+from retraining.archive import archive_files
 from tests.conftest import PROJECT_DIR, cycle, register_pickle, train_on_folder, write_csvs
 from train_classification_model import error_metric, train_model
 
@@ -237,15 +237,13 @@ def test_recent_and_weighted_windows_follow_the_ledger_not_names_or_times(worksp
     from retraining.windows import build_candidates
 
     # Named and timed against their arrival: "a_" arrived last, "z_" first.
-    arrivals = [("z_first", 1), ("m_second", 2), ("a_third", 3)]
-    for prefix, _ in arrivals:
-        write_csvs(workspace.used_dir, prefix, stream(2, seed=209))
+    incoming = workspace.root / "incoming"
+    incoming.mkdir()
+    for prefix in ("z_first", "m_second", "a_third"):  # archived for real, in this order
+        write_csvs(incoming, prefix, stream(2, seed=209))
+        archive_files(read_folder(incoming), workspace.used_dir)
     for index, path in enumerate(sorted(workspace.used_dir.glob("*.csv"))):
         os.utime(path, (1_000_000 + index, 1_000_000 + index))  # a_ oldest, z_ newest
-    for prefix, sequence in arrivals:
-        record_arrivals(workspace.used_dir, prefix,
-                        [{"name": p.name} for p in sorted(workspace.used_dir.glob(prefix + "*"))],
-                        sequence=sequence)
     history = read_folder(workspace.used_dir)
     write_csvs(workspace.new_dir, "new", stream(3, seed=210))
     new_training = read_folder(workspace.new_dir)
