@@ -8,12 +8,14 @@ runs. Exit codes: 0 the cycle completed (any outcome), 1 failure, 2 bad usage, 7
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,15 @@ log = logging.getLogger("retraining.cycle")
 def run_cycle(settings: Settings) -> dict[str, Any]:
     """Run one cycle and return its summary (the JSON contract)."""
     summary = empty_summary(settings)
+    timings = summary["timings"]
     needed = max(1, settings.min_new_files)
+    started = time.perf_counter()
 
     # 1. Trigger: cheap, and before anything heavy is imported or the store is touched.
     new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
     summary["new_files"] = len(new_paths)
     if len(new_paths) < needed and not archive_interrupted(settings.used_dir):
+        timings["trigger"] = round(time.perf_counter() - started, 3)
         return finish(summary, "skipped", f"{len(new_paths)} new files, "
                                           f"{settings.min_new_files} needed")
 
@@ -52,12 +57,14 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         # Listed again under the lock: a run that just finished may have archived some.
         new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
         summary["new_files"] = len(new_paths)
+        timings["trigger"] = round(time.perf_counter() - started, 3)
         if len(new_paths) < needed:
             return finish(summary, "skipped",
                           f"{len(new_paths)} new files, {settings.min_new_files} needed, after "
                           + ("finishing an interrupted archive" if summary["resumed_archive"]
                              else "another cycle consumed some"))
-        context = open_cycle(settings, new_paths)
+        with phase(timings, "open"):
+            context = open_cycle(settings, new_paths, timings)
         summary["quarantined_files"] = context.quarantined
         if len(context.new_files) < needed:
             return finish(summary, "skipped", f"{len(context.new_files)} usable new files after "
@@ -66,7 +73,8 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         summary["production_version_before"] = context.production.version
 
         # 2. Monitor the production model on the new files.
-        monitoring = monitor(context)
+        with phase(timings, "monitor"):
+            monitoring = monitor(context)
         summary["monitoring_error"] = monitoring.error
         summary["monitoring_run_id"] = monitoring.run_id
 
@@ -81,11 +89,13 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
                            retraining_run_id=challenger.run_id)
 
             # 5. Compare both models on the same held-out files; promote if better.
-            verdict = compare(context, monitoring, challenger)
+            with phase(timings, "compare"):
+                verdict = compare(context, monitoring, challenger)
             summary.update(production_error=verdict.production_error,
                            challenger_error=verdict.challenger_error)
             if verdict.promote:
-                promote(context, challenger)
+                with phase(timings, "promote"):
+                    promote(context, challenger)
                 outcome = "promoted"
             else:
                 outcome = "rejected"
@@ -96,7 +106,8 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
 
         # 6. Archive what this completed cycle consumed: the last step, with no store call
         # after it, so a store fault never leaves a completed cycle reported as failed.
-        summary["archived_files"] = archive(context)
+        with phase(timings, "archive"):
+            summary["archived_files"] = archive(context)
         return finish(summary, outcome, reason)
 
 
@@ -105,7 +116,17 @@ def empty_summary(settings: Settings) -> dict[str, Any]:
             "production_version_after", "challenger_version", "production_error",
             "challenger_error", "archived_files", "heldout_files", "monitoring_run_id",
             "retraining_run_id", "quarantined_files", "resumed_archive")
-    return dict.fromkeys(keys) | {"dry_run": settings.dry_run}
+    return dict.fromkeys(keys) | {"dry_run": settings.dry_run, "timings": {}}
+
+
+@contextlib.contextmanager
+def phase(timings: dict[str, float], name: str):
+    """Add the block's wall time to `timings[name]` (seconds), for the benchmark and the log."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
 def finish(summary: dict[str, Any], outcome: str, reason: str) -> dict[str, Any]:
@@ -125,9 +146,11 @@ class CycleContext:
     new_files: list
     columns: list
     quarantined: list
+    timings: dict = dataclasses.field(default_factory=dict)  # seconds per phase, in the summary
 
 
-def open_cycle(settings: Settings, new_paths: list[Path]) -> CycleContext:
+def open_cycle(settings: Settings, new_paths: list[Path],
+               timings: dict | None = None) -> CycleContext:
     """Load the domain, the production model (once) and every usable new file (once)."""
     from retraining.domain import load_domain
     from retraining.registry import Registry
@@ -143,7 +166,8 @@ def open_cycle(settings: Settings, new_paths: list[Path]) -> CycleContext:
         registry.record_quarantine(quarantined)
     columns = production.input_columns or (list(new_files[0].features.columns)
                                            if new_files else [])
-    return CycleContext(settings, domain, registry, production, new_files, columns, quarantined)
+    return CycleContext(settings, domain, registry, production, new_files, columns, quarantined,
+                        {} if timings is None else timings)
 
 
 def finish_interrupted_moves(new_paths: list[Path], settings: Settings) -> None:
@@ -257,6 +281,7 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
     from retraining.registry import RETRAINING_RUN
 
     settings, domain, registry = context.settings, context.domain, context.registry
+    started = time.perf_counter()
     history = load_files(list_data_files(settings.used_dir), settings.label_column,
                          domain.prepare_file)
     check_columns(history + context.new_files, context.columns)
@@ -282,6 +307,8 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
     log.info("training the challenger on %d files, %d rows (%d held out)",
              len(training_files), len(labels), len(heldout_names))
     model = domain.train(features, labels, random_state=settings.seed)
+    context.timings["train"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
     manifest = ([f.manifest_entry("history") for f in history]
                 + [f.manifest_entry("new_training") for f in new_training]
                 + [f.manifest_entry("heldout") for f in context.new_files
@@ -326,6 +353,7 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
                                    data_manifest_sha256=manifest_sha256, batch_key=key,
                                    training_files=len(training_files), training_rows=len(labels))
             registry.annotate_version(version, lineage, description=describe(lineage))
+    context.timings["log_register"] = round(time.perf_counter() - started, 3)
     return Challenger(model, version, heldout_names, run and run.info.run_id, lineage)
 
 
