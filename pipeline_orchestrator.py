@@ -40,11 +40,12 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
     # 1. Trigger: cheap, and before anything heavy is imported or the store is touched.
     new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
     summary["new_files"] = len(new_paths)
+    timings["trigger"] = round(time.perf_counter() - started, 3)
     if len(new_paths) < needed and not archive_interrupted(settings.used_dir):
-        timings["trigger"] = round(time.perf_counter() - started, 3)
         return finish(summary, "skipped", f"{len(new_paths)} new files, "
                                           f"{settings.min_new_files} needed")
 
+    started = time.perf_counter()  # "open": the lock, MLflow's import, the store, the files
     # A store fault ends the cycle with one line (exit 75 or 1); archiving comes after every
     # store call, so no file has moved by then.
     with exclusive_run(settings.new_dir), \
@@ -57,14 +58,13 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         # Listed again under the lock: a run that just finished may have archived some.
         new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
         summary["new_files"] = len(new_paths)
-        timings["trigger"] = round(time.perf_counter() - started, 3)
         if len(new_paths) < needed:
             return finish(summary, "skipped",
                           f"{len(new_paths)} new files, {settings.min_new_files} needed, after "
                           + ("finishing an interrupted archive" if summary["resumed_archive"]
                              else "another cycle consumed some"))
-        with phase(timings, "open"):
-            context = open_cycle(settings, new_paths, timings)
+        context = open_cycle(settings, new_paths, timings)
+        timings["open"] = round(time.perf_counter() - started, 3)
         summary["quarantined_files"] = context.quarantined
         if len(context.new_files) < needed:
             return finish(summary, "skipped", f"{len(context.new_files)} usable new files after "
