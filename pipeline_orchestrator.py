@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from retraining.archive import archive_interrupted, finish_archive
-from retraining.cli import ArgumentParser, run_entry_point
+from retraining.cli import ArgumentParser, exit_process, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.datafiles import list_data_files
 from retraining.errors import NeedsAttention
@@ -477,4 +477,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())
