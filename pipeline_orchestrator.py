@@ -303,16 +303,20 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
         log.info("resuming: this batch already has challenger version %s", version)
         return Challenger(registry.load_version(version), version, heldout_names, run_id)
 
+    manifest = ([f.manifest_entry("history") for f in history]
+                + [f.manifest_entry("new_training") for f in new_training]
+                + [f.manifest_entry("heldout") for f in context.new_files
+                   if f.name in heldout_names])
     features, labels = concat_files(training_files, context.columns)
+    for loaded in history:
+        # Stacked into `features` now, and not needed again: freed before the fit, so the
+        # cycle's peak memory stays that of the work itself (history is most of the rows).
+        loaded.release()
     log.info("training the challenger on %d files, %d rows (%d held out)",
              len(training_files), len(labels), len(heldout_names))
     model = domain.train(features, labels, random_state=settings.seed)
     context.timings["train"] = round(time.perf_counter() - started, 3)
     started = time.perf_counter()
-    manifest = ([f.manifest_entry("history") for f in history]
-                + [f.manifest_entry("new_training") for f in new_training]
-                + [f.manifest_entry("heldout") for f in context.new_files
-                   if f.name in heldout_names])
     version, lineage = None, None
     with registry.run(RETRAINING_RUN, {"batch_key": key, "new_dir": str(settings.new_dir),
                                        "monitoring_run_id": monitoring.run_id or ""}) as run:
