@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -121,7 +120,7 @@ def empty_summary(settings: Settings) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def phase(timings: dict[str, float], name: str):
-    """Add the block's wall time to `timings[name]` (seconds), for the benchmark and the log."""
+    """Add the block's wall time to `timings[name]` (seconds): the summary's `timings`."""
     start = time.perf_counter()
     try:
         yield

@@ -8,7 +8,6 @@ exists it refuses unless --force. Only load pickles you made yourself: unpicklin
 from __future__ import annotations
 
 import pickle
-import sys
 from pathlib import Path
 from typing import Any
 
