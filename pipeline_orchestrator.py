@@ -8,19 +8,19 @@ runs. Exit codes: 0 the cycle completed (any outcome), 1 failure, 2 bad usage, 7
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from retraining.archive import archive_interrupted, check_one_filesystem, finish_archive
-from retraining.cli import ArgumentParser, run_entry_point
+from retraining.cli import ArgumentParser, exit_process, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.datafiles import list_data_files
 from retraining.errors import NeedsAttention
@@ -33,15 +33,19 @@ log = logging.getLogger("retraining.cycle")
 def run_cycle(settings: Settings) -> dict[str, Any]:
     """Run one cycle and return its summary (the JSON contract)."""
     summary = empty_summary(settings)
+    timings = summary["timings"]
     needed = max(1, settings.min_new_files)
+    started = time.perf_counter()
 
     # 1. Trigger: cheap, and before anything heavy is imported or the store is touched.
     new_paths = list_data_files(settings.new_dir, settings.settle_seconds)
     summary["new_files"] = len(new_paths)
+    timings["trigger"] = round(time.perf_counter() - started, 3)
     if len(new_paths) < needed and not archive_interrupted(settings.used_dir):
         return finish(summary, "skipped", f"{len(new_paths)} new files, "
                                           f"{settings.min_new_files} needed")
 
+    started = time.perf_counter()  # "open": the lock, MLflow's import, the store, the files
     # A store fault ends the cycle with one line (exit 75 or 1); archiving comes after every
     # store call, so no file has moved by then.
     # used_gts/ is locked too: two new_gts/ folders may feed one history.
@@ -61,7 +65,8 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
                           f"{len(new_paths)} new files, {settings.min_new_files} needed, after "
                           + ("finishing an interrupted archive" if summary["resumed_archive"]
                              else "another cycle consumed some"))
-        context = open_cycle(settings, new_paths)
+        context = open_cycle(settings, new_paths, timings)
+        timings["open"] = round(time.perf_counter() - started, 3)
         summary["quarantined_files"] = context.quarantined
         if len(context.new_files) < needed:
             return finish(summary, "skipped", f"{len(context.new_files)} usable new files after "
@@ -70,7 +75,8 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         summary["production_version_before"] = context.production.version
 
         # 2. Monitor the production model on the new files.
-        monitoring = monitor(context)
+        with phase(timings, "monitor"):
+            monitoring = monitor(context)
         summary["monitoring_error"] = monitoring.error
         summary["monitoring_run_id"] = monitoring.run_id
         summary["drift_share"] = monitoring.drift_share
@@ -87,11 +93,13 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
                            retraining_run_id=challenger.run_id)
 
             # 5. Compare both models on the same held-out files; promote if better.
-            verdict = compare(context, monitoring, challenger)
+            with phase(timings, "compare"):
+                verdict = compare(context, monitoring, challenger)
             summary.update(production_error=verdict.production_error,
                            challenger_error=verdict.challenger_error)
             if verdict.promote:
-                promote(context, challenger)
+                with phase(timings, "promote"):
+                    promote(context, challenger)
                 outcome = "promoted"
             else:
                 outcome = "rejected"
@@ -102,7 +110,8 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
 
         # 6. Archive what this completed cycle consumed: the last step, with no store call
         # after it, so a store fault never leaves a completed cycle reported as failed.
-        summary["archived_files"] = archive(context)
+        with phase(timings, "archive"):
+            summary["archived_files"] = archive(context)
         return finish(summary, outcome, reason)
 
 
@@ -112,7 +121,17 @@ def empty_summary(settings: Settings) -> dict[str, Any]:
             "challenger_error", "archived_files", "heldout_files", "monitoring_run_id",
             "retraining_run_id", "quarantined_files", "resumed_archive", "drift_share",
             "training_window")
-    return dict.fromkeys(keys) | {"dry_run": settings.dry_run}
+    return dict.fromkeys(keys) | {"dry_run": settings.dry_run, "timings": {}}
+
+
+@contextlib.contextmanager
+def phase(timings: dict[str, float], name: str):
+    """Add the block's wall time to `timings[name]` (seconds): the summary's `timings`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 3)
 
 
 def finish(summary: dict[str, Any], outcome: str, reason: str) -> dict[str, Any]:
@@ -132,9 +151,11 @@ class CycleContext:
     new_files: list
     columns: list
     quarantined: list
+    timings: dict = dataclasses.field(default_factory=dict)  # seconds per phase, in the summary
 
 
-def open_cycle(settings: Settings, new_paths: list[Path]) -> CycleContext:
+def open_cycle(settings: Settings, new_paths: list[Path],
+               timings: dict | None = None) -> CycleContext:
     """Load the domain, the production model (once) and every usable new file (once)."""
     from retraining.domain import load_domain
     from retraining.registry import Registry
@@ -151,7 +172,8 @@ def open_cycle(settings: Settings, new_paths: list[Path]) -> CycleContext:
         registry.record_quarantine(quarantined)
     columns = production.input_columns or (list(new_files[0].features.columns)
                                            if new_files else [])
-    return CycleContext(settings, domain, registry, production, new_files, columns, quarantined)
+    return CycleContext(settings, domain, registry, production, new_files, columns, quarantined,
+                        {} if timings is None else timings)
 
 
 def finish_interrupted_moves(new_paths: list[Path], settings: Settings) -> None:
@@ -313,6 +335,7 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
     from retraining.windows import choose_window
 
     settings, domain, registry = context.settings, context.domain, context.registry
+    started = time.perf_counter()
     history = load_files(list_data_files(settings.used_dir), settings.label_column,
                          domain.prepare_file)
     check_columns(history + context.new_files, context.columns)
@@ -345,13 +368,19 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
     features, labels, weights = window.chosen.training_set(context.columns)
     log.info("training the challenger on window %r: %d files, %d rows (%d held out)",
              window.chosen.name, len(window.chosen.files), len(labels), len(heldout_names))
-    started = time.perf_counter()
+    for loaded in history:
+        # Stacked into `features` now, and not needed again: freed before the fit, so the
+        # cycle's peak memory stays that of the work itself (history is most of the rows).
+        loaded.release()
+    fit_started = time.perf_counter()
     model = domain.train(features, labels, random_state=settings.seed, sample_weight=weights)
-    training_seconds = time.perf_counter() - started
+    training_seconds = time.perf_counter() - fit_started
     manifest = ([f.manifest_entry("history") | window.file_facts(f) for f in history]
                 + [f.manifest_entry("new_training") | window.file_facts(f) for f in new_training]
                 + [f.manifest_entry("heldout") for f in context.new_files
                    if f.name in heldout_names])
+    context.timings["train"] = round(time.perf_counter() - started, 3)
+    started = time.perf_counter()
     version, lineage = None, None
     with registry.run(RETRAINING_RUN, {"batch_key": key, "new_dir": str(settings.new_dir),
                                        "monitoring_run_id": monitoring.run_id or ""}) as run:
@@ -404,6 +433,7 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
                                    training_files=len(window.chosen.files),
                                    training_rows=len(labels))
             registry.annotate_version(version, lineage, description=describe(lineage))
+    context.timings["log_register"] = round(time.perf_counter() - started, 3)
     return Challenger(model, version, heldout_names, run and run.info.run_id, lineage,
                       window.chosen.name)
 
@@ -530,4 +560,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -8,11 +8,10 @@ exists it refuses unless --force. Only load pickles you made yourself: unpicklin
 from __future__ import annotations
 
 import pickle
-import sys
 from pathlib import Path
 from typing import Any
 
-from retraining.cli import ArgumentParser, run_entry_point
+from retraining.cli import ArgumentParser, exit_process, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.errors import UsageError
 
@@ -94,4 +93,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

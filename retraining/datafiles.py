@@ -55,6 +55,7 @@ class LoadedFile:
     labels: Any  # pandas.Series
     dropped_rows: int  # rows whose label was missing
     identity: tuple  # (inode, size, mtime) when read: a file replaced since is not archived
+    row_count: int = 0  # set when the rows are released
 
     @property
     def name(self) -> str:
@@ -62,7 +63,13 @@ class LoadedFile:
 
     @property
     def rows(self) -> int:
-        return len(self.labels)
+        return self.row_count if self.labels is None else len(self.labels)
+
+    def release(self) -> None:
+        """Drop the rows, keeping the identity and the row count (for a file read only to be
+        stacked with others)."""
+        self.row_count = self.rows
+        self.features = self.labels = None
 
     def manifest_entry(self, role: str) -> dict[str, Any]:
         return {"name": self.name, "sha256": self.sha256, "rows": self.rows,

@@ -277,7 +277,7 @@ class Registry:
         import skops.io
         from mlflow.models import infer_signature
 
-        signature = infer_signature(features, predictions)
+        signature = infer_signature(signature_sample(features), predictions)
         trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
         info = self._store_call(
             "log the model", mlflow.sklearn.log_model, model, name="model",
@@ -285,6 +285,20 @@ class Registry:
             pip_requirements=model_requirements(), serialization_format="skops",
             skops_trusted_types=trusted, registered_model_name=self.model_name)
         return str(info.registered_model_version)
+
+
+def signature_sample(features, head: int = 1000):
+    """Rows enough to infer the same signature as the whole frame, at a bounded cost.
+
+    The first `head` rows give every column's type; for each column with a gap anywhere, one
+    row where it is missing is added, since that gap is what marks the column optional in the
+    signature. Inferring on a million rows took a third of a second for the same answer.
+    """
+    missing = features.isna().to_numpy()
+    gaps = missing.any(axis=0)
+    rows = set(range(min(head, len(features))))
+    rows.update(int(index) for index in missing[:, gaps].argmax(axis=0))
+    return features.iloc[sorted(rows)]
 
 
 def _quoted(text: str) -> str:

@@ -1,0 +1,409 @@
+"""Benchmark: what a retraining cycle costs beyond the work itself, and how it scales.
+
+    /path/to/python bench/run_bench.py [--sizes 100000,1000000,5000000] [--repeats 3] [--quick]
+
+For each size it generates seeded data once (20 features, 200 files: 160 history, 40 new and
+drifted) in a temporary folder, registers a first model trained on part of history, and then
+measures, each in its own process, `--repeats` times, median reported:
+
+- bare:  the work itself (bench/workloads.py bare): read every file with the product's reader,
+         fit the default model, predict on the monitored and held-out files; no MLflow.
+- naive: the obvious cycle (bench/workloads.py naive): copy files to a temporary folder,
+         pandas' default reader, MLflow's default model logging.
+- cycle: pipeline_orchestrator.py for real, retraining and promoting (--error-threshold 0),
+         against a SQLite store restored to the same state before each run.
+
+Wall time and peak RSS are the child's own (os.wait4), imports included on every side: each
+side is a process that cron (or a user) would start. Once, at the smallest size: a cycle
+that skips for too few files, one that finds the lock held, and a cycle against a store with
+`--versions` registered versions and as many past runs. Results go to bench/results/<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+FILES, NEW_FILES = 200, 40
+HOLDOUT_FRACTION = 0.2
+HELDOUT_FILES = round(NEW_FILES * HOLDOUT_FRACTION)
+CYCLE_PHASES = ("trigger", "open", "monitor", "train", "log_register", "compare", "promote",
+                "archive")
+
+
+# --- data --------------------------------------------------------------------------------
+
+def readings(rows: int, drift: float, generator):
+    """The demo's machine readings (6 features) plus 12 sensors and 2 categories: 20 features."""
+    import numpy as np
+
+    from demo.generate_stream import readings as demo_readings
+
+    frame = demo_readings(rows, drift, generator)
+    label = frame.pop("label")
+    for index in range(12):
+        values = generator.normal(drift * (index % 3), 1.0 + index / 10, rows).round(3)
+        values[generator.random(rows) < 0.01] = np.nan
+        frame[f"sensor_{index:02d}"] = values
+    frame["site"] = generator.choice([f"site_{i}" for i in range(8)], rows)
+    frame["shift"] = generator.choice(["early", "late", "night"], rows)
+    frame["label"] = label
+    return frame
+
+
+def generate(folder: Path, rows: int, seed: int) -> tuple[Path, Path]:
+    """history/ and new/ under `folder`: FILES files of rows/FILES rows each."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    generator = np.random.default_rng(seed)
+    per_file = max(1, rows // FILES)
+    history, new = folder / "history", folder / "new"
+    history.mkdir(parents=True)
+    new.mkdir()
+    for index in range(FILES):
+        is_new = index >= FILES - NEW_FILES
+        frame = readings(per_file, 1.0 if is_new else 0.0, generator)
+        path = (new / f"batch_{index:04d}.csv") if is_new \
+            else (history / f"history_{index:04d}.csv")
+        pcsv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), path,
+                       pcsv.WriteOptions(quoting_style="none"))
+    return history, new
+
+
+def copy_folder(source: Path, target: Path) -> None:
+    # Copies, not hard links: the cycle treats a second link as an interrupted move.
+    shutil.copytree(source, target, symlinks=True)
+
+
+# --- processes ---------------------------------------------------------------------------
+
+def measure(command: list[str], env: dict, timeout: float = 3600) -> dict:
+    """Run one process; its wall time, its own peak RSS (os.wait4), exit code and stdout."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=PROJECT_DIR)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "exit": process.returncode,
+            "stdout": stdout, "stderr_tail": stderr[-3000:]}
+
+
+def child_env(threads: str | None) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RETRAIN_", "MLFLOW_"))}
+    if threads:
+        env["OMP_NUM_THREADS"] = threads
+    env["PYTHONPATH"] = str(PROJECT_DIR)
+    return env
+
+
+class Workspace:
+    """One cycle's folders and store, restored to the same state before every run."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.new_dir, self.used_dir = root / "new_gts", root / "used_gts"
+        self.quarantine_dir, self.store = root / "quarantine", root / "store"
+        self.tracking_uri = "sqlite:///" + str(self.store / "mlflow.db")
+        self.snapshot = root.parent / (root.name + ".snapshot")
+
+    def flags(self) -> list[str]:
+        return ["--new-dir", str(self.new_dir), "--used-dir", str(self.used_dir),
+                "--quarantine-dir", str(self.quarantine_dir), "--settle-seconds", "0",
+                "--tracking-uri", self.tracking_uri, "--min-new-files", "10",
+                "--holdout-fraction", str(HOLDOUT_FRACTION)]
+
+    def save(self) -> None:
+        shutil.rmtree(self.snapshot, ignore_errors=True)
+        copy_folder(self.root, self.snapshot)
+
+    def restore(self) -> None:
+        # Same absolute path every time: the store records its artifact folder by path.
+        shutil.rmtree(self.root, ignore_errors=True)
+        copy_folder(self.snapshot, self.root)
+
+
+def prepare_workspace(root: Path, history: Path, new: Path, env: dict) -> tuple[Workspace, Path]:
+    """History and new files in place, a first model registered as production version 1."""
+    from retraining.datafiles import concat_files, list_data_files, load_files
+    from retraining.ledger import consumed_content
+    from train_classification_model import train_model
+
+    space = Workspace(root)
+    for folder in (space.new_dir, space.quarantine_dir, space.store):
+        folder.mkdir(parents=True)
+    copy_folder(history, space.used_dir)
+    paths = list_data_files(history)[:20]  # a first model on older data: the new batch drifted
+    files = load_files(paths, "label", lambda frame, path: frame)
+    model = train_model(*concat_files(files), random_state=0)
+    model_file = root.parent / "initial_model.pkl"
+    with open(model_file, "wb") as handle:
+        pickle.dump(model, handle)
+    registered = measure([sys.executable, "register_first_model.py", "--used-dir",
+                          str(space.used_dir), "--model-file", str(model_file),
+                          "--tracking-uri", space.tracking_uri, "--json"], env)
+    if registered["exit"] != 0:
+        raise SystemExit("registering the first model failed:\n" + registered["stderr_tail"])
+    # Steady state: history is in the ledger, as after any archived cycle (the first cycle
+    # on hand-placed history hashes it once; that is a one-off, not a nightly cost).
+    consumed_content(space.used_dir, list_data_files(space.used_dir), True)
+    for path in sorted(new.iterdir()):
+        shutil.copy(path, space.new_dir / path.name)
+    space.save()
+    return space, model_file
+
+
+# --- what is measured ----------------------------------------------------------------------
+
+def run_bare(history: Path, new: Path, model_file: Path, env: dict) -> dict:
+    result = measure([sys.executable, "bench/workloads.py", "bare", "--used-dir", str(history),
+                      "--new-dir", str(new), "--model-file", str(model_file),
+                      "--heldout-files", str(HELDOUT_FILES)], env)
+    return _parsed(result, "bare work")
+
+
+def run_naive(history: Path, new: Path, space: Workspace, env: dict) -> dict:
+    space.restore()
+    result = measure([sys.executable, "bench/workloads.py", "naive", "--used-dir", str(history),
+                      "--new-dir", str(new), "--tracking-uri", space.tracking_uri,
+                      "--heldout-files", str(HELDOUT_FILES)], env)
+    return _parsed(result, "naive cycle")
+
+
+def run_cycle(space: Workspace, env: dict, restore: bool = True) -> dict:
+    if restore:
+        space.restore()
+    result = measure([sys.executable, "pipeline_orchestrator.py", *space.flags(),
+                      "--error-threshold", "0", "--json"], env)
+    result = _parsed(result, "cycle")
+    if result["summary"]["outcome"] != "promoted":
+        raise SystemExit(f"the cycle did not promote: {result['summary']['reason']}")
+    return result
+
+
+def _parsed(result: dict, what: str) -> dict:
+    if result["exit"] != 0:
+        raise SystemExit(f"{what} failed (exit {result['exit']}):\n{result['stderr_tail']}")
+    summary = json.loads(result.pop("stdout"))
+    result.pop("stderr_tail")
+    return {**result, "summary": summary, "timings": summary.get("timings", {})}
+
+
+def median_of(runs: list[dict]) -> dict:
+    """Median wall, peak RSS and per-phase seconds over repeated runs."""
+    phases = sorted({name for run in runs for name in run["timings"]})
+    return {"wall_s": statistics.median(r["wall_s"] for r in runs),
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+            "walls_s": [round(r["wall_s"], 2) for r in runs],
+            "timings": {name: statistics.median(r["timings"].get(name, 0.0) for r in runs)
+                        for name in phases}}
+
+
+def bench_size(rows: int, repeats: int, work: Path, env: dict, naive: bool) -> dict:
+    print(f"\n== {rows:,} rows: generating data", file=sys.stderr, flush=True)
+    history, new = generate(work / "data", rows, seed=rows)
+    space, model_file = prepare_workspace(work / "workspace", history, new, env)
+    runs = {"bare": [], "naive": [], "cycle": []}
+    for repeat in range(repeats):
+        # Interleaved, so a change in the machine's load falls on every side alike.
+        print(f"   repeat {repeat + 1}/{repeats}", file=sys.stderr, flush=True)
+        runs["bare"].append(run_bare(history, new, model_file, env))
+        runs["cycle"].append(run_cycle(space, env))
+        if naive:
+            runs["naive"].append(run_naive(history, new, space, env))
+    result = {"rows": rows, "files": FILES, "features": 20,
+              "csv_mb": round(sum(p.stat().st_size for d in (history, new)
+                                  for p in d.iterdir()) / 2**20, 1),
+              **{side: median_of(found) for side, found in runs.items() if found}}
+    cycle, bare = result["cycle"], result["bare"]
+    result["cycle_over_bare_wall"] = cycle["wall_s"] / bare["wall_s"]
+    result["cycle_over_bare_rss"] = cycle["peak_rss_mb"] / bare["peak_rss_mb"]
+    result["cycle_us_per_row"] = cycle["wall_s"] / rows * 1e6
+    if naive:
+        result["naive_over_cycle_wall"] = result["naive"]["wall_s"] / cycle["wall_s"]
+    result["_space"] = space
+    return result
+
+
+def bench_skips(space: Workspace, env: dict, repeats: int) -> dict:
+    """Too few new files, and the lock held by another process: both must return at once."""
+    from retraining.runlock import exclusive_run
+
+    space.restore()
+    few = [sys.executable, "pipeline_orchestrator.py", *space.flags(), "--min-new-files",
+           "1000", "--json"]
+    too_few = [measure(few, env) for _ in range(repeats)]
+    assert all(json.loads(r["stdout"])["outcome"] == "skipped" for r in too_few)
+    with exclusive_run(space.new_dir):
+        locked = [measure([sys.executable, "pipeline_orchestrator.py", *space.flags(), "--json"],
+                          env) for _ in range(repeats)]
+    assert all(r["exit"] == 75 for r in locked), [r["stderr_tail"] for r in locked]
+    return {"too_few_files_s": statistics.median(r["wall_s"] for r in too_few),
+            "lock_held_s": statistics.median(r["wall_s"] for r in locked)}
+
+
+def grow_registry(space: Workspace, versions: int) -> None:
+    """`versions` more versions of the production model, and as many finished past runs."""
+    import mlflow
+
+    # The registry resolves a version's source through the global tracking URI.
+    mlflow.set_tracking_uri(space.tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=space.tracking_uri)
+    first = client.get_model_version("classifier", "1")
+    experiment = client.get_experiment_by_name("classifier-retraining")
+    for index in range(versions):
+        run_name = ("ModelMonitoring", "ModelRetraining")[index % 2]
+        run = client.create_run(experiment.experiment_id, run_name=run_name,
+                                tags={"new_dir": str(space.new_dir),
+                                      "batch_key": f"{index:064x}",
+                                      "mlflow.runName": run_name})
+        client.log_metric(run.info.run_id, "monitoring_error", 0.1)
+        client.set_terminated(run.info.run_id)
+        client.create_model_version("classifier", first.source, run_id=first.run_id,
+                                    tags={"decision": "rejected"})
+
+
+def bench_registry(space: Workspace, env: dict, versions: int, repeats: int) -> dict:
+    fresh = [run_cycle(space, env) for _ in range(repeats)]
+    space.restore()
+    grow_registry(space, versions)
+    space.save()
+    grown = [run_cycle(space, env) for _ in range(repeats)]
+    return {"versions": versions, "fresh": median_of(fresh), "grown": median_of(grown),
+            "grown_over_fresh_wall": (statistics.median(r["wall_s"] for r in grown)
+                                      / statistics.median(r["wall_s"] for r in fresh))}
+
+
+# --- report -------------------------------------------------------------------------------
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                  if line.startswith("model name")), platform.processor())
+    meminfo = Path("/proc/meminfo")
+    memory = next((int(line.split()[1]) // 1024 // 1024 for line in
+                   meminfo.read_text().splitlines()
+                   if line.startswith("MemTotal")), None) if meminfo.exists() else None
+    return {"cpus": os.cpu_count(), "cpu_model": model, "ram_gib": memory,
+            "python": platform.python_version(), "load_average": os.getloadavg()}
+
+
+def print_table(results: dict) -> None:
+    print(f"\nmachine: {results['machine']['cpus']} x {results['machine']['cpu_model']}, "
+          f"{results['machine']['ram_gib']} GiB; OMP_NUM_THREADS={results['threads']}; "
+          f"load before {results['load_before']}, after {results['machine']['load_average']}")
+    print(f"repeats: {results['repeats']} (medians), once above {results['once_above']:,} "
+          f"rows\n")
+    header = ["rows", "side", "wall s", "peak MB", *CYCLE_PHASES]
+    print(" | ".join(f"{h:>12}" for h in header))
+    for size in results["sizes"]:
+        for side in ("bare", "naive", "cycle"):
+            if side not in size:
+                continue
+            found = size[side]
+            phases = [f"{found['timings'].get(p, float('nan')):.2f}" for p in CYCLE_PHASES]
+            if side == "bare":
+                phases = [f"{found['timings'].get(p, float('nan')):.2f}" if p in
+                          ("monitor", "train", "compare") else "-" for p in CYCLE_PHASES]
+                phases[1] = f"{found['timings']['read']:.2f}"  # "open": reading, for bare
+            elif side == "naive":
+                phases = ["-", f"{found['timings']['read']:.2f}",
+                          *(f"{found['timings'].get(p, float('nan')):.2f}" for p in
+                            ("monitor", "train", "log_register", "compare")), "-", "-"]
+            print(" | ".join(f"{v:>12}" for v in [f"{size['rows']:,}", side,
+                                                   f"{found['wall_s']:.2f}",
+                                                   f"{found['peak_rss_mb']:.0f}", *phases]))
+        line = (f"   cycle/bare wall {size['cycle_over_bare_wall']:.3f} (target <= 1.15), "
+                f"peak memory {size['cycle_over_bare_rss']:.3f} (target <= 1.10), "
+                f"{size['cycle_us_per_row']:.2f} us/row")
+        if "naive_over_cycle_wall" in size:
+            line += f", naive/cycle {size['naive_over_cycle_wall']:.2f} (target >= 1.5)"
+        print(line)
+    per_row = [s["cycle_us_per_row"] for s in results["sizes"]]
+    if len(per_row) > 1:
+        print(f"\ncycle cost per row, largest/smallest ratio across sizes: "
+              f"{max(per_row) / min(per_row):.2f} (target <= 1.3)")
+    if results.get("skips"):
+        skips = results["skips"]
+        print(f"skip, too few files: {skips['too_few_files_s']:.3f} s; skip, lock held: "
+              f"{skips['lock_held_s']:.3f} s (target < 0.5)")
+    if results.get("registry"):
+        registry = results["registry"]
+        print(f"registry with {registry['versions']} more versions and runs: cycle "
+              f"{registry['grown']['wall_s']:.2f} s vs fresh {registry['fresh']['wall_s']:.2f} s "
+              f"(ratio {registry['grown_over_fresh_wall']:.3f}) at "
+              f"{results['sizes'][0]['rows']:,} rows")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000,5000000",
+                        help="total rows, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--versions", type=int, default=500,
+                        help="registered versions (and past runs) for the registry-growth run")
+    parser.add_argument("--threads", default="1",
+                        help="OMP_NUM_THREADS for every measured process ('' leaves it unset)")
+    parser.add_argument("--no-naive", action="store_true")
+    parser.add_argument("--once-above", type=int, default=1_000_000,
+                        help="sizes above this many rows run once, without the naive side "
+                             "(a 5-million-row repeat takes many minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 20,000 rows, 1 repeat, 20 versions")
+    parser.add_argument("--work-dir", type=Path, help="keep generated data here (default: temp)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.repeats, args.versions = "20000", 1, 20
+    sizes = [int(size) for size in args.sizes.split(",")]
+    env = child_env(args.threads)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = args.threads  # the first model, trained here
+    results = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "threads": args.threads or "unset",
+               "repeats": args.repeats, "once_above": args.once_above,
+               "load_before": os.getloadavg(), "sizes": []}
+    out = PROJECT_DIR / "bench" / "results" / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="retraining-bench-", dir=args.work_dir) as work:
+        for rows in sizes:
+            folder = Path(work) / f"rows_{rows}"
+            large = rows > args.once_above
+            size = bench_size(rows, 1 if large else args.repeats, folder, env,
+                              naive=not (args.no_naive or large))
+            space = size.pop("_space")
+            if rows == sizes[0]:
+                print("   skips and registry growth", file=sys.stderr, flush=True)
+                results["skips"] = bench_skips(space, env, max(3, args.repeats))
+                if args.versions:
+                    results["registry"] = bench_registry(space, env, args.versions,
+                                                         args.repeats)
+            results["sizes"].append(size)
+            shutil.rmtree(folder)
+            # Written after every size, so a long run that is cut short still leaves figures.
+            results["machine"] = machine()
+            out.write_text(json.dumps(results, indent=1))
+            print_table(results)
+    print(f"\nwritten: {out.relative_to(PROJECT_DIR)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
