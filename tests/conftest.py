@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +138,23 @@ def production(workspace, capsys) -> Workspace:
 def cycle(workspace: Workspace, capsys, *extra) -> tuple[int, dict]:
     return run_json(pipeline_orchestrator,
                     [*workspace.flags, "--min-new-files", "5", *extra], capsys)
+
+
+def wait_until_answering(process: subprocess.Popen, url: str, seconds: float) -> None:
+    """Poll `url` until it answers 200; fail with the process's stderr if it dies or hangs."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail(f"the process behind {url} exited: "
+                            + process.stderr.read().decode()[-2000:])
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"{url} did not answer within {seconds:.0f} s")
+            time.sleep(0.5)

@@ -10,7 +10,6 @@ import pickle
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import pipeline_orchestrator
 import register_first_model
 import registry_tool
 from tests.conftest import (Workspace, cycle, machine_files, register_pickle, train_on_folder,
-                            write_csvs)
+                            wait_until_answering, write_csvs)
 
 
 def tool(argv, capsys=None) -> tuple[int, str]:
@@ -293,19 +292,7 @@ def test_mlflow_models_serve_answers_with_the_promoted_models_predictions(promot
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/ping", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if server.poll() is not None:
-                    pytest.fail("mlflow models serve exited: "
-                                + server.stderr.read().decode()[-2000:])
-                if time.monotonic() > deadline:
-                    pytest.fail("mlflow models serve did not answer /ping within 240 s")
-                time.sleep(1)
+        wait_until_answering(server, url + "/ping", 240)
         rows = machine_files(1, drift=1.0, seed=13, rows=30)[0].drop(columns=["label"]).dropna()
         rows["serviced"] = (rows["serviced"] == "TRUE").astype(float)
         body = json.dumps({"dataframe_split": rows.to_dict(orient="split")}).encode()

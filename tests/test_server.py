@@ -6,12 +6,11 @@ import json
 import os
 import socket
 import subprocess
-import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import PROJECT_DIR, machine_files, run_script, snapshot, write_csvs
+from tests.conftest import (PROJECT_DIR, machine_files, run_script, snapshot,
+                            wait_until_answering, write_csvs)
 
 pytestmark = pytest.mark.server
 
@@ -37,19 +36,7 @@ def server(workspace):
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            if process.poll() is not None:
-                pytest.fail("mlflow server exited: " + process.stderr.read().decode()[-2000:])
-            if time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("mlflow server did not answer /health within 120 s")
-            time.sleep(0.5)
+    wait_until_answering(process, url + "/health", 120)
     yield url, process
     if process.poll() is None:
         os.killpg(process.pid, 15)
