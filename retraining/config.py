@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -68,55 +69,34 @@ class Settings:
         return None
 
 
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise ValueError("must be 0 or more")
-    return value
+def _checked(convert: Callable[[str], Any], accept: Callable[[Any], bool],
+             requirement: str) -> Callable[[str], Any]:
+    """A parser: `convert` the text, then refuse a value `accept` rejects, saying `requirement`.
+
+    Every `accept` below is a comparison, which NaN fails: no setting takes NaN.
+    """
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if not accept(value):
+            raise ValueError(requirement)
+        return value
+
+    return parse
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise ValueError("must be between 0 and 1, exclusive")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    value = float(text)
-    if value < 0.0 or value != value:
-        raise ValueError("must be a number, 0 or more")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError("must be 1 or more")
-    return value
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ValueError("must be a finite number")
-    return value
+_nonnegative_int = _checked(int, lambda value: value >= 0, "must be 0 or more")
+_positive_int = _checked(int, lambda value: value >= 1, "must be 1 or more")
+_fraction = _checked(float, lambda value: 0.0 < value < 1.0,
+                     "must be between 0 and 1, exclusive")
+_nonnegative_float = _checked(float, lambda value: value >= 0.0, "must be a number, 0 or more")
+_positive_float = _checked(float, lambda value: value > 0.0, "must be a number above 0")
+_finite_float = _checked(float, math.isfinite, "must be a finite number")
+_share = _checked(float, lambda value: 0.0 <= value < 1.0,
+                  "must be a share from 0 up to (not including) 1, or off")
 
 
 def _share_or_off(text: str) -> float | None:
-    if text.strip().lower() in {"off", "none"}:
-        return None
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise ValueError("must be a share from 0 up to (not including) 1, or off")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0.0:
-        raise ValueError("must be a number above 0")
-    return value
+    return None if text.strip().lower() in {"off", "none"} else _share(text)
 
 
 def _window_names(text: str) -> tuple[str, ...]:
