@@ -167,11 +167,9 @@ def open_cycle(settings: Settings, new_paths: list[Path],
         finish_interrupted_moves(new_paths, settings)
     new_paths = [path for path in new_paths if os.path.lexists(path)]
     production = registry.load_production()
-    new_files, quarantined = read_new_files(settings, domain, new_paths, production)
+    new_files, quarantined, columns = read_new_files(settings, domain, new_paths, production)
     if quarantined:
         registry.record_quarantine(quarantined)
-    columns = production.input_columns or (list(new_files[0].features.columns)
-                                           if new_files else [])
     return CycleContext(settings, domain, registry, production, new_files, columns, quarantined,
                         {} if timings is None else timings)
 
@@ -191,11 +189,12 @@ def finish_interrupted_moves(new_paths: list[Path], settings: Settings) -> None:
 
 
 def read_new_files(settings: Settings, domain, paths: list[Path],
-                   production) -> tuple[list, list[dict]]:
+                   production) -> tuple[list, list[dict], list[str]]:
     """Read each new file once; move each unusable one to quarantine with its reason.
 
     A bad file must not stall every night's cycle, nor be lost: it is set aside, named in
-    the summary and in MLflow, and the cycle goes on with the good ones.
+    the summary and in MLflow, and the cycle goes on with the good ones. Also returns the
+    feature columns: the production model's inputs, else (no signature) the first good file's.
     """
     from retraining.archive import quarantine_file
     from retraining.datafiles import file_problem, load_file
@@ -206,6 +205,7 @@ def read_new_files(settings: Settings, domain, paths: list[Path],
                               record_unknown=not settings.dry_run)
     taken = {sha256: f"{name} in {settings.used_dir.name}/" for sha256, name in history.items()}
     classes = getattr(production.model, "classes_", None)
+    columns = production.input_columns
     good, quarantined = [], []
     for path in paths:
         try:
@@ -214,7 +214,6 @@ def read_new_files(settings: Settings, domain, paths: list[Path],
                 raise DataError(f"{path.name} is a symbolic link, not a file",
                                 fix=f"put the file itself in {settings.new_dir}")
             loaded = load_file(path, settings.label_column, domain.prepare_file)
-            columns = production.input_columns or (good[0].features.columns if good else None)
             problem = file_problem(loaded, columns, classes, taken)
             if problem:
                 raise DataError(f"{path.name} {problem}", fix=f"fix or remove {path}")
@@ -226,8 +225,9 @@ def read_new_files(settings: Settings, domain, paths: list[Path],
             quarantined.append(entry)
             continue
         good.append(loaded)
+        columns = columns or list(loaded.features.columns)
         taken[loaded.sha256] = f"{path.name} in this batch"
-    return good, quarantined
+    return good, quarantined, columns or []
 
 
 # --- 2. monitor ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from retraining.datafiles import LoadedFile, batch_key, file_identity
 from retraining.errors import NeedsAttention, UsageError
@@ -34,10 +34,16 @@ def free_name(folder: Path, name: str, tag: str) -> Path:
     return target
 
 
-def move_to_free_name(source: Path, folder: Path, tag: str) -> Path:
-    """Move `source` into `folder` under a name no other file has; return the new path."""
+def move_to_free_name(source: Path, folder: Path, tag: str,
+                      before_move: Callable[[Path], None] | None = None) -> Path:
+    """Move `source` into `folder` under a name no other file has; return the new path.
+
+    `before_move(target)` runs once the name is chosen, before the file takes it.
+    """
     while True:
         target = free_name(folder, source.name, tag)
+        if before_move is not None:
+            before_move(target)
         try:
             move_without_overwrite(source, target)
             return target
@@ -194,16 +200,10 @@ def quarantine_file(path: Path, reason: str, quarantine_dir: Path) -> str:
     is written first, so a quarantined file is never found without one.
     """
     quarantine_dir.mkdir(parents=True, exist_ok=True)
-    tag = time.strftime("%Y%m%dT%H%M%S")
-    while True:
-        target = free_name(quarantine_dir, path.name, tag)
-        write_atomically(target.with_name(target.name + ".reason.txt"),
-                         f"{path.name}: {reason}\n")
-        try:
-            move_without_overwrite(path, target)
-            break
-        except FileExistsError:
-            continue  # another writer took the name between the check and the link
+    target = move_to_free_name(
+        path, quarantine_dir, time.strftime("%Y%m%dT%H%M%S"),
+        before_move=lambda target: write_atomically(
+            target.with_name(target.name + ".reason.txt"), f"{path.name}: {reason}\n"))
     log.warning("quarantined %s as %s: %s", path.name, target.name, reason)
     return target.name
 

@@ -19,6 +19,7 @@ history ledger, never names or modification times, which copying a folder change
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -100,10 +101,19 @@ class WindowChoice:
 
     def file_facts(self, loaded: LoadedFile) -> dict[str, Any]:
         """What the manifest says of a file: in the chosen window, its weight, validation."""
-        in_window = any(f.path == loaded.path for f in self.chosen.files)
+        in_window = loaded.path in self._chosen_paths
         weight = (self.chosen.weights or {}).get(loaded.path, 1.0) if in_window else 0.0
-        validation = any(f.path == loaded.path for f in self.validation)
+        validation = loaded.path in self._validation_paths
         return {"in_window": in_window, "window_weight": weight, "validation": validation}
+
+    # Sets, not scans: the manifest asks about every file of a history of years.
+    @functools.cached_property
+    def _chosen_paths(self) -> set[Path]:
+        return {f.path for f in self.chosen.files}
+
+    @functools.cached_property
+    def _validation_paths(self) -> set[Path]:
+        return {f.path for f in self.validation}
 
     def table(self) -> list[dict[str, Any]]:
         """One row per window, tried or skipped: the record behind the choice."""
