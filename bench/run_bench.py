@@ -145,7 +145,7 @@ class Workspace:
 def prepare_workspace(root: Path, history: Path, new: Path, env: dict) -> tuple[Workspace, Path]:
     """History and new files in place, a first model registered as production version 1."""
     from retraining.datafiles import concat_files, list_data_files, load_files
-    from retraining.ledger import consumed_content
+    from retraining.ledger import history_content
     from train_classification_model import train_model
 
     space = Workspace(root)
@@ -165,7 +165,7 @@ def prepare_workspace(root: Path, history: Path, new: Path, env: dict) -> tuple[
         raise SystemExit("registering the first model failed:\n" + registered["stderr_tail"])
     # Steady state: history is in the ledger, as after any archived cycle (the first cycle
     # on hand-placed history hashes it once; that is a one-off, not a nightly cost).
-    consumed_content(space.used_dir, list_data_files(space.used_dir), True)
+    history_content(space.used_dir, list_data_files(space.used_dir), record_unknown=True)
     for path in sorted(new.iterdir()):
         shutil.copy(path, space.new_dir / path.name)
     space.save()

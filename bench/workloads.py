@@ -32,6 +32,40 @@ def split(frames: list, heldout_files: int) -> tuple[list, list]:
     return frames[:-heldout_files], frames[-heldout_files:]
 
 
+def monitor_train_compare(domain, history: list, new: list, production, heldout_files: int,
+                          timings: dict) -> tuple[dict, object, object]:
+    """The work every side does once its files are read: monitor, fit, score held-out files.
+
+    Returns the errors, the challenger and five training rows (an input example).
+    """
+    import pandas as pd
+
+    error_metric, train_model = domain.error_metric, domain.train_model
+    mark = time.perf_counter()
+    monitored = pd.concat(new, ignore_index=True)
+    monitoring_error = error_metric(monitored["label"],
+                                    production.predict(monitored.drop(columns="label")))
+    del monitored
+    timings["monitor"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    new_training, heldout = split(new, heldout_files)
+    training = pd.concat(history + new_training, ignore_index=True)
+    features = training.drop(columns="label")
+    challenger = train_model(features, training["label"], random_state=42)
+    example = features.head(5)
+    del training, features
+    timings["train"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    held = pd.concat(heldout, ignore_index=True)
+    challenger_error = error_metric(held["label"], challenger.predict(held.drop(columns="label")))
+    production_error = error_metric(held["label"], production.predict(held.drop(columns="label")))
+    timings["compare"] = time.perf_counter() - mark
+    return ({"monitoring_error": monitoring_error, "production_error": production_error,
+             "challenger_error": challenger_error}, challenger, example)
+
+
 def bare(args) -> dict:
     import pickle
 
@@ -40,7 +74,7 @@ def bare(args) -> dict:
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
-    from train_classification_model import error_metric, train_model
+    import train_classification_model as domain
 
     timings = {"imports": time.perf_counter() - START}
     mark = time.perf_counter()
@@ -60,27 +94,9 @@ def bare(args) -> dict:
         production = pickle.load(handle)
     timings["read"] = time.perf_counter() - mark
 
-    mark = time.perf_counter()
-    monitored = pd.concat(new, ignore_index=True)
-    monitoring_error = error_metric(monitored["label"],
-                                    production.predict(monitored.drop(columns="label")))
-    del monitored
-    timings["monitor"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    new_training, heldout = split(new, args.heldout_files)
-    training = pd.concat(history + new_training, ignore_index=True)
-    challenger = train_model(training.drop(columns="label"), training["label"], random_state=42)
-    del training
-    timings["train"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    held = pd.concat(heldout, ignore_index=True)
-    challenger_error = error_metric(held["label"], challenger.predict(held.drop(columns="label")))
-    production_error = error_metric(held["label"], production.predict(held.drop(columns="label")))
-    timings["compare"] = time.perf_counter() - mark
-    return {"timings": timings, "monitoring_error": monitoring_error,
-            "production_error": production_error, "challenger_error": challenger_error}
+    figures, _, _ = monitor_train_compare(domain, history, new, production,
+                                          args.heldout_files, timings)
+    return {"timings": timings, **figures}
 
 
 def naive(args) -> dict:
@@ -92,7 +108,7 @@ def naive(args) -> dict:
     import pandas as pd
     import skops.io
 
-    from train_classification_model import error_metric, train_model
+    import train_classification_model as domain
 
     timings = {"imports": time.perf_counter() - START}
     mark = time.perf_counter()
@@ -108,39 +124,22 @@ def naive(args) -> dict:
     production = mlflow.sklearn.load_model("models:/classifier@production")
     timings["read"] = time.perf_counter() - mark
 
-    mark = time.perf_counter()
-    monitored = pd.concat(new, ignore_index=True)
-    monitoring_error = error_metric(monitored["label"],
-                                    production.predict(monitored.drop(columns="label")))
-    timings["monitor"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    new_training, heldout = split(new, args.heldout_files)
-    training = pd.concat(history + new_training, ignore_index=True)
-    features = training.drop(columns="label")
-    challenger = train_model(features, training["label"], random_state=42)
-    timings["train"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    held = pd.concat(heldout, ignore_index=True)
-    challenger_error = error_metric(held["label"], challenger.predict(held.drop(columns="label")))
-    production_error = error_metric(held["label"], production.predict(held.drop(columns="label")))
-    timings["compare"] = time.perf_counter() - mark
+    figures, challenger, example = monitor_train_compare(domain, history, new, production,
+                                                         args.heldout_files, timings)
 
     mark = time.perf_counter()
     mlflow.set_experiment("naive")
     with mlflow.start_run():
-        mlflow.log_metrics({"production_error": production_error,
-                            "challenger_error": challenger_error})
+        mlflow.log_metrics({"production_error": figures["production_error"],
+                            "challenger_error": figures["challenger_error"]})
         # MLflow's defaults: requirements and signature inferred (from the input example).
         # Its default format, skops, refuses to save without the types to trust.
         trusted = skops.io.get_untrusted_types(data=skops.io.dumps(challenger))
-        mlflow.sklearn.log_model(challenger, name="model", input_example=features.head(5),
+        mlflow.sklearn.log_model(challenger, name="model", input_example=example,
                                  skops_trusted_types=trusted,
                                  registered_model_name="classifier")
     timings["log_register"] = time.perf_counter() - mark
-    return {"timings": timings, "monitoring_error": monitoring_error,
-            "production_error": production_error, "challenger_error": challenger_error}
+    return {"timings": timings, **figures}
 
 
 def main(argv=None) -> int:
