@@ -550,7 +550,7 @@ OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_fi
            "min_improvement", "holdout_fraction", "seed", "min_heldout_files",
            "min_heldout_rows", "max_file_regression", "confidence_level", "bootstrap_resamples",
            "require_significance", "training_windows", "recent_files", "recency_half_life",
-           "validation_fraction", "dry_run", "json"]
+           "validation_fraction", "window_sample_rows", "dry_run", "json"]
 
 
 def main(argv=None) -> int:

@@ -51,6 +51,7 @@ class Settings:
     recent_files: int
     recency_half_life: float
     validation_fraction: float
+    window_sample_rows: int
     dry_run: bool
     json: bool
     force: bool
@@ -173,9 +174,11 @@ _OPTIONS = {
         _Option("confidence_level", _fraction,
                 "level of the bootstrap interval of the error difference"),
         _Option("bootstrap_resamples", _positive_int,
-                "resamples of the held-out files for the bootstrap interval"),
+                "resamples of the held-out files, and of row slices within them, for the "
+                "bootstrap interval"),
         _Option("require_significance", _flag,
-                "promote only when the whole bootstrap interval favours the challenger",
+                "promote only when the whole bootstrap interval favours the challenger "
+                "(on unless turned off)",
                 is_flag=True),
         _Option("training_windows", _window_names,
                 "candidate training sets, comma-separated: all, recent, weighted"),
@@ -187,6 +190,10 @@ _OPTIONS = {
                 "arrived after it"),
         _Option("validation_fraction", _fraction,
                 "share of the new training files set aside to choose the window"),
+        _Option("window_sample_rows", _positive_int,
+                "candidate windows are compared by models trained on the same seeded share of "
+                "their rows, so that the largest trains on at most this many; the chosen one "
+                "is then trained on all its rows"),
         _Option("dry_run", _flag, "decide and report, change nothing", is_flag=True),
         _Option("json", _flag, "print one JSON summary on stdout", is_flag=True),
         _Option("force", _flag, "replace an existing production alias", is_flag=True),
@@ -226,7 +233,7 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "max_file_regression": float("inf"),
         "confidence_level": 0.95,
         "bootstrap_resamples": 2000,
-        "require_significance": False,
+        "require_significance": True,
         # About one default batch (--min-new-files): the recent window is usually the new
         # files alone, so an abrupt change is learnt in one cycle; "all" still wins on
         # validation when nothing changed.
@@ -234,6 +241,11 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "recent_files": 15,
         "recency_half_life": 15.0,
         "validation_fraction": 0.25,
+        # Comparing windows needs models that tell the windows apart, not the best models:
+        # candidates train on a common share of their rows, so choosing costs a bounded
+        # extra (three fits of at most this many rows) and the larger window keeps its lead
+        # in rows. The challenger itself always trains on every row of its window.
+        "window_sample_rows": 25_000,
         "dry_run": False,
         "json": False,
         "force": False,

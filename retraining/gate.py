@@ -2,8 +2,8 @@
 
 Both models are scored file by file on the same held-out files. The gate then asks, in order:
 are there enough held-out files and rows to judge; is the challenger better by the margin;
-does a paired bootstrap interval of the difference favour it (when significance is required);
-is it no worse than the cap on any single file. The first question answered "no" is the
+does a paired bootstrap interval of the difference favour it (unless significance is turned
+off); is it no worse than the cap on any single file. The first question answered "no" is the
 reason, one sentence with its figures.
 """
 
@@ -22,9 +22,15 @@ from retraining.evaluation import error_on, judge_challenger
 
 # Errors are rates computed in floating point: a difference of 1e-17 is no regression.
 _TOLERANCE = 1e-9
-# Resamples are drawn in blocks of about this many file counts, so memory stays bounded
+# Resamples are drawn in blocks of about this many unit counts, so memory stays bounded
 # (some tens of MB) however many files are held out.
 _BLOCK_CELLS = 2_000_000
+# The bootstrap resamples rows within a file as contiguous slices of at least this many rows,
+# so one held-out file still has something to resample, while the domain's metric is called
+# a bounded number of times (about twice _TARGET_SLICES in all) and never on a handful of
+# rows, where a rate like F1 is undefined.
+_MIN_SLICE_ROWS = 25
+_TARGET_SLICES = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +43,8 @@ class HeldoutScores:
     challenger: np.ndarray  # challenger's error per file
     production_error: float  # the domain's error over all the files: pooled or averaged
     challenger_error: float
+    # The same errors on contiguous row slices of each file, for the bootstrap's second stage.
+    slices: "Slices | None" = None
 
     @property
     def weights(self) -> np.ndarray:
@@ -53,27 +61,69 @@ class HeldoutScores:
                        strict=True)]
 
 
+@dataclasses.dataclass(frozen=True)
+class Slices:
+    """Contiguous row slices of the held-out files: which file each belongs to, its rows, and
+    each model's error on it."""
+
+    file: np.ndarray
+    rows: np.ndarray
+    production: np.ndarray
+    challenger: np.ndarray
+
+
+def slice_bounds(rows: int, files: int) -> list[tuple[int, int]]:
+    """Contiguous slices of one file of `rows` rows when `files` files are held out in all.
+
+    More files need fewer slices each: between files is where most variation lies, and the
+    metric calls stay near _TARGET_SLICES. Contiguous rather than shuffled, so rows that were
+    recorded together (and tend to err together) stay together, as in a block bootstrap.
+    """
+    count = max(1, min(-(-_TARGET_SLICES // files), rows // _MIN_SLICE_ROWS))
+    edges = np.linspace(0, rows, count + 1).round().astype(int)
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+
+
 def score_heldout(domain: Domain, heldout: Sequence[LoadedFile], production_predictions: dict,
                   challenger_predictions: dict) -> HeldoutScores:
-    """Score both models per held-out file with the domain's own metric."""
-    per_file = {}
+    """Score both models per held-out file, and per slice of it, with the domain's metric."""
+    per_file, per_slice = {}, {}
+    bounds = [slice_bounds(loaded.rows, len(heldout)) for loaded in heldout]
     for role, predictions in (("production", production_predictions),
                               ("challenger", challenger_predictions)):
-        errors = np.array([domain.error_metric(loaded.labels, predictions[loaded.name])
-                           for loaded in heldout], dtype=float)
-        if not np.isfinite(errors).all():
-            bad = heldout[int(np.flatnonzero(~np.isfinite(errors))[0])].name
-            raise NeedsAttention(f"error_metric is not a finite number for the {role} model "
-                                 f"on held-out file {bad}",
-                                 fix=f"make error_metric in {domain.source.name} return a "
-                                     "finite number on every file")
-        per_file[role] = errors
+        file_errors, slice_errors = [], []
+        for loaded, edges in zip(heldout, bounds, strict=True):
+            labels, predicted = np.asarray(loaded.labels), np.asarray(predictions[loaded.name])
+            file_errors.append((loaded.name, domain.error_metric(labels, predicted)))
+            slice_errors.extend(
+                (f"{loaded.name} rows {start}-{stop}",
+                 domain.error_metric(labels[start:stop], predicted[start:stop]))
+                for start, stop in edges)
+        per_file[role] = _finite_errors(domain, role, file_errors)
+        per_slice[role] = _finite_errors(domain, role, slice_errors)
+    slices = Slices(
+        file=np.array([index for index, edges in enumerate(bounds) for _ in edges]),
+        rows=np.array([stop - start for edges in bounds for start, stop in edges]),
+        production=per_slice["production"], challenger=per_slice["challenger"])
     return HeldoutScores(
         names=[loaded.name for loaded in heldout],
         rows=np.array([loaded.rows for loaded in heldout]),
         production=per_file["production"], challenger=per_file["challenger"],
         production_error=error_on(domain, heldout, production_predictions),
-        challenger_error=error_on(domain, heldout, challenger_predictions))
+        challenger_error=error_on(domain, heldout, challenger_predictions),
+        slices=slices)
+
+
+def _finite_errors(domain: Domain, role: str, named_errors: list[tuple[str, float]]) -> np.ndarray:
+    errors = np.array([error for _, error in named_errors], dtype=float)
+    if not np.isfinite(errors).all():
+        bad = named_errors[int(np.flatnonzero(~np.isfinite(errors))[0])][0]
+        raise NeedsAttention(f"error_metric is not a finite number for the {role} model "
+                             f"on held-out file {bad}",
+                             fix=f"make error_metric in {domain.source.name} return a "
+                                 "finite number on every file and on every slice of "
+                                 f"{_MIN_SLICE_ROWS} rows or more")
+    return errors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,30 +140,46 @@ class Interval:
 
 
 def bootstrap_difference(production: np.ndarray, challenger: np.ndarray, weights: np.ndarray,
-                         *, resamples: int, level: float, seed: int) -> Interval:
-    """Paired percentile bootstrap of the weighted mean of challenger-minus-production.
+                         *, groups: np.ndarray | None = None, resamples: int, level: float,
+                         seed: int) -> Interval:
+    """Paired two-stage percentile bootstrap of the weighted mean of challenger-minus-production.
 
-    Whole files are resampled with replacement, the same files for both models, so what the
-    two models share (an easy file, a hard one) cancels out. The statistic of a resample is
-    sum(weight * difference) / sum(weight) over its files: with row counts as weights and a
-    row-averaged metric (the misclassification rate) it is exactly the pooled error
-    difference; with equal weights it is the per-file average the domain may ask for. For a
-    pooled metric that is not a mean over rows (F1, say), it is the row-weighted mean of the
-    per-file values: recomputing an arbitrary metric on every resample would cost one call
-    per resample, and a per-file value is what the per-file table reports anyway.
+    The units are row slices of held-out files, and `groups` says which file each slice
+    belongs to (each unit its own file when not given). A resample draws files with
+    replacement, then, within each drawn file, its slices with replacement: the hierarchical
+    bootstrap for rows nested in files. The same units are drawn for both models, so what the
+    two share (an easy file, a hard one) cancels out. With many files it is nearly the
+    whole-file bootstrap; with one file it is a bootstrap of that file's rows in blocks; it
+    errs, as two-stage bootstraps do, towards too wide an interval, which for a gate that
+    guards production is the safe side.
+
+    The statistic of a resample is sum(weight * difference) / sum(weight) over its units:
+    with row counts as weights and a row-averaged metric (the misclassification rate) it is
+    exactly the pooled error difference. For a pooled metric that is not a mean over rows (F1,
+    say), it is the row-weighted mean of the per-slice values: recomputing an arbitrary metric
+    on every resample would cost one call per resample.
     """
     difference = np.asarray(challenger, float) - np.asarray(production, float)
     weights = np.asarray(weights, float)
-    files = len(difference)
+    groups = np.arange(len(difference)) if groups is None else np.asarray(groups)
     estimate = float(weights @ difference / weights.sum())
+    members = [np.flatnonzero(groups == group) for group in np.unique(groups)]
+    files, units = len(members), len(difference)
     generator = np.random.default_rng(seed)
-    # counts[r, i]: how often resample r drew file i. One multinomial draw per resample is
-    # the same as drawing `files` files with replacement.
-    block = max(1, _BLOCK_CELLS // files)
+    block = max(1, _BLOCK_CELLS // units)
     statistics = []
     for start in range(0, resamples, block):
-        counts = generator.multinomial(files, np.full(files, 1.0 / files),
-                                       size=min(block, resamples - start))
+        size = min(block, resamples - start)
+        # One multinomial draw per resample is the same as drawing `files` files with
+        # replacement; a file drawn m times then draws m times its slice count of slices.
+        drawn = generator.multinomial(files, np.full(files, 1.0 / files), size=size)
+        counts = np.zeros((size, units))
+        for file, unit in enumerate(members):
+            if len(unit) == 1:
+                counts[:, unit[0]] = drawn[:, file]
+            else:
+                counts[:, unit] = generator.multinomial(drawn[:, file] * len(unit),
+                                                        np.full(len(unit), 1.0 / len(unit)))
         statistics.append((counts @ (weights * difference)) / (counts @ weights))
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(np.concatenate(statistics), [tail, 1.0 - tail])
@@ -133,11 +199,7 @@ class GateVerdict:
 def judge(domain: Domain, scores: HeldoutScores, settings: Settings) -> GateVerdict:
     """Promote only a challenger better by the margin, on enough data, and, as configured,
     significantly better and not much worse on any single file."""
-    interval = bootstrap_difference(scores.production, scores.challenger,
-                                    scores.weights if not domain.error_per_file
-                                    else np.ones(len(scores.names)),
-                                    resamples=settings.bootstrap_resamples,
-                                    level=settings.confidence_level, seed=settings.seed)
+    interval, units = _interval(domain, scores, settings)
     point = judge_challenger(domain, scores.production_error, scores.challenger_error,
                              settings.min_improvement)
     regressions = [row["regression"] for row in scores.per_file_rows(domain.lower_error_is_better)]
@@ -160,9 +222,11 @@ def judge(domain: Domain, scores: HeldoutScores, settings: Settings) -> GateVerd
     if not point.promote:
         return verdict(False, "challenger is not better enough: " + figures)
     if settings.require_significance:
-        if files < 2:
-            return verdict(False, "challenger is not shown significantly better: one held-out "
-                                  "file gives the bootstrap nothing to resample; " + figures)
+        if units < 2:
+            return verdict(False, "challenger is not shown significantly better: the held-out "
+                                  f"rows make one slice of fewer than {2 * _MIN_SLICE_ROWS} "
+                                  "rows, which gives the bootstrap nothing to resample; "
+                                  + figures)
         favoured = interval.high < -_TOLERANCE if domain.lower_error_is_better \
             else interval.low > _TOLERANCE
         if not favoured:
@@ -177,3 +241,21 @@ def judge(domain: Domain, scores: HeldoutScores, settings: Settings) -> GateVerd
                               f"{worst_regression:.4f} where the cap is "
                               f"{settings.max_file_regression:.4f}; " + figures)
     return verdict(True, "challenger is better: " + figures)
+
+
+def _interval(domain: Domain, scores: HeldoutScores, settings: Settings) -> tuple[Interval, int]:
+    """The bootstrap interval over row slices of the held-out files, and how many slices."""
+    if scores.slices is None:
+        production, challenger, groups = scores.production, scores.challenger, None
+        weights = np.ones(len(scores.names)) if domain.error_per_file else scores.weights
+    else:
+        slices = scores.slices
+        production, challenger, groups = slices.production, slices.challenger, slices.file
+        weights = slices.rows.astype(float)
+        if domain.error_per_file:
+            # Every file weighs the same in all, shared among its slices by their rows.
+            weights = weights / scores.rows[slices.file]
+    interval = bootstrap_difference(production, challenger, weights, groups=groups,
+                                    resamples=settings.bootstrap_resamples,
+                                    level=settings.confidence_level, seed=settings.seed)
+    return interval, len(production)

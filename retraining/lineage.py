@@ -18,7 +18,7 @@ _LINEAGE_SETTINGS = ("label_column", "seed", "holdout_fraction", "error_threshol
                      "min_improvement", "min_heldout_files", "min_heldout_rows",
                      "max_file_regression", "confidence_level", "bootstrap_resamples",
                      "require_significance", "training_windows", "recent_files",
-                     "recency_half_life", "validation_fraction")
+                     "recency_half_life", "validation_fraction", "window_sample_rows")
 
 
 @functools.cache

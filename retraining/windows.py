@@ -12,8 +12,11 @@ and keeps the one with the best error on them:
               when the user's train_model accepts sample_weight
 
 The validation files come from the new training files only, never from the held-out files
-of the final comparison, which stays as fair as before. Recency is arrival order from the
-history ledger, never names or modification times, which copying a folder changes.
+of the final comparison, which stays as fair as before. To keep the choice cheap on years of
+history, every candidate is compared by a model trained on the same seeded share of its rows
+(the largest at most --window-sample-rows); the winner is then trained on all of its rows.
+Recency is arrival order from the history ledger, never names or modification times, which
+copying a folder changes.
 """
 
 from __future__ import annotations
@@ -49,15 +52,29 @@ class Candidate:
     weights: dict[Path, float] | None
     params: dict[str, Any]  # what defines it, logged as `window.<name>.<param>`
 
-    def training_set(self, columns: Sequence[str], leave_out: set[Path] = frozenset()):
-        """Features, labels and row weights (or None) of its files not in `leave_out` (paths)."""
+    def training_set(self, columns: Sequence[str], leave_out: set[Path] = frozenset(),
+                     share: float = 1.0, seed: int = 0):
+        """Features, labels and row weights (or None) of its files not in `leave_out` (paths),
+        or of a seeded `share` of their rows, drawn file by file."""
         import numpy as np
+        import pandas as pd
 
         files = [f for f in self.files if f.path not in leave_out]
-        features, labels = concat_files(files, columns)
+        if share >= 1.0:
+            features, labels = concat_files(files, columns)
+            kept = [np.ones(f.rows, dtype=bool) for f in files]
+        else:
+            generator = np.random.default_rng([seed, 2])
+            kept = [generator.random(f.rows) < share for f in files]
+            columns = list(columns) if columns else list(files[0].features.columns)
+            features = pd.concat([f.features[columns][keep] for f, keep in
+                                  zip(files, kept, strict=True)], ignore_index=True)
+            labels = pd.concat([f.labels[keep] for f, keep in zip(files, kept, strict=True)],
+                               ignore_index=True)
         if self.weights is None:
             return features, labels, None
-        weights = np.concatenate([np.full(f.rows, self.weights[f.path]) for f in files])
+        weights = np.concatenate([np.full(int(keep.sum()), self.weights[f.path])
+                                  for f, keep in zip(files, kept, strict=True)])
         # Mean 1, so a model's regularisation sees the same total weight as unweighted rows.
         return features, labels, weights * (len(weights) / weights.sum())
 
@@ -80,18 +97,22 @@ class WindowChoice:
     validation_error: dict[str, float]
     training_seconds: dict[str, float]
     skipped: dict[str, str]  # window -> why it was not tried
+    sample_share: float = 1.0  # share of each candidate's rows its comparison model learnt from
+    sample_rows: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def params(self) -> dict[str, Any]:
         params = {f"window.{c.name}.{key}": value
                   for c in self.candidates for key, value in c.params.items()}
         return params | {"training_windows": ",".join(c.name for c in self.candidates),
-                         "validation_files": len(self.validation)}
+                         "validation_files": len(self.validation),
+                         "window_sample_share": round(self.sample_share, 6)}
 
     def metrics(self) -> dict[str, float]:
         return ({f"validation_error.{name}": error
                  for name, error in self.validation_error.items()}
                 | {f"training_seconds.{name}": seconds
-                   for name, seconds in self.training_seconds.items()})
+                   for name, seconds in self.training_seconds.items()}
+                | {f"training_rows.{name}": rows for name, rows in self.sample_rows.items()})
 
     def tags(self) -> dict[str, str]:
         skipped = "; ".join(f"{name}: {why}" for name, why in self.skipped.items())
@@ -120,7 +141,8 @@ class WindowChoice:
         rows = [{"window": c.name, "chosen": c is self.chosen, "files": len(c.files),
                  "rows": sum(f.rows for f in c.files), **c.params,
                  "validation_error": self.validation_error.get(c.name),
-                 "training_seconds": self.training_seconds.get(c.name)}
+                 "training_seconds": self.training_seconds.get(c.name),
+                 "compared_on_rows": self.sample_rows.get(c.name)}
                 for c in self.candidates]
         return rows + [{"window": name, "chosen": False, "skipped": why}
                        for name, why in self.skipped.items()]
@@ -226,10 +248,14 @@ def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFi
                                       "the new training files, as without windows",
                             candidates, [], {}, {}, skipped)
     validation = [f for f in new_training if f.name in validation_names]
-    errors, seconds = {}, {}
+    leave_out = {f.path for f in validation}
+    largest = max(sum(f.rows for f in c.files if f.path not in leave_out) for c in candidates)
+    share = min(1.0, settings.window_sample_rows / max(largest, 1))
+    errors, seconds, sampled = {}, {}, {}
     for candidate in candidates:
-        features, labels, weights = candidate.training_set(
-            columns, leave_out={f.path for f in validation})
+        features, labels, weights = candidate.training_set(columns, leave_out, share,
+                                                           settings.seed)
+        sampled[candidate.name] = len(labels)
         started = time.perf_counter()
         model = domain.train(features, labels, random_state=settings.seed,
                              sample_weight=weights)
@@ -246,7 +272,10 @@ def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFi
             chosen = candidate
     figures = ", ".join(f"{name} {error:.4f}" for name, error in errors.items())
     rows = sum(f.rows for f in validation)
+    sampling = ("" if share >= 1.0 else
+                f", each window's model trained on the same {share:.2%} of its rows")
     reason = (f"window {chosen.name!r} has the best {domain.error_metric_name} on "
               f"{len(validation)} validation files ({rows} rows) set aside from the new "
-              f"training files: {figures}")
-    return WindowChoice(chosen, reason, candidates, validation, errors, seconds, skipped)
+              f"training files{sampling}: {figures}")
+    return WindowChoice(chosen, reason, candidates, validation, errors, seconds, skipped,
+                        share, sampled)
