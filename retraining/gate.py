@@ -43,8 +43,10 @@ class HeldoutScores:
     challenger: np.ndarray  # challenger's error per file
     production_error: float  # the domain's error over all the files: pooled or averaged
     challenger_error: float
-    # The same errors on contiguous row slices of each file, for the bootstrap's second stage.
+    # The same errors on contiguous row slices of each file, for the bootstrap's second stage;
+    # None, and why, when the domain's metric is undefined on some slice.
     slices: "Slices | None" = None
+    no_slices_because: str | None = None
 
     @property
     def weights(self) -> np.ndarray:
@@ -87,31 +89,49 @@ def slice_bounds(rows: int, files: int) -> list[tuple[int, int]]:
 def score_heldout(domain: Domain, heldout: Sequence[LoadedFile], production_predictions: dict,
                   challenger_predictions: dict) -> HeldoutScores:
     """Score both models per held-out file, and per slice of it, with the domain's metric."""
-    per_file, per_slice = {}, {}
-    bounds = [slice_bounds(loaded.rows, len(heldout)) for loaded in heldout]
+    per_file = {}
     for role, predictions in (("production", production_predictions),
                               ("challenger", challenger_predictions)):
-        file_errors, slice_errors = [], []
-        for loaded, edges in zip(heldout, bounds, strict=True):
-            labels, predicted = np.asarray(loaded.labels), np.asarray(predictions[loaded.name])
-            file_errors.append((loaded.name, domain.error_metric(labels, predicted)))
-            slice_errors.extend(
-                (f"{loaded.name} rows {start}-{stop}",
-                 domain.error_metric(labels[start:stop], predicted[start:stop]))
-                for start, stop in edges)
-        per_file[role] = _finite_errors(domain, role, file_errors)
-        per_slice[role] = _finite_errors(domain, role, slice_errors)
-    slices = Slices(
-        file=np.array([index for index, edges in enumerate(bounds) for _ in edges]),
-        rows=np.array([stop - start for edges in bounds for start, stop in edges]),
-        production=per_slice["production"], challenger=per_slice["challenger"])
+        per_file[role] = _finite_errors(domain, role, [
+            (loaded.name, domain.error_metric(np.asarray(loaded.labels),
+                                              np.asarray(predictions[loaded.name])))
+            for loaded in heldout])
+    slices, no_slices_because = _score_slices(domain, heldout, production_predictions,
+                                              challenger_predictions)
     return HeldoutScores(
         names=[loaded.name for loaded in heldout],
         rows=np.array([loaded.rows for loaded in heldout]),
         production=per_file["production"], challenger=per_file["challenger"],
         production_error=error_on(domain, heldout, production_predictions),
         challenger_error=error_on(domain, heldout, challenger_predictions),
-        slices=slices)
+        slices=slices, no_slices_because=no_slices_because)
+
+
+def _score_slices(domain: Domain, heldout: Sequence[LoadedFile], production_predictions: dict,
+                  challenger_predictions: dict) -> tuple[Slices | None, str | None]:
+    """Both models' errors on every slice, or None and why when the metric is undefined on
+    one (a ROC AUC on a slice of one class): the bootstrap then resamples whole files only,
+    and the reason says so."""
+    bounds = [slice_bounds(loaded.rows, len(heldout)) for loaded in heldout]
+    errors = {}
+    for role, predictions in (("production", production_predictions),
+                              ("challenger", challenger_predictions)):
+        values = []
+        for loaded, edges in zip(heldout, bounds, strict=True):
+            labels, predicted = np.asarray(loaded.labels), np.asarray(predictions[loaded.name])
+            for start, stop in edges:
+                where = f"rows {start}-{stop} of held-out file {loaded.name}"
+                try:
+                    value = float(domain.error_metric(labels[start:stop], predicted[start:stop]))
+                except (ValueError, ArithmeticError) as error:
+                    return None, f"error_metric failed on {where} ({error})"
+                if not np.isfinite(value):
+                    return None, f"error_metric is {value} on {where}"
+                values.append(value)
+        errors[role] = np.array(values)
+    return Slices(file=np.array([index for index, edges in enumerate(bounds) for _ in edges]),
+                  rows=np.array([stop - start for edges in bounds for start, stop in edges]),
+                  production=errors["production"], challenger=errors["challenger"]), None
 
 
 def _finite_errors(domain: Domain, role: str, named_errors: list[tuple[str, float]]) -> np.ndarray:
@@ -121,8 +141,7 @@ def _finite_errors(domain: Domain, role: str, named_errors: list[tuple[str, floa
         raise NeedsAttention(f"error_metric is not a finite number for the {role} model "
                              f"on held-out file {bad}",
                              fix=f"make error_metric in {domain.source.name} return a "
-                                 "finite number on every file and on every slice of "
-                                 f"{_MIN_SLICE_ROWS} rows or more")
+                                 "finite number on every file")
     return errors
 
 
@@ -209,7 +228,9 @@ def judge(domain: Domain, scores: HeldoutScores, settings: Settings) -> GateVerd
     figures = (f"challenger {name} {scores.challenger_error:.4f} vs production "
                f"{scores.production_error:.4f} on the same {files} held-out files, {rows} rows "
                f"(improvement {point.improvement:+.4f}, at least {settings.min_improvement:.4f} "
-               f"needed; {interval} of challenger minus production)")
+               f"needed; {interval} of challenger minus production"
+               + (f", resampling whole files only: {scores.no_slices_because})"
+                  if scores.no_slices_because else ")"))
 
     def verdict(promote: bool, reason: str) -> GateVerdict:
         return GateVerdict(promote, reason, point.improvement, interval, worst_file,
@@ -223,10 +244,11 @@ def judge(domain: Domain, scores: HeldoutScores, settings: Settings) -> GateVerd
         return verdict(False, "challenger is not better enough: " + figures)
     if settings.require_significance:
         if units < 2:
-            return verdict(False, "challenger is not shown significantly better: the held-out "
-                                  f"rows make one slice of fewer than {2 * _MIN_SLICE_ROWS} "
-                                  "rows, which gives the bootstrap nothing to resample; "
-                                  + figures)
+            what = ("one held-out file, and " + scores.no_slices_because
+                    if scores.no_slices_because else
+                    f"one slice of fewer than {2 * _MIN_SLICE_ROWS} held-out rows")
+            return verdict(False, f"challenger is not shown significantly better: {what} "
+                                  "gives the bootstrap nothing to resample; " + figures)
         favoured = interval.high < -_TOLERANCE if domain.lower_error_is_better \
             else interval.low > _TOLERANCE
         if not favoured:

@@ -112,6 +112,41 @@ def test_a_heldout_file_too_small_to_slice_gives_no_significance():
     assert judge(domain, tiny, dataclasses.replace(settings, require_significance=False)).promote
 
 
+def test_a_metric_undefined_on_a_slice_resamples_whole_files_and_says_so():
+    from retraining.datafiles import LoadedFile
+    from retraining.gate import score_heldout
+
+    def two_class_error(labels, predictions):
+        # Like a ROC AUC: undefined unless both classes are present.
+        if len(set(np.asarray(labels).tolist())) < 2:
+            raise ValueError("only one class present")
+        return float(np.mean(np.asarray(labels) != np.asarray(predictions)))
+
+    domain = Domain(source=Path("d.py"), prepare_file=None, train_model=None,
+                    error_metric=two_class_error, error_metric_name="two_class_error",
+                    error_per_file=False, lower_error_is_better=True)
+    labels = np.repeat([0, 1], 200)  # sorted: every slice holds one class
+    production, challenger = labels.copy(), labels.copy()
+    production[::4] = 1 - production[::4]
+
+    def loaded(name):
+        return LoadedFile(path=Path(name), sha256=name * 64, features=None, labels=labels,
+                          dropped_rows=0, identity=())
+
+    def judged(names):
+        files = [loaded(name) for name in names]
+        return judge(domain, score_heldout(domain, files, {n: production for n in names},
+                                           {n: challenger for n in names}), gate_settings())
+
+    alone = judged(["a"])
+    assert not alone.promote
+    assert "one held-out file, and error_metric failed on rows 0-" in alone.reason
+    assert "(only one class present) gives the bootstrap nothing to resample" in alone.reason
+
+    three = judged(["a", "b", "c"])
+    assert "resampling whole files only: error_metric failed on rows 0-" in three.reason
+
+
 def test_few_files_widen_the_interval_beyond_the_whole_file_bootstrap():
     # Rows nested in files: resampling rows within files as well as files can only add
     # spread, so with four files the interval is at least as wide as over files alone.
