@@ -75,24 +75,48 @@ def write_heldout_report(folder: Path, models: Mapping[str, Any], features, labe
 
     matplotlib.use("Agg")
     folder.mkdir(parents=True, exist_ok=True)
-    labels = np.asarray(labels)
     probabilities = {role: (np.asarray(model.predict_proba(features))
                             if hasattr(model, "predict_proba") else None)
                      for role, model in models.items()}
-    classes = {role: list(getattr(model, "classes_", np.unique(labels)))
-               for role, model in models.items()}
+    # Every figure below is computed on integer codes of the labels, in their sorted order:
+    # scikit-learn sorts the labels it is given on every call, and sorting a million string
+    # labels took seconds a call, most of the report's time.
+    names, labels, predictions, classes = _encode(labels, predictions, {
+        role: getattr(model, "classes_", None) for role, model in models.items()})
     figures = {role: {error_name: errors[role]} | classification_figures(
         labels, predictions[role], probabilities[role], classes[role]) for role in models}
 
     _write_table(folder / "heldout_per_file.csv", list(per_file))
     _write_comparison(folder, figures, len(labels))
-    _write_classification_report(folder / "classification_report.txt", labels, predictions)
-    _plot_confusion_matrices(folder / "confusion_matrix.png", labels, predictions)
+    _write_classification_report(folder / "classification_report.txt", labels, predictions,
+                                 names)
+    _plot_confusion_matrices(folder / "confusion_matrix.png", labels, predictions, names)
     scored = {role: p for role, p in probabilities.items() if p is not None}
     if scored:
-        _plot_curves(folder, labels, scored, classes)
+        _plot_curves(folder, labels, scored, classes, names)
     return {f"{role}_{name}": value for role, named in figures.items()
             for name, value in named.items() if value is not None}
+
+
+def _encode(labels, predictions: Mapping[str, Any], model_classes: Mapping[str, Any]):
+    """Sorted label values, and the labels, predictions and each model's classes as indices
+    into them (a model without `classes_` gets the held-out labels' classes)."""
+    import pandas as pd
+
+    labels = np.asarray(labels)
+    predictions = {role: np.asarray(values) for role, values in predictions.items()}
+    known = [np.asarray(c) for c in model_classes.values() if c is not None]
+    # Hashing, not sorting, finds the distinct values; only those few are sorted.
+    names = np.sort(pd.unique(np.concatenate([labels, *predictions.values(), *known])))
+    index = pd.Index(names)
+
+    def codes(values) -> np.ndarray:
+        return index.get_indexer(np.asarray(values))
+
+    classes = {role: (codes(c) if c is not None else np.unique(codes(labels))).tolist()
+               for role, c in model_classes.items()}
+    return (names, codes(labels), {role: codes(values) for role, values in predictions.items()},
+            classes)
 
 
 def _write_table(path: Path, rows: list[Mapping[str, Any]]) -> None:
@@ -131,23 +155,30 @@ def _write_comparison(folder: Path, figures: Mapping[str, Mapping[str, float | N
     (folder / "comparison.md").write_text("\n".join(lines) + "\n")
 
 
-def _write_classification_report(path: Path, labels, predictions: Mapping[str, Any]) -> None:
+def _write_classification_report(path: Path, labels, predictions: Mapping[str, Any],
+                                 names: np.ndarray) -> None:
     from sklearn.metrics import classification_report
 
-    sections = [f"== {role} ==\n" + classification_report(labels, predicted, zero_division=0)
-                for role, predicted in predictions.items()]
+    sections = []
+    for role, predicted in predictions.items():
+        present = np.union1d(labels, predicted)
+        sections.append(f"== {role} ==\n" + classification_report(
+            labels, predicted, labels=present, target_names=[str(names[c]) for c in present],
+            zero_division=0))
     path.write_text("\n".join(sections))
 
 
-def _plot_confusion_matrices(path: Path, labels, predictions: Mapping[str, Any]) -> None:
+def _plot_confusion_matrices(path: Path, labels, predictions: Mapping[str, Any],
+                             names: np.ndarray) -> None:
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    shown = np.union1d(labels, np.concatenate([np.asarray(p) for p in predictions.values()]))
+    shown = np.union1d(labels, np.concatenate(list(predictions.values())))
     figure, axes = plt.subplots(1, len(predictions), figsize=(5 * len(predictions), 4.5),
                                 squeeze=False)
     for ax, (role, predicted) in zip(axes[0], predictions.items(), strict=True):
         ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=shown, ax=ax,
+                                                display_labels=[str(names[c]) for c in shown],
                                                 colorbar=False)
         ax.set_title(role)
     figure.tight_layout()
@@ -156,7 +187,7 @@ def _plot_confusion_matrices(path: Path, labels, predictions: Mapping[str, Any])
 
 
 def _plot_curves(folder: Path, labels, probabilities: Mapping[str, np.ndarray],
-                 classes: Mapping[str, list]) -> None:
+                 classes: Mapping[str, list], names: np.ndarray) -> None:
     """ROC and precision-recall curves, one panel per class (one-vs-rest), both models on it.
 
     Binary: one panel, for the positive class. A class absent from the held-out labels, or
@@ -165,7 +196,7 @@ def _plot_curves(folder: Path, labels, probabilities: Mapping[str, np.ndarray],
     import matplotlib.pyplot as plt
     from sklearn.metrics import PrecisionRecallDisplay, RocCurveDisplay
 
-    every = sorted(set().union(*(classes[role] for role in probabilities)), key=str)
+    every = sorted(set().union(*(classes[role] for role in probabilities)))
     panels = [every[-1]] if len(every) == 2 else every
     panels = [c for c in panels if 0 < int(np.sum(labels == c)) < len(labels)]
     if not panels:
@@ -177,10 +208,12 @@ def _plot_curves(folder: Path, labels, probabilities: Mapping[str, np.ndarray],
         for ax, positive in zip(axes[0], panels, strict=True):
             for role, scores in probabilities.items():
                 if positive in classes[role]:
+                    # Only the corners of the curve: a million held-out rows would
+                    # otherwise draw a million points (ROC drops them by default, PR not).
                     display.from_predictions((labels == positive).astype(int),
                                              scores[:, classes[role].index(positive)],
-                                             name=role, ax=ax)
-            ax.set_title(f"{positive} vs rest")
+                                             name=role, ax=ax, drop_intermediate=True)
+            ax.set_title(f"{names[positive]} vs rest")
         figure.tight_layout()
         figure.savefig(folder / name, dpi=80)
         plt.close(figure)
