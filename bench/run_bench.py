@@ -11,7 +11,12 @@ measures, each in its own process, `--repeats` times, median reported:
 - naive: the obvious cycle (bench/workloads.py naive): copy files to a temporary folder,
          pandas' default reader, MLflow's default model logging.
 - cycle: pipeline_orchestrator.py for real, retraining and promoting (--error-threshold 0),
-         against a SQLite store restored to the same state before each run.
+         against a SQLite store restored to the same state before each run, with
+         --training-windows all: the same fit as the bare work, so the ratio is the cycle's
+         own cost.
+- windows: the same cycle with its default training windows: it also compares candidate
+         windows (on a share of their rows) and may train the challenger on fewer rows than
+         the bare work (the new regime only), so it is reported beside the targets, not in them.
 
 Wall time and peak RSS are the child's own (os.wait4), imports included on every side: each
 side is a process that cron (or a user) would start. Once, at the smallest size: a cycle
@@ -189,11 +194,15 @@ def run_naive(history: Path, new: Path, space: Workspace, env: dict) -> dict:
     return _parsed(result, "naive cycle")
 
 
-def run_cycle(space: Workspace, env: dict, restore: bool = True) -> dict:
+ONE_WINDOW = ("--training-windows", "all")
+
+
+def run_cycle(space: Workspace, env: dict, restore: bool = True,
+              extra: tuple[str, ...] = ONE_WINDOW) -> dict:
     if restore:
         space.restore()
     result = measure([sys.executable, "pipeline_orchestrator.py", *space.flags(),
-                      "--error-threshold", "0", "--json"], env)
+                      "--error-threshold", "0", "--json", *extra], env)
     result = _parsed(result, "cycle")
     if result["summary"]["outcome"] != "promoted":
         raise SystemExit(f"the cycle did not promote: {result['summary']['reason']}")
@@ -211,8 +220,10 @@ def _parsed(result: dict, what: str) -> dict:
 def median_of(runs: list[dict]) -> dict:
     """Median wall, peak RSS and per-phase seconds over repeated runs."""
     phases = sorted({name for run in runs for name in run["timings"]})
+    windows = sorted({r["summary"].get("training_window") for r in runs} - {None})
     return {"wall_s": statistics.median(r["wall_s"] for r in runs),
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in runs),
+            **({"training_windows_chosen": windows} if windows else {}),
             "walls_s": [round(r["wall_s"], 2) for r in runs],
             "timings": {name: statistics.median(r["timings"].get(name, 0.0) for r in runs)
                         for name in phases}}
@@ -222,12 +233,13 @@ def bench_size(rows: int, repeats: int, work: Path, env: dict, naive: bool) -> d
     print(f"\n== {rows:,} rows: generating data", file=sys.stderr, flush=True)
     history, new = generate(work / "data", rows, seed=rows)
     space, model_file = prepare_workspace(work / "workspace", history, new, env)
-    runs = {"bare": [], "naive": [], "cycle": []}
+    runs = {"bare": [], "naive": [], "cycle": [], "windows": []}
     for repeat in range(repeats):
         # Interleaved, so a change in the machine's load falls on every side alike.
         print(f"   repeat {repeat + 1}/{repeats}", file=sys.stderr, flush=True)
         runs["bare"].append(run_bare(history, new, model_file, env))
         runs["cycle"].append(run_cycle(space, env))
+        runs["windows"].append(run_cycle(space, env, extra=()))
         if naive:
             runs["naive"].append(run_naive(history, new, space, env))
     result = {"rows": rows, "files": FILES, "features": 20,
@@ -238,6 +250,7 @@ def bench_size(rows: int, repeats: int, work: Path, env: dict, naive: bool) -> d
     result["cycle_over_bare_wall"] = cycle["wall_s"] / bare["wall_s"]
     result["cycle_over_bare_rss"] = cycle["peak_rss_mb"] / bare["peak_rss_mb"]
     result["cycle_us_per_row"] = cycle["wall_s"] / rows * 1e6
+    result["windows_over_bare_wall"] = result["windows"]["wall_s"] / bare["wall_s"]
     if naive:
         result["naive_over_cycle_wall"] = result["naive"]["wall_s"] / cycle["wall_s"]
     result["_space"] = space
@@ -316,7 +329,7 @@ def print_table(results: dict) -> None:
     header = ["rows", "side", "wall s", "peak MB", *CYCLE_PHASES]
     print(" | ".join(f"{h:>12}" for h in header))
     for size in results["sizes"]:
-        for side in ("bare", "naive", "cycle"):
+        for side in ("bare", "naive", "cycle", "windows"):
             if side not in size:
                 continue
             found = size[side]
@@ -338,6 +351,8 @@ def print_table(results: dict) -> None:
         if "naive_over_cycle_wall" in size:
             line += f", naive/cycle {size['naive_over_cycle_wall']:.2f} (target >= 1.5)"
         print(line)
+        print(f"   default windows: {size['windows_over_bare_wall']:.3f} x bare wall, chose "
+              f"{', '.join(size['windows'].get('training_windows_chosen', ['-']))}")
     per_row = [s["cycle_us_per_row"] for s in results["sizes"]]
     if len(per_row) > 1:
         print(f"\ncycle cost per row, largest/smallest ratio across sizes: "
