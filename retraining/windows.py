@@ -14,7 +14,8 @@ and keeps the one with the best error on them:
 The validation files come from the new training files only, never from the held-out files
 of the final comparison, which stays as fair as before. To keep the choice cheap on years of
 history, every candidate is compared by a model trained on the same seeded share of its rows
-(the largest at most --window-sample-rows); the winner is then trained on all of its rows.
+(the largest at most --window-sample-rows, none fewer than a tenth of that); the winner is
+then trained on all of its rows.
 Recency is arrival order from the history ledger, never names or modification times, which
 copying a folder changes.
 """
@@ -39,6 +40,10 @@ log = logging.getLogger("retraining.windows")
 # Validation errors are rates in floating point: a lead of 1e-17 is a tie, and a tie keeps
 # the candidate listed first (all history, the behaviour before windows existed).
 _TOLERANCE = 1e-9
+# A window far smaller than the largest would keep a handful of rows at the common share, too
+# few to learn from (or even to hold every class); it keeps at least this share of
+# --window-sample-rows instead (2,500 rows by default), or all its rows if it has fewer.
+_MIN_SAMPLE_SHARE = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,8 +258,10 @@ def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFi
     share = min(1.0, settings.window_sample_rows / max(largest, 1))
     errors, seconds, sampled = {}, {}, {}
     for candidate in candidates:
-        features, labels, weights = candidate.training_set(columns, leave_out, share,
-                                                           settings.seed)
+        rows = sum(f.rows for f in candidate.files if f.path not in leave_out)
+        floor = min(1.0, _MIN_SAMPLE_SHARE * settings.window_sample_rows / max(rows, 1))
+        features, labels, weights = candidate.training_set(columns, leave_out,
+                                                           max(share, floor), settings.seed)
         sampled[candidate.name] = len(labels)
         started = time.perf_counter()
         model = domain.train(features, labels, random_state=settings.seed,
@@ -273,7 +280,8 @@ def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFi
     figures = ", ".join(f"{name} {error:.4f}" for name, error in errors.items())
     rows = sum(f.rows for f in validation)
     sampling = ("" if share >= 1.0 else
-                f", each window's model trained on the same {share:.2%} of its rows")
+                f", each window's model trained on the same {share:.2%} of its rows (at least "
+                f"{round(_MIN_SAMPLE_SHARE * settings.window_sample_rows):,} rows)")
     reason = (f"window {chosen.name!r} has the best {domain.error_metric_name} on "
               f"{len(validation)} validation files ({rows} rows) set aside from the new "
               f"training files{sampling}: {figures}")

@@ -9,6 +9,7 @@ change of concept lowers it to 3,500 hours, so the same readings get conflicting
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
@@ -130,6 +131,27 @@ def test_windows_compared_on_a_share_of_their_rows_still_adapt_and_the_challenge
     manifest = artifact_json(workspace, run, "data_manifest.json")["files"]
     assert run.data.metrics["training_rows"] == sum(e["rows"] for e in manifest
                                                     if e.get("in_window")) > 1500
+
+
+def test_a_small_window_keeps_enough_rows_to_learn_from(workspace):
+    from retraining.windows import choose_window
+
+    # 40 history files against 3 new training files: at the common share the recent window
+    # would keep about 70 rows; it keeps a tenth of --window-sample-rows instead.
+    write_csvs(workspace.used_dir, "history", stream(40, seed=211))
+    write_csvs(workspace.new_dir, "new", stream(4, seed=212))
+    settings = dataclasses.replace(settings_for(workspace), window_sample_rows=1000)
+    new_files = read_folder(workspace.new_dir)
+
+    choice = choose_window(settings, load_domain(settings.domain_file),
+                           read_folder(workspace.used_dir), new_files,
+                           list(new_files[0].features.columns))
+
+    assert len(choice.validation) == 1
+    assert choice.sample_share == pytest.approx(1000 / 12_900)
+    assert abs(choice.sample_rows["all"] - 1000) < 100
+    assert choice.sample_rows["recent"] == pytest.approx(100, abs=30)
+    assert "(at least 100 rows)" in choice.reason
 
 
 # --- drift in the inputs -------------------------------------------------------------------
