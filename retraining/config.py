@@ -89,6 +89,8 @@ _nonnegative_int = _checked(int, lambda value: value >= 0, "must be 0 or more")
 _positive_int = _checked(int, lambda value: value >= 1, "must be 1 or more")
 _fraction = _checked(float, lambda value: 0.0 < value < 1.0,
                      "must be between 0 and 1, exclusive")
+# Below this, the smallest window's sample (a tenth of it) is too few rows to learn from.
+_window_sample_rows = _checked(int, lambda value: value >= 1000, "must be 1000 or more")
 _nonnegative_float = _checked(float, lambda value: value >= 0.0, "must be a number, 0 or more")
 _positive_float = _checked(float, lambda value: value > 0.0, "must be a number above 0")
 _finite_float = _checked(float, math.isfinite, "must be a finite number")
@@ -190,7 +192,7 @@ _OPTIONS = {
                 "arrived after it"),
         _Option("validation_fraction", _fraction,
                 "share of the new training files set aside to choose the window"),
-        _Option("window_sample_rows", _positive_int,
+        _Option("window_sample_rows", _window_sample_rows,
                 "candidate windows are compared by models trained on the same seeded share of "
                 "their rows, so that the largest trains on at most this many; the chosen one "
                 "is then trained on all its rows"),

@@ -10,6 +10,8 @@ reason, one sentence with its figures.
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -93,11 +95,10 @@ def score_heldout(domain: Domain, heldout: Sequence[LoadedFile], production_pred
     for role, predictions in (("production", production_predictions),
                               ("challenger", challenger_predictions)):
         per_file[role] = _finite_errors(domain, role, [
-            (loaded.name, domain.error_metric(np.asarray(loaded.labels),
-                                              np.asarray(predictions[loaded.name])))
+            (loaded.name, domain.error_metric(loaded.labels, predictions[loaded.name]))
             for loaded in heldout])
     slices, no_slices_because = _score_slices(domain, heldout, production_predictions,
-                                              challenger_predictions)
+                                              challenger_predictions, per_file)
     return HeldoutScores(
         names=[loaded.name for loaded in heldout],
         rows=np.array([loaded.rows for loaded in heldout]),
@@ -108,30 +109,72 @@ def score_heldout(domain: Domain, heldout: Sequence[LoadedFile], production_pred
 
 
 def _score_slices(domain: Domain, heldout: Sequence[LoadedFile], production_predictions: dict,
-                  challenger_predictions: dict) -> tuple[Slices | None, str | None]:
-    """Both models' errors on every slice, or None and why when the metric is undefined on
-    one (a ROC AUC on a slice of one class): the bootstrap then resamples whole files only,
-    and the reason says so."""
+                  challenger_predictions: dict, per_file: dict[str, np.ndarray]
+                  ) -> tuple[Slices | None, str | None]:
+    """Both models' errors on every slice, or None and why: the bootstrap then resamples whole
+    files only, and the reason says so.
+
+    Slices stand in for rows only where the metric is a mean over rows, like the
+    misclassification rate: a file's error is then the row-weighted mean of its slices'
+    errors, which is checked here on both models. A rate like F1, or a metric that counts per
+    file, is not: on its slices it would measure something else (F1 cannot see a false
+    positive on a slice without positives). Nor is a metric undefined on a slice (a ROC AUC on
+    a slice of one class).
+    """
+    if domain.error_per_file:
+        return None, "error_metric is per file (ERROR_PER_FILE)"
     bounds = [slice_bounds(loaded.rows, len(heldout)) for loaded in heldout]
+    file_index = np.array([index for index, edges in enumerate(bounds) for _ in edges])
+    rows = np.array([stop - start for edges in bounds for start, stop in edges])
     errors = {}
-    for role, predictions in (("production", production_predictions),
-                              ("challenger", challenger_predictions)):
-        values = []
-        for loaded, edges in zip(heldout, bounds, strict=True):
-            labels, predicted = np.asarray(loaded.labels), np.asarray(predictions[loaded.name])
-            for start, stop in edges:
-                where = f"rows {start}-{stop} of held-out file {loaded.name}"
-                try:
-                    value = float(domain.error_metric(labels[start:stop], predicted[start:stop]))
-                except (ValueError, ArithmeticError) as error:
-                    return None, f"error_metric failed on {where} ({error})"
-                if not np.isfinite(value):
-                    return None, f"error_metric is {value} on {where}"
-                values.append(value)
-        errors[role] = np.array(values)
-    return Slices(file=np.array([index for index, edges in enumerate(bounds) for _ in edges]),
-                  rows=np.array([stop - start for edges in bounds for start, stop in edges]),
-                  production=errors["production"], challenger=errors["challenger"]), None
+    with warnings.catch_warnings():
+        # A metric like F1 warns on every slice that lacks a class: hundreds of lines in the
+        # cron mail about figures that only feed the resampling.
+        warnings.simplefilter("ignore")
+        for role, predictions in (("production", production_predictions),
+                                  ("challenger", challenger_predictions)):
+            values = []
+            for loaded, edges in zip(heldout, bounds, strict=True):
+                predicted = np.asarray(predictions[loaded.name])
+                for start, stop in edges:
+                    where = f"rows {start}-{stop} of held-out file {loaded.name}"
+                    try:
+                        value = float(domain.error_metric(_rows(loaded.labels, start, stop),
+                                                          predicted[start:stop]))
+                    # The user's metric, on rows it was not written for: whatever it raises
+                    # is reported in the reason, and the files are judged whole.
+                    except Exception as error:
+                        return None, (f"error_metric failed on {where} "
+                                      f"({type(error).__name__}: {error})")
+                    if not math.isfinite(value):
+                        return None, f"error_metric is {value} on {where}"
+                    values.append(value)
+            errors[role] = np.array(values)
+    for role, values in errors.items():
+        means = (np.bincount(file_index, weights=rows * values)
+                 / np.bincount(file_index, weights=rows))
+        gap = np.abs(means - per_file[role])
+        if gap.max() > _TOLERANCE:
+            worst = int(np.argmax(gap))
+            return None, (f"error_metric is not a mean over rows: on held-out file "
+                          f"{heldout[worst].name} the {role} model's slices average "
+                          f"{means[worst]:.4f} where the whole file gives "
+                          f"{per_file[role][worst]:.4f}")
+    return Slices(file=file_index, rows=rows, production=errors["production"],
+                  challenger=errors["challenger"]), None
+
+
+def _rows(labels, start: int, stop: int):
+    """Rows start:stop of a file's labels, keeping their type (a Series stays a Series)."""
+    return labels.iloc[start:stop] if hasattr(labels, "iloc") else labels[start:stop]
+
+
+def units_needed(level: float) -> int:
+    """The fewest resampled units that could show a difference at `level`: with n units all
+    in the challenger's favour, a sign test's two-sided p-value is 2 ** (1 - n), while a
+    percentile bootstrap over so few units gives an interval of zero width, never reaching
+    zero however little the lead."""
+    return math.ceil(math.log2(2.0 / (1.0 - level)))
 
 
 def _finite_errors(domain: Domain, role: str, named_errors: list[tuple[str, float]]) -> np.ndarray:
@@ -243,12 +286,13 @@ def judge(domain: Domain, scores: HeldoutScores, settings: Settings) -> GateVerd
     if not point.promote:
         return verdict(False, "challenger is not better enough: " + figures)
     if settings.require_significance:
-        if units < 2:
-            what = ("one held-out file, and " + scores.no_slices_because
-                    if scores.no_slices_because else
-                    f"one slice of fewer than {2 * _MIN_SLICE_ROWS} held-out rows")
-            return verdict(False, f"challenger is not shown significantly better: {what} "
-                                  "gives the bootstrap nothing to resample; " + figures)
+        needed = units_needed(settings.confidence_level)
+        if units < needed:
+            what = "held-out files" if scores.slices is None else "row slices of held-out files"
+            return verdict(False, f"challenger is not shown significantly better: the bootstrap "
+                                  f"has {units} {what} to resample, fewer than the {needed} "
+                                  f"that could show a difference at "
+                                  f"{settings.confidence_level:.0%}; " + figures)
         favoured = interval.high < -_TOLERANCE if domain.lower_error_is_better \
             else interval.low > _TOLERANCE
         if not favoured:

@@ -233,6 +233,12 @@ def choose_validation(new_training: Sequence[LoadedFile], fraction: float,
     return set(generator.choice(names, size=count, replace=False).tolist())
 
 
+def _classes(candidate: Candidate, leave_out: set[Path]) -> int:
+    """How many classes the candidate's files hold, validation files left out."""
+    return len(set().union(*(f.labels.unique() for f in candidate.files
+                             if f.path not in leave_out)))
+
+
 def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFile],
                   new_training: Sequence[LoadedFile], columns: Sequence[str]) -> WindowChoice:
     """Train each candidate without the validation files; keep the best on them.
@@ -262,6 +268,10 @@ def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFi
         floor = min(1.0, _MIN_SAMPLE_SHARE * settings.window_sample_rows / max(rows, 1))
         features, labels, weights = candidate.training_set(columns, leave_out,
                                                            max(share, floor), settings.seed)
+        if share < 1.0 and labels.nunique() < _classes(candidate, leave_out):
+            # A class rare enough to miss the sample: learn from every row rather than
+            # compare a window on a model that cannot predict that class.
+            features, labels, weights = candidate.training_set(columns, leave_out)
         sampled[candidate.name] = len(labels)
         started = time.perf_counter()
         model = domain.train(features, labels, random_state=settings.seed,

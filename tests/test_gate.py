@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from retraining.config import Settings, build_settings
@@ -108,7 +109,8 @@ def test_a_heldout_file_too_small_to_slice_gives_no_significance():
     domain, tiny = one_heldout_file(production_wrong=20, challenger_wrong=0, rows=40)
     settings = gate_settings(min_heldout_rows=0)
     verdict = judge(domain, tiny, settings)
-    assert not verdict.promote and "nothing to resample" in verdict.reason
+    assert not verdict.promote
+    assert "has 1 row slices of held-out files to resample, fewer than the 6" in verdict.reason
     assert judge(domain, tiny, dataclasses.replace(settings, require_significance=False)).promote
 
 
@@ -140,11 +142,66 @@ def test_a_metric_undefined_on_a_slice_resamples_whole_files_and_says_so():
 
     alone = judged(["a"])
     assert not alone.promote
-    assert "one held-out file, and error_metric failed on rows 0-" in alone.reason
-    assert "(only one class present) gives the bootstrap nothing to resample" in alone.reason
+    assert "has 1 held-out files to resample" in alone.reason
+    assert ("resampling whole files only: error_metric failed on rows 0-25 of held-out file a "
+            "(ValueError: only one class present)") in alone.reason
 
-    three = judged(["a", "b", "c"])
-    assert "resampling whole files only: error_metric failed on rows 0-" in three.reason
+    six = judged([*"abcdef"])
+    assert six.promote and "resampling whole files only: error_metric failed" in six.reason
+
+
+def test_a_metric_that_is_not_a_mean_over_rows_is_never_sliced():
+    """1 - F1 with rare positives: a slice without positives hides the challenger's false
+    positives (F1 is 0 for both), so slices would favour it far beyond the pooled figure."""
+    from sklearn.metrics import f1_score
+
+    from retraining.datafiles import LoadedFile
+    from retraining.gate import score_heldout
+
+    def one_minus_f1(labels, predictions):
+        return 1.0 - f1_score(labels, predictions, zero_division=0)
+
+    domain = Domain(source=Path("d.py"), prepare_file=None, train_model=None,
+                    error_metric=one_minus_f1, error_metric_name="one_minus_f1",
+                    error_per_file=False, lower_error_is_better=True)
+    generator = np.random.default_rng(0)
+    files, production, challenger = [], {}, {}
+    for index in range(10):
+        labels = np.zeros(400, dtype=int)
+        labels[generator.choice(400, 16, replace=False)] = 1
+        name = f"f{index}.csv"
+        files.append(LoadedFile(path=Path(name), sha256=f"{index:064d}", features=None,
+                                labels=pd.Series(labels), dropped_rows=0, identity=()))
+        production[name] = np.where(generator.random(400) < 0.7, labels, 0)
+        challenger[name] = labels | (generator.random(400) < 0.025).astype(int)
+
+    scored = score_heldout(domain, files, production, challenger)
+    verdict = judge(domain, scored, gate_settings())
+
+    assert scored.slices is None
+    assert "error_metric is not a mean over rows: on held-out file" in scored.no_slices_because
+    # Whole files: the interval contains its own point estimate.
+    assert verdict.interval.low <= verdict.interval.estimate <= verdict.interval.high
+
+
+def test_a_per_file_metric_is_resampled_by_whole_files_and_gets_what_it_got_before():
+    from retraining.datafiles import LoadedFile
+    from retraining.gate import score_heldout
+
+    def count_error(labels, predictions):
+        # Written against a Series, as error_on has always passed it per file.
+        return abs(int(labels.to_numpy().sum()) - int(np.sum(predictions))) / len(labels)
+
+    domain = Domain(source=Path("d.py"), prepare_file=None, train_model=None,
+                    error_metric=count_error, error_metric_name="count_error",
+                    error_per_file=True, lower_error_is_better=True)
+    labels = pd.Series(np.repeat([0, 1], 100))
+    files = [LoadedFile(path=Path(n), sha256=n * 64, features=None, labels=labels,
+                        dropped_rows=0, identity=()) for n in "abcdefg"]
+    scored = score_heldout(domain, files, {n: np.zeros(200) for n in "abcdefg"},
+                           {n: labels.to_numpy() for n in "abcdefg"})
+    assert scored.slices is None and "ERROR_PER_FILE" in scored.no_slices_because
+    assert judge(domain, scored, gate_settings()).promote
 
 
 def test_few_files_widen_the_interval_beyond_the_whole_file_bootstrap():
@@ -181,10 +238,23 @@ def test_a_score_where_higher_is_better_needs_the_whole_interval_above_zero():
                       error_metric=None, error_metric_name="accuracy", error_per_file=False,
                       lower_error_is_better=False)
     strict = gate_settings(require_significance=True)
-    assert judge(accuracy, scores([0.7, 0.72, 0.69, 0.71], [0.8, 0.83, 0.79, 0.82]),
-                 strict).promote
-    mixed = judge(accuracy, scores([0.7, 0.72, 0.69, 0.71], [0.8, 0.65, 0.79, 0.70]), strict)
+    production = [0.7, 0.72, 0.69, 0.71] * 2
+    assert judge(accuracy, scores(production, [0.8, 0.83, 0.79, 0.82] * 2), strict).promote
+    mixed = judge(accuracy, scores(production, [0.8, 0.65, 0.79, 0.70] * 2), strict)
     assert not mixed.promote and "not significantly better" in mixed.reason
+
+
+def test_too_few_files_all_in_the_challengers_favour_show_nothing():
+    # Five files, each one row better: every resample agrees, so the percentile interval has
+    # no width and never reaches zero; a sign test gives p = 0.0625. Six can show it.
+    domain = Domain(source=Path("d.py"), prepare_file=None, train_model=None,
+                    error_metric=None, error_metric_name="error", error_per_file=False,
+                    lower_error_is_better=True)
+    five = judge(domain, scores([0.030] * 5, [0.025] * 5, rows=200), gate_settings())
+    assert not five.promote
+    assert "has 5 held-out files to resample, fewer than the 6 that could show a difference " \
+           "at 95%" in five.reason
+    assert judge(domain, scores([0.030] * 6, [0.025] * 6, rows=200), gate_settings()).promote
 
 
 # --- the gate in a cycle -----------------------------------------------------------------------

@@ -154,6 +154,25 @@ def test_a_small_window_keeps_enough_rows_to_learn_from(workspace):
     assert "(at least 100 rows)" in choice.reason
 
 
+def test_a_sample_that_misses_a_class_gives_way_to_every_row(workspace):
+    from retraining.windows import choose_window
+
+    history = stream(40, seed=211)
+    history[7].loc[[5, 150, 290], "label"] = "scrapped"  # three rows of a third class
+    write_csvs(workspace.used_dir, "history", history)
+    write_csvs(workspace.new_dir, "new", stream(4, seed=212))
+    settings = dataclasses.replace(settings_for(workspace), window_sample_rows=1000)
+    new_files = read_folder(workspace.new_dir)
+
+    choice = choose_window(settings, load_domain(settings.domain_file),
+                           read_folder(workspace.used_dir), new_files,
+                           list(new_files[0].features.columns))
+
+    # The share would keep about 1,000 rows of "all", and none of those three.
+    assert choice.sample_rows["all"] == 12_900
+    assert choice.sample_rows["recent"] == pytest.approx(100, abs=30)
+
+
 # --- drift in the inputs -------------------------------------------------------------------
 
 def test_covariate_shift_is_promoted_and_the_choice_is_visible_in_mlflow(
