@@ -133,19 +133,23 @@ def test_windows_compared_on_a_share_of_their_rows_still_adapt_and_the_challenge
                                                     if e.get("in_window")) > 1500
 
 
-def test_a_small_window_keeps_enough_rows_to_learn_from(workspace):
+def choose_on_a_small_sample(workspace, history):
+    """The window choice over `history` and 4 new files, with --window-sample-rows 1000."""
     from retraining.windows import choose_window
 
-    # 40 history files against 3 new training files: at the common share the recent window
-    # would keep about 70 rows; it keeps a tenth of --window-sample-rows instead.
-    write_csvs(workspace.used_dir, "history", stream(40, seed=211))
+    write_csvs(workspace.used_dir, "history", history)
     write_csvs(workspace.new_dir, "new", stream(4, seed=212))
     settings = dataclasses.replace(settings_for(workspace), window_sample_rows=1000)
     new_files = read_folder(workspace.new_dir)
+    return choose_window(settings, load_domain(settings.domain_file),
+                         read_folder(workspace.used_dir), new_files,
+                         list(new_files[0].features.columns))
 
-    choice = choose_window(settings, load_domain(settings.domain_file),
-                           read_folder(workspace.used_dir), new_files,
-                           list(new_files[0].features.columns))
+
+def test_a_small_window_keeps_enough_rows_to_learn_from(workspace):
+    # 40 history files against 3 new training files: at the common share the recent window
+    # would keep about 70 rows; it keeps a tenth of --window-sample-rows instead.
+    choice = choose_on_a_small_sample(workspace, stream(40, seed=211))
 
     assert len(choice.validation) == 1
     assert choice.sample_share == pytest.approx(1000 / 12_900)
@@ -155,18 +159,10 @@ def test_a_small_window_keeps_enough_rows_to_learn_from(workspace):
 
 
 def test_a_sample_that_misses_a_class_gives_way_to_every_row(workspace):
-    from retraining.windows import choose_window
-
     history = stream(40, seed=211)
     history[7].loc[[5, 150, 290], "label"] = "scrapped"  # three rows of a third class
-    write_csvs(workspace.used_dir, "history", history)
-    write_csvs(workspace.new_dir, "new", stream(4, seed=212))
-    settings = dataclasses.replace(settings_for(workspace), window_sample_rows=1000)
-    new_files = read_folder(workspace.new_dir)
 
-    choice = choose_window(settings, load_domain(settings.domain_file),
-                           read_folder(workspace.used_dir), new_files,
-                           list(new_files[0].features.columns))
+    choice = choose_on_a_small_sample(workspace, history)
 
     # The share would keep about 1,000 rows of "all", and none of those three.
     assert choice.sample_rows["all"] == 12_900
