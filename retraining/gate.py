@@ -30,7 +30,7 @@ _BLOCK_CELLS = 2_000_000
 # The bootstrap resamples rows within a file as contiguous slices of at least this many rows,
 # so one held-out file still has something to resample, while the domain's metric is called
 # a bounded number of times (about twice _TARGET_SLICES in all) and never on a handful of
-# rows, where a rate like F1 is undefined.
+# rows.
 _MIN_SLICE_ROWS = 25
 _TARGET_SLICES = 200
 
@@ -46,7 +46,7 @@ class HeldoutScores:
     production_error: float  # the domain's error over all the files: pooled or averaged
     challenger_error: float
     # The same errors on contiguous row slices of each file, for the bootstrap's second stage;
-    # None, and why, when the domain's metric is undefined on some slice.
+    # None, and why, when slices cannot stand in for rows (see _score_slices).
     slices: "Slices | None" = None
     no_slices_because: str | None = None
 

@@ -233,10 +233,17 @@ def choose_validation(new_training: Sequence[LoadedFile], fraction: float,
     return set(generator.choice(names, size=count, replace=False).tolist())
 
 
-def _classes(candidate: Candidate, leave_out: set[Path]) -> int:
-    """How many classes the candidate's files hold, validation files left out."""
-    return len(set().union(*(f.labels.unique() for f in candidate.files
-                             if f.path not in leave_out)))
+def _classes(candidate: Candidate, leave_out: set[Path], known: dict[Path, set]) -> int:
+    """How many classes the candidate's files hold, validation files left out.
+
+    `known` keeps each file's classes: the windows share their files, and reading the labels
+    of years of history once is enough.
+    """
+    files = [f for f in candidate.files if f.path not in leave_out]
+    for loaded in files:
+        if loaded.path not in known:
+            known[loaded.path] = set(loaded.labels.unique())
+    return len(set().union(*(known[f.path] for f in files)))
 
 
 def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFile],
@@ -260,15 +267,16 @@ def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFi
                             candidates, [], {}, {}, skipped)
     validation = [f for f in new_training if f.name in validation_names]
     leave_out = {f.path for f in validation}
-    largest = max(sum(f.rows for f in c.files if f.path not in leave_out) for c in candidates)
-    share = min(1.0, settings.window_sample_rows / max(largest, 1))
-    errors, seconds, sampled = {}, {}, {}
+    window_rows = {c.name: sum(f.rows for f in c.files if f.path not in leave_out)
+                   for c in candidates}
+    share = min(1.0, settings.window_sample_rows / max(max(window_rows.values()), 1))
+    least = round(_MIN_SAMPLE_SHARE * settings.window_sample_rows)
+    errors, seconds, sampled, classes = {}, {}, {}, {}
     for candidate in candidates:
-        rows = sum(f.rows for f in candidate.files if f.path not in leave_out)
-        floor = min(1.0, _MIN_SAMPLE_SHARE * settings.window_sample_rows / max(rows, 1))
-        features, labels, weights = candidate.training_set(columns, leave_out,
-                                                           max(share, floor), settings.seed)
-        if share < 1.0 and labels.nunique() < _classes(candidate, leave_out):
+        kept = max(share, min(1.0, least / max(window_rows[candidate.name], 1)))
+        features, labels, weights = candidate.training_set(columns, leave_out, kept,
+                                                           settings.seed)
+        if kept < 1.0 and labels.nunique() < _classes(candidate, leave_out, classes):
             # A class rare enough to miss the sample: learn from every row rather than
             # compare a window on a model that cannot predict that class.
             features, labels, weights = candidate.training_set(columns, leave_out)
@@ -291,7 +299,7 @@ def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFi
     rows = sum(f.rows for f in validation)
     sampling = ("" if share >= 1.0 else
                 f", each window's model trained on the same {share:.2%} of its rows (at least "
-                f"{round(_MIN_SAMPLE_SHARE * settings.window_sample_rows):,} rows)")
+                f"{least:,} rows)")
     reason = (f"window {chosen.name!r} has the best {domain.error_metric_name} on "
               f"{len(validation)} validation files ({rows} rows) set aside from the new "
               f"training files{sampling}: {figures}")
