@@ -329,7 +329,8 @@ class Challenger:
 
 def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
     from retraining.datafiles import (batch_key, check_columns, choose_heldout,
-                                      list_data_files, load_files, write_manifest)
+                                      list_data_files, load_files, release_rows,
+                                      write_manifest)
     from retraining.lineage import describe, lineage_tags
     from retraining.registry import RETRAINING_RUN
     from retraining.windows import choose_window
@@ -368,10 +369,9 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
     features, labels, weights = window.chosen.training_set(context.columns)
     log.info("training the challenger on window %r: %d files, %d rows (%d held out)",
              window.chosen.name, len(window.chosen.files), len(labels), len(heldout_names))
-    for loaded in history:
-        # Stacked into `features` now, and not needed again: freed before the fit, so the
-        # cycle's peak memory stays that of the work itself (history is most of the rows).
-        loaded.release()
+    # Stacked into `features` now, and not needed again (the comparison reads only the
+    # held-out files): freed before the fit, the cycle's largest allocation.
+    release_rows(history + new_training)
     fit_started = time.perf_counter()
     model = domain.train(features, labels, random_state=settings.seed, sample_weight=weights)
     training_seconds = time.perf_counter() - fit_started

@@ -152,6 +152,20 @@ def load_files(paths: Iterable[Path], label_column: str,
     return [load_file(path, label_column, prepare_file) for path in paths]
 
 
+def release_rows(files: Iterable[LoadedFile]) -> None:
+    """Drop the rows of files already stacked elsewhere, and give their memory back.
+
+    pyarrow allocated those rows, and its allocator keeps freed blocks for later reads: a
+    million rows of history kept 130 MB resident through the fit that followed. Asking it to
+    return them makes the cycle's peak that of the work itself.
+    """
+    import pyarrow as pa
+
+    for loaded in files:
+        loaded.release()
+    pa.default_memory_pool().release_unused()
+
+
 def label_kind(labels) -> str:
     return "integer" if labels.dtype.kind in "iu" else "number" if labels.dtype.kind in "fc" \
         else "boolean" if labels.dtype.kind == "b" else "text"

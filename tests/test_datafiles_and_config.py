@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from retraining.config import add_options, build_settings
-from retraining.datafiles import choose_heldout, list_data_files, load_file, load_files
+from retraining.datafiles import (choose_heldout, list_data_files, load_file, load_files,
+                                  release_rows)
 from retraining.errors import DataError, UsageError
 
 IDENTITY = lambda frame, path: frame  # noqa: E731
@@ -77,6 +78,26 @@ def test_heldout_is_whole_files_reproducible_and_never_empty(tmp_path):
     assert len(first) == 2 and first <= {f.name for f in files}
     assert len(choose_heldout(files, 0.01, seed=1)) == 1
     assert len({frozenset(choose_heldout(files, 0.2, seed=s)) for s in range(10)}) > 1
+
+
+def test_released_files_keep_their_facts_and_free_their_rows(tmp_path):
+    import pyarrow as pa
+
+    for index in range(3):
+        rows = "".join(f"{i}.5,{i % 7},t{i % 3},{'ab'[i % 2]}\n" for i in range(20_000))
+        (tmp_path / f"f{index}.csv").write_text("x,y,z,label\n" + rows)
+    pool = pa.default_memory_pool()
+    before = pool.bytes_allocated()
+    files = load_files(list_data_files(tmp_path), "label", IDENTITY)
+    entries = [f.manifest_entry("history") for f in files]
+    assert pool.bytes_allocated() > before + 3 * 20_000 * 8  # the rows live in pyarrow's pool
+
+    release_rows(files)
+
+    assert all(f.features is None and f.labels is None for f in files)
+    assert [f.manifest_entry("history") for f in files] == entries  # rows counted, hash kept
+    # Nothing still holds the rows: what pyarrow allocated for them is free to hand back.
+    assert pool.bytes_allocated() <= before
 
 
 def settings_from(argv, environ=None, names=("new_dir", "used_dir", "tracking_uri",
