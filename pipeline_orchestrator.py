@@ -255,7 +255,8 @@ def monitor(context: CycleContext) -> Monitoring:
     reason = (f"production v{context.production.version} {domain.error_metric_name} "
               f"{error:.4f} on {len(context.new_files)} new files {relation} the threshold "
               f"{settings.error_threshold:.4f}")
-    drift = drift_of_new_files(context)
+    with phase(context.timings, "drift"):  # part of "monitor", timed apart for the benchmark
+        drift = drift_of_new_files(context)
     drift_fires = settings.drift_trigger is not None and drift.share > settings.drift_trigger
     if drift_fires:
         reason += (f"; data drift on {len(drift.drifted_features)}/{len(drift.features)} "
@@ -484,7 +485,7 @@ def record_comparison(context: CycleContext, challenger: Challenger, heldout: li
     decision = "promoted" if verdict.promote else "rejected"
     interval = verdict.interval
     features, labels = concat_files(heldout, context.columns)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, phase(context.timings, "report"):
         figures = write_heldout_report(
             Path(folder), {"production": context.production.model,
                            "challenger": challenger.model},

@@ -270,6 +270,11 @@ def bench_size(rows: int, repeats: int, work: Path, env: dict, naive: bool) -> d
                                 for r in runs["floor"])
     result["floor_s"] = floor_s
     result["floor_over_bare_wall"] = (bare["wall_s"] + floor_s) / bare["wall_s"]
+    # With the evaluation report too (timed inside the cycle's compare step): the least the
+    # cycle could take while writing what a reviewer reads.
+    result["floor_and_report_over_bare_wall"] = ((bare["wall_s"] + floor_s
+                                                  + cycle["timings"].get("report", 0.0))
+                                                 / bare["wall_s"])
     result["windows_over_bare_wall"] = result["windows"]["wall_s"] / bare["wall_s"]
     if naive:
         result["naive_over_cycle_wall"] = result["naive"]["wall_s"] / cycle["wall_s"]
@@ -371,11 +376,14 @@ def print_table(results: dict) -> None:
         if "naive_over_cycle_wall" in size:
             line += f", naive/cycle {size['naive_over_cycle_wall']:.2f} (target >= 1.5)"
         print(line)
-        floor = size["floor"]["timings"]
+        floor, cycle_timings = size["floor"]["timings"], size["cycle"]["timings"]
         print(f"   floor: MLflow import and store {floor['open']:.2f} s, production load "
               f"{floor['load_production']:.2f} s, one registration {floor['log_register']:.2f}"
-              f" s: {size['floor_s']:.2f} s, so the cycle, storing models as it does, cannot "
-              f"be below {size['floor_over_bare_wall']:.3f} x bare wall")
+              f" s: {size['floor_s']:.2f} s (median of sums), so the cycle, storing models "
+              f"as it does, cannot be below {size['floor_over_bare_wall']:.3f} x bare wall")
+        print(f"   inside the cycle: report {cycle_timings.get('report', float('nan')):.2f} s, "
+              f"drift {cycle_timings.get('drift', float('nan')):.2f} s; floor and report: "
+              f"{size['floor_and_report_over_bare_wall']:.3f} x bare wall")
         print(f"   default windows: {size['windows_over_bare_wall']:.3f} x bare wall, chose "
               f"{', '.join(size['windows'].get('training_windows_chosen', ['-']))}")
     per_row = [s["cycle_us_per_row"] for s in results["sizes"]]

@@ -75,6 +75,11 @@ def test_drifted_batch_trains_challenger_and_promotes_it(production, capsys):
     client = production.client()
     assert production.alias_version() == "2"
     assert len(summary["archived_files"]) == 10 and snapshot(production.new_dir) == {}
+    timings = summary["timings"]
+    assert set(timings) == {"trigger", "open", "monitor", "drift", "train", "log_register",
+                            "compare", "report", "promote", "archive"}
+    assert 0 < timings["drift"] <= timings["monitor"]
+    assert 0 < timings["report"] <= timings["compare"]
 
     # Both versions say what was decided and on which figures.
     for version, decision in (("1", "replaced"), ("2", "promoted")):

@@ -96,8 +96,47 @@ def test_released_files_keep_their_facts_and_free_their_rows(tmp_path):
 
     assert all(f.features is None and f.labels is None for f in files)
     assert [f.manifest_entry("history") for f in files] == entries  # rows counted, hash kept
-    # Nothing still holds the rows: what pyarrow allocated for them is free to hand back.
-    assert pool.bytes_allocated() <= before
+    assert pool.bytes_allocated() <= before  # nothing still holds the rows
+
+
+RESIDENT_AFTER_RELEASE = """
+import re, sys
+from pathlib import Path
+import pyarrow as pa
+from retraining.datafiles import list_data_files, load_files, release_rows
+
+def resident_mb():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", Path("/proc/self/status").read_text())[1]) / 1024
+
+files = load_files(list_data_files(Path(sys.argv[1])), "label", lambda frame, path: frame)
+held_mb = pa.default_memory_pool().bytes_allocated() / 2**20
+before = resident_mb()
+release_rows(files)
+print(held_mb, before - resident_mb())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from /proc")
+def test_released_rows_leave_the_process(tmp_path):
+    # pyarrow's allocator keeps freed blocks for later reads: dropping the frames alone left
+    # every byte resident through the fit. A fresh process, so other tests' memory is apart.
+    import subprocess
+    import sys
+
+    import numpy as np
+    import pandas as pd
+
+    generator = np.random.default_rng(0)
+    for index in range(4):
+        pd.DataFrame({"a": generator.random(100_000), "b": generator.random(100_000),
+                      "label": generator.integers(0, 2, 100_000)}).to_csv(
+            tmp_path / f"f{index}.csv", index=False)
+    done = subprocess.run([sys.executable, "-c", RESIDENT_AFTER_RELEASE, str(tmp_path)],
+                          capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    held_mb, returned_mb = map(float, done.stdout.split())
+    assert held_mb > 5
+    assert returned_mb >= held_mb / 2, (held_mb, returned_mb)
 
 
 def settings_from(argv, environ=None, names=("new_dir", "used_dir", "tracking_uri",
