@@ -174,8 +174,9 @@ def floor(args) -> dict:
     timings["load_production"] = time.perf_counter() - mark
     mark = time.perf_counter()
     with registry.run("BenchFloor", {}):
+        # The cycle's own call: signature predictions on the first 100 rows.
         registry.log_model_version(production.model, sample.features,
-                                   production.model.predict(sample.features))
+                                   production.model.predict(sample.features.head(100)))
     timings["log_register"] = time.perf_counter() - mark
     return {"timings": timings}
 
