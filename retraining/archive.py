@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 from retraining.datafiles import LoadedFile, batch_key, file_identity
 from retraining.errors import NeedsAttention, UsageError
 from retraining.ledger import record_batch, stat_fields
+from retraining.statefiles import own_file, write_atomically  # noqa: F401 (used by callers)
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def archive_files(files: Sequence[LoadedFile], used_dir: Path) -> list[str]:
 
 def archive_interrupted(used_dir: Path) -> bool:
     """True when a cycle was killed while archiving: its plan is still in `used_dir`."""
-    return (used_dir / ARCHIVE_PLAN).exists()
+    return os.path.lexists(used_dir / ARCHIVE_PLAN)
 
 
 def finish_archive(used_dir: Path) -> list[str]:
@@ -151,7 +152,8 @@ def _read_plan(used_dir: Path) -> dict:
         fix=f"every file it named is whole, in {used_dir} or still waiting; move the plan "
             f"aside (mv {path} {path}.bad) and run again")
     try:
-        plan = json.loads(path.read_text(encoding="utf-8"))
+        with own_file(path, os.O_RDONLY, "rb") as handle:
+            plan = json.loads(handle.read().decode("utf-8"))
         valid = isinstance(plan.get("archive_id"), str) and all(
             {"path", "sha256", "identity"} <= item.keys() for item in plan["files"])
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError,
@@ -181,16 +183,6 @@ def _lstat(path: Path) -> os.stat_result | None:
         return os.lstat(path)
     except FileNotFoundError:
         return None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write then rename, so a reader or a crash sees the old file or the whole new one."""
-    partial = path.with_name(path.name + ".part")
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
 
 
 def quarantine_file(path: Path, reason: str, quarantine_dir: Path) -> str:

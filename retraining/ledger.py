@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from retraining.statefiles import own_file
+
 log = logging.getLogger(__name__)
 
 LEDGER_NAME = ".history_ledger.jsonl"
@@ -32,9 +34,10 @@ def stat_fields(status: os.stat_result) -> dict[str, int]:
 def read_ledger(used_dir: Path) -> list[dict]:
     """Every entry, oldest first."""
     path = used_dir / LEDGER_NAME
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    with own_file(path, os.O_RDONLY, "r") as handle:
+        lines = handle.read().splitlines()
     entries = []
     for number, line in enumerate(lines, start=1):
         try:
@@ -120,7 +123,7 @@ def _append(used_dir: Path, entries: list[dict]) -> None:
     if not entries:
         return
     path = used_dir / LEDGER_NAME
-    with open(path, "a+b") as ledger:
+    with own_file(path, os.O_RDWR | os.O_CREAT, "r+b") as ledger:
         # An append cut short by a kill left a partial line: drop it, or the next line would
         # be glued to it and lost as well. Its entries are appended again below.
         size = ledger.seek(0, os.SEEK_END)
