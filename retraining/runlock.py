@@ -1,4 +1,4 @@
-"""One cycle at a time per data folder: an exclusive, non-blocking lock.
+"""Exclusive locks: one cycle at a time per data folder, one alias move at a time per store.
 
 flock is released by the kernel when the holder dies, so a killed run never blocks the next.
 """
@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
 from retraining.errors import TryLater, UsageError
+from retraining.statefiles import open_own_file
 
 LOCK_NAME = ".retraining.lock"  # hidden, so never mistaken for a data file
 
@@ -22,20 +24,49 @@ def exclusive_run(folder: Path) -> Iterator[None]:
     if not folder.is_dir():
         raise UsageError(f"data folder {folder} does not exist",
                          fix=f"create it (mkdir -p {folder}) or point the flag at the right one")
-    path = folder / LOCK_NAME
-    handle = open(path, "a+")
-    try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+    with held_lock(folder / LOCK_NAME, wait_seconds=0.0) as holder:
+        if holder is not None:
             raise TryLater(f"another cycle (pid {holder}) is already running on {folder}",
-                           fix="wait for it to finish; cron will try again") from None
+                           fix="wait for it to finish; cron will try again")
+        yield
+
+
+@contextlib.contextmanager
+def alias_lock(path: Path, wait_seconds: float = 60.0) -> Iterator[None]:
+    """Hold the lock under which the alias is read, checked and moved (see Registry)."""
+    with held_lock(path, wait_seconds) as holder:
+        if holder is not None:
+            raise TryLater(f"another process (pid {holder}) has been moving the alias for "
+                           f"{wait_seconds:.0f} s (lock {path})",
+                           fix="run again once it has finished")
+        yield
+
+
+@contextlib.contextmanager
+def held_lock(path: Path, wait_seconds: float) -> Iterator[str | None]:
+    """Take the exclusive lock at `path`, waiting up to `wait_seconds`.
+
+    Yields None once held (the file then names this process), or the holder's pid when
+    another process kept it for the whole wait; the caller decides what that means.
+    """
+    # Never through a link, nor into a folder or a FIFO planted under the lock's name.
+    handle = os.fdopen(open_own_file(path, os.O_RDWR | os.O_CREAT), "r+", encoding="utf-8")
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    yield handle.read().strip() or "unknown"
+                    return
+                time.sleep(0.1)
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
-        yield
+        yield None
     finally:
         handle.close()
