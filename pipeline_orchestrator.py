@@ -92,18 +92,14 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
                            heldout_files=sorted(challenger.heldout_names),
                            retraining_run_id=challenger.run_id)
 
-            # 5. Compare both models on the same held-out files; promote if better.
+            # 5. Compare both models on the same held-out files; promote if better, unless a
+            # person moved the alias meanwhile.
             with phase(timings, "compare"):
-                verdict = compare(context, monitoring, challenger)
-            summary.update(production_error=verdict.production_error,
-                           challenger_error=verdict.challenger_error)
-            if verdict.promote:
-                with phase(timings, "promote"):
-                    promote(context, challenger)
-                outcome = "promoted"
-            else:
-                outcome = "rejected"
-            reason = verdict.reason
+                comparison = compare(context, monitoring, challenger)
+            summary.update(production_error=comparison.production_error,
+                           challenger_error=comparison.challenger_error)
+            with phase(timings, "promote"):
+                outcome, reason = decide(context, challenger, comparison)
 
         # Read back from the registry: what the alias points at now, whatever happened.
         summary["production_version_after"] = context.registry.production_version()
@@ -351,14 +347,10 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
         raise NeedsAttention("no files left to train on once the held-out files are set aside",
                              fix="add history to used_gts/ or lower --holdout-fraction")
     key = batch_key(context.new_files)
-    resumed = registry.challenger_for_batch(key) if not settings.dry_run else None
+    heldout_key = batch_key([f for f in context.new_files if f.name in heldout_names])
+    resumed = resume_challenger(context, monitoring, key, heldout_key, heldout_names)
     if resumed is not None:
-        # A cycle on this very batch was killed after registering its challenger: compare
-        # that one (same batch, same seed, same held-out files) rather than train another.
-        version, run_id = resumed
-        log.info("resuming: this batch already has challenger version %s", version)
-        return Challenger(registry.load_version(version), version, heldout_names, run_id,
-                          training_window=registry.version_tags(version).get("training_window"))
+        return resumed
 
     # Which history to learn from, chosen on validation files set aside from the new
     # training files: never the held-out ones, so the comparison below stays fair.
@@ -426,27 +418,86 @@ def retrain(context: CycleContext, monitoring: Monitoring) -> Challenger:
                 windows_path = Path(folder) / "training_windows.json"
                 windows_path.write_text(json.dumps({"windows": window.table()}, indent=1))
                 registry.log_artifact(windows_path)
-            version = registry.log_model_version(model, features, model.predict(features.head(100)))
-            log.info("registered challenger as version %s", version)
             lineage = lineage_tags(settings, context.production.version,
                                    data_manifest_sha256=manifest_sha256, batch_key=key,
                                    training_window=window.chosen.name,
                                    training_files=len(window.chosen.files),
                                    training_rows=len(labels))
+            # On the run before the version exists: a cycle killed after registering can
+            # give a resumed challenger exactly this lineage, and knows what it was trained
+            # with (settings) and what it must be judged on (the held-out files).
+            registry.log_summary(tags={"heldout_key": heldout_key,
+                                       **{f"lineage.{k}": v for k, v in lineage.items()}})
+            version = registry.log_model_version(model, features, model.predict(features.head(100)))
+            log.info("registered challenger as version %s", version)
+            registry.log_summary(tags={"challenger_version": version})
             registry.annotate_version(version, lineage, description=describe(lineage))
     context.timings["log_register"] = round(time.perf_counter() - started, 3)
     return Challenger(model, version, heldout_names, run and run.info.run_id, lineage,
                       window.chosen.name)
 
 
+def resume_challenger(context: CycleContext, monitoring: Monitoring, key: str,
+                      heldout_key: str, heldout_names: set) -> Challenger | None:
+    """The challenger a killed cycle registered for this very batch, if it may be reused.
+
+    Only one trained with the same settings and holding out the same files: with another
+    seed the split differs, and the old challenger would be judged partly on files it was
+    trained on. One that does not match is tagged as orphaned, and a new one is trained.
+    The resumed challenger is recorded on a new retraining run of this cycle, with the
+    lineage an uninterrupted cycle gives it.
+    """
+    from retraining.lineage import describe, settings_json
+    from retraining.registry import RETRAINING_RUN
+
+    settings, registry = context.settings, context.registry
+    if settings.dry_run:
+        return None
+    for version, run in registry.challengers_for_batch(key):
+        tags = run.data.tags
+        lineage = {name[len("lineage."):]: value for name, value in tags.items()
+                   if name.startswith("lineage.")}
+        if lineage.get("settings") == settings_json(settings) \
+                and tags.get("heldout_key") == heldout_key:
+            break
+        why = ("it was trained with other settings" if lineage.get("settings")
+               != settings_json(settings) else "it held out other files")
+        registry.annotate_version(version, {
+            "decision": "orphaned",
+            "orphaned_because": f"a later cycle on the same batch did not reuse it: {why}"})
+        log.warning("challenger version %s of this batch is not reused: %s", version, why)
+    else:
+        return None
+    log.info("resuming: this batch already has challenger version %s (run %s)", version,
+             run.info.run_id)
+    with registry.run(RETRAINING_RUN, {"batch_key": key, "new_dir": str(settings.new_dir),
+                                       "monitoring_run_id": monitoring.run_id or "",
+                                       "resumed_from_run_id": run.info.run_id}) as resumed:
+        # What the killed run recorded of the training, so this run reads as an
+        # uninterrupted one in the UI; its datasets stay on that run.
+        registry.log_summary(
+            params=run.data.params, metrics=run.data.metrics,
+            tags={"production_version_before": context.production.version,
+                  "challenger_version": version, "heldout_key": heldout_key,
+                  **{name: value for name, value in run.data.tags.items()
+                     if name.startswith(("lineage.", "training_window", "validation_file",
+                                         "skipped_windows"))}})
+        registry.copy_artifacts(run.info.run_id, ["data_manifest.json",
+                                                  "training_windows.json"])
+    registry.annotate_version(version, lineage, description=describe(lineage))
+    return Challenger(registry.load_version(version), version, heldout_names,
+                      resumed.info.run_id, lineage, lineage.get("training_window"))
+
+
 # --- 5. compare ----------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    promote: bool
+    promote: bool  # the gate's verdict: the challenger is better
     reason: str
     production_error: float
     challenger_error: float
+    gate: Any  # retraining.gate.GateVerdict, recorded with the decision
 
 
 def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenger) -> Comparison:
@@ -461,28 +512,22 @@ def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenge
     verdict = judge(context.domain, scores, context.settings)
     log.info(verdict.reason)
     if challenger.run_id is not None:
-        record_comparison(context, challenger, heldout, scores, verdict,
+        record_evaluation(context, challenger, heldout, scores, verdict,
                           {"production": monitoring.predictions,
                            "challenger": challenger_predictions})
     return Comparison(verdict.promote, verdict.reason, scores.production_error,
-                      scores.challenger_error)
+                      scores.challenger_error, verdict)
 
 
-def record_comparison(context: CycleContext, challenger: Challenger, heldout: list, scores,
+def record_evaluation(context: CycleContext, challenger: Challenger, heldout: list, scores,
                       verdict, predictions_by_file: dict) -> None:
-    """The figures, tables and plots on the retraining run; the decision on both versions.
-
-    The production version gets one `challenge.v<N>` tag per challenger, so a later challenge
-    does not erase an earlier one; its `decision` figures change only when it is replaced.
-    """
+    """The figures, tables and plots of the comparison, on the retraining run."""
     import numpy as np
 
     from retraining.datafiles import concat_files
-    from retraining.lineage import describe
     from retraining.report import write_heldout_report
 
     domain, registry = context.domain, context.registry
-    decision = "promoted" if verdict.promote else "rejected"
     interval = verdict.interval
     features, labels = concat_files(heldout, context.columns)
     with tempfile.TemporaryDirectory() as folder, phase(context.timings, "report"):
@@ -505,29 +550,75 @@ def record_comparison(context: CycleContext, challenger: Challenger, heldout: li
                                  "heldout_rows": int(scores.rows.sum()),
                                  "worst_file_regression": verdict.worst_regression,
                                  **figures},
-                        tags={"decision": decision, "reason": verdict.reason,
-                              "worst_heldout_file": verdict.worst_file})
-    decision_tags = {"decision": decision, "production_error": scores.production_error,
-                     "challenger_error": scores.challenger_error,
-                     "error_difference_interval": f"{interval} of challenger minus production",
-                     "challenger_version": challenger.version,
-                     "previous_production_version": context.production.version,
-                     "heldout_files": len(heldout)}
-    lineage = challenger.lineage or registry.version_tags(challenger.version)
-    registry.annotate_version(challenger.version, decision_tags,
-                              description=f"{decision}: {verdict.reason}\n\n{describe(lineage)}")
-    challenge = {f"challenge.v{challenger.version}":
-                 f"{'replaced' if verdict.promote else 'kept'}: {verdict.reason}"}
-    if verdict.promote:
-        challenge |= decision_tags | {"decision": "replaced", "replaced_by": challenger.version}
-    registry.annotate_version(context.production.version, challenge)
+                        tags={"worst_heldout_file": verdict.worst_file})
 
 
 # --- promote -------------------------------------------------------------------------------
 
-def promote(context: CycleContext, challenger: Challenger) -> None:
+def decide(context: CycleContext, challenger: Challenger,
+           comparison: Comparison) -> tuple[str, str]:
+    """Record the decision and, for a better challenger, move the alias; return the outcome.
+
+    A compare-and-set, under the alias lock: the alias moves only if it still points at the
+    version this cycle loaded and no person moved it meanwhile. Otherwise nothing is
+    promoted (outcome `alias_moved`), and no version is tagged as replaced. The decision is
+    recorded before the alias moves: a cycle killed in between is resumed on the same batch
+    and decides again, while an alias moved with no record would be a promotion no one can
+    trace.
+    """
+    if not comparison.promote:
+        record_decision(context, challenger, comparison, "rejected", comparison.reason)
+        return "rejected", comparison.reason
     if challenger.version is None:  # dry run: nothing was registered, nothing moves
+        return "promoted", comparison.reason
+    with context.registry.alias_lock():
+        overruled = context.registry.moved_by_hand_since(context.production)
+        if overruled:
+            reason = f"{overruled}; the gate had found: {comparison.reason}"
+            log.warning(overruled)
+            record_decision(context, challenger, comparison, "alias_moved", reason)
+            return "alias_moved", reason
+        record_decision(context, challenger, comparison, "promoted", comparison.reason)
+        promote(context, challenger)
+    return "promoted", comparison.reason
+
+
+def record_decision(context: CycleContext, challenger: Challenger, comparison: Comparison,
+                    decision: str, reason: str) -> None:
+    """The decision on the retraining run and on both versions.
+
+    The production version gets one `challenge.v<N>` tag per challenger, so a later challenge
+    does not erase an earlier one; its `decision` changes only when it is replaced, and a
+    version a person moved the alias away from is left as that person tagged it.
+    """
+    from retraining.lineage import describe
+
+    if challenger.run_id is None:
         return
+    registry, production = context.registry, context.production.version
+    interval = comparison.gate.interval
+    registry.log_to_run(challenger.run_id, metrics={},
+                        tags={"decision": decision, "reason": reason})
+    decision_tags = {"decision": decision, "production_error": comparison.production_error,
+                     "challenger_error": comparison.challenger_error,
+                     "error_difference_interval": f"{interval} of challenger minus production",
+                     "challenger_version": challenger.version,
+                     "heldout_files": len(challenger.heldout_names)}
+    lineage = challenger.lineage or registry.version_tags(challenger.version)
+    registry.annotate_version(challenger.version,
+                              decision_tags | {"previous_production_version": production},
+                              description=f"{decision}: {reason}\n\n{describe(lineage)}")
+    if decision == "alias_moved":
+        return
+    challenge = {f"challenge.v{challenger.version}":
+                 f"{'replaced' if decision == 'promoted' else 'kept'}: {reason}"}
+    if decision == "promoted":
+        # Its own predecessor is already in its tags: only what replaced it is added.
+        challenge |= decision_tags | {"decision": "replaced", "replaced_by": challenger.version}
+    registry.annotate_version(production, challenge)
+
+
+def promote(context: CycleContext, challenger: Challenger) -> None:
     context.registry.set_alias(challenger.version)
     log.info("alias %r moved from version %s to %s", context.settings.alias,
              context.production.version, challenger.version)

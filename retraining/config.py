@@ -69,6 +69,19 @@ class Settings:
             return (database.parent / "artifacts").resolve().as_uri()
         return None
 
+    @property
+    def alias_lock_path(self) -> Path:
+        """The lock under which the alias is read, checked and moved, by a cycle or by hand.
+
+        Beside a SQLite store, so every process using that store shares it; for a tracking
+        server, in the project's mlflow_server/, shared by the processes of this machine
+        (those elsewhere are seen through the AliasChange runs they record).
+        """
+        if self.tracking_uri.startswith("sqlite:///"):
+            database = Path(self.tracking_uri[len("sqlite:///"):])
+            return database.parent / f".{database.name}.alias.lock"
+        return self.project_dir / "mlflow_server" / ".alias.lock"
+
 
 def _checked(convert: Callable[[str], Any], accept: Callable[[Any], bool],
              requirement: str) -> Callable[[str], Any]:

@@ -107,7 +107,9 @@ def alias_moves(registry, alias: str) -> list[AliasMove]:
             moves.append(AliasMove(version, None, "registered_first", run.info.start_time,
                                    "first model registered", run.info.user_id, run.info.run_id))
     for run in _runs(registry, RETRAINING_RUN, "tags.decision = 'promoted'"):
-        version = version_of_run.get(run.info.run_id)
+        # A resumed challenger was logged by an earlier run; the run that promoted it
+        # names it.
+        version = run.data.tags.get("challenger_version") or version_of_run.get(run.info.run_id)
         if version:
             moves.append(AliasMove(version, run.data.tags.get("production_version_before"),
                                    "promoted", run.info.end_time or run.info.start_time,
@@ -338,27 +340,37 @@ def _plot_history(output: Path, cycles: list[dict], moves: list[AliasMove],
 def rollback(settings: Settings, reason: str, by: str) -> dict[str, Any]:
     """Move the alias back to the version production had before its last move."""
     registry = _registry(settings)
-    current = registry.production_version()
-    if current is None:
-        raise NeedsAttention(f"{settings.model_name!r} has no alias {settings.alias!r}",
-                             fix="run register_first_model.py, or set-alias a version")
-    line = production_line(alias_moves(registry, settings.alias), current)
-    if len(line) < 2:
-        raise NeedsAttention(f"no production version before version {current} is recorded "
-                             f"for alias {settings.alias!r}",
-                             fix="pick one with set-alias (the versions command lists them)")
-    return move_alias(registry, settings, settings.alias, line[-2], "rollback", reason, by)
+    # Read and moved under the alias lock: a cycle promoting meanwhile would make the
+    # version read here stale, and the rollback would go back from the wrong one.
+    with registry.alias_lock():
+        current = registry.production_version()
+        if current is None:
+            raise NeedsAttention(f"{settings.model_name!r} has no alias {settings.alias!r}",
+                                 fix="run register_first_model.py, or set-alias a version")
+        line = production_line(alias_moves(registry, settings.alias), current)
+        if len(line) < 2:
+            raise NeedsAttention(f"no production version before version {current} is "
+                                 f"recorded for alias {settings.alias!r}",
+                                 fix="pick one with set-alias (the versions command lists "
+                                     "them)")
+        return move_alias(registry, settings, settings.alias, line[-2], "rollback", reason, by)
 
 
 def set_alias(settings: Settings, alias: str, version: str, reason: str,
               by: str) -> dict[str, Any]:
     """Point `alias` at `version` by hand, recorded like a promotion."""
-    return move_alias(_registry(settings), settings, alias, version, "set-alias", reason, by)
+    registry = _registry(settings)
+    with registry.alias_lock():
+        return move_alias(registry, settings, alias, version, "set-alias", reason, by)
 
 
 def move_alias(registry, settings: Settings, alias: str, version: str, action: str,
                reason: str, by: str) -> dict[str, Any]:
-    """Check the version loads, move the alias in an AliasChange run, tag both versions."""
+    """Check the version loads, move the alias in an AliasChange run, tag both versions.
+
+    Call under `registry.alias_lock()`: the version moved from is read here, and a cycle
+    checks the AliasChange runs before it promotes, so it never undoes this move.
+    """
     from retraining.registry import ALIAS_CHANGE_RUN
 
     name = registry.model_name

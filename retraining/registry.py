@@ -86,6 +86,9 @@ class ProductionModel:
     version: str
     model: Any
     input_columns: list[str] | None  # from the version's signature, when it has one
+    # The AliasChange runs (moves by hand) recorded when it was loaded: one recorded later
+    # means a person moved the alias during the cycle (see Registry.moved_by_hand_since).
+    hand_moves_seen: frozenset = frozenset()
 
 
 class Registry:
@@ -135,13 +138,16 @@ class Registry:
 
     def load_production(self) -> ProductionModel:
         """Load the version behind the alias once, by number, so a moving alias cannot split it."""
+        # Read before the alias: a move by hand in between is then seen as one.
+        hand_moves = frozenset(run.info.run_id for run in self.hand_moves())
         version = self.production_version()
         if version is None:
             raise NeedsAttention(
                 f"registered model {self.model_name!r} has no alias {self._settings.alias!r}",
                 fix="run register_first_model.py to register the first model")
         return ProductionModel(version=version, model=self.load_version(version),
-                               input_columns=self.input_columns(version))
+                               input_columns=self.input_columns(version),
+                               hand_moves_seen=hand_moves)
 
     def load_version(self, version: str):
         import mlflow.sklearn
@@ -156,6 +162,49 @@ class Registry:
     def set_alias(self, version: str) -> None:
         self._store_call("move the alias", self.client.set_registered_model_alias,
                          self.model_name, self._settings.alias, version)
+
+    def alias_lock(self):
+        """Hold while the alias is read, checked and moved: a cycle's promotion and a move
+        by hand (registry_tool.py) never interleave. MLflow has no compare-and-set."""
+        from retraining.runlock import alias_lock
+
+        return alias_lock(self._settings.alias_lock_path)
+
+    def hand_moves(self) -> list:
+        """The AliasChange runs recorded for this model's alias, whatever their status."""
+        if self.experiment_id is None:
+            return []
+        return self._store_call(
+            "read the alias history", self.client.search_runs, [self.experiment_id],
+            f"attributes.run_name = '{ALIAS_CHANGE_RUN}' and "
+            f"tags.model_name = '{_quoted(self.model_name)}' and "
+            f"tags.alias = '{_quoted(self._settings.alias)}'", max_results=50000)
+
+    def moved_by_hand_since(self, production: ProductionModel) -> str | None:
+        """Why the alias may not be moved from `production` now, or None when it may.
+
+        It may not when it no longer points at `production`'s version, or when a person moved
+        it (an AliasChange run) since `production` was loaded, even if it was moved back: the
+        cycle compared its challenger with that version only, and a person's decision
+        outranks the cycle's. Call under `alias_lock`.
+        """
+        current = self.production_version()
+        # A move that failed or was cut short before the alias moved changed nothing; one cut
+        # short after it is seen in `current`.
+        moves = sorted((run for run in self.hand_moves()
+                        if run.info.run_id not in production.hand_moves_seen
+                        and run.info.status not in ("FAILED", "KILLED")),
+                       key=lambda run: run.info.start_time)
+        if current == production.version and not moves:
+            return None
+        done = "; ".join(f"{run.data.tags.get('action', 'a move')} to version "
+                         f"{run.data.tags.get('to_version', '?')} by "
+                         f"{run.data.tags.get('changed_by', '?')}: "
+                         f"{run.data.tags.get('reason', '')!r}" for run in moves)
+        now = f"it now points at version {current}" if current else "it no longer exists"
+        return (f"alias moved by hand during the cycle ({done or 'outside registry_tool.py'}); "
+                f"{now}, while the challenger was compared with version "
+                f"{production.version}, so nothing was promoted")
 
     def annotate_version(self, version: str, tags: Mapping[str, Any],
                          description: str | None = None) -> None:
@@ -228,21 +277,24 @@ class Registry:
                         run.info.run_name)
         return [run.info.run_id for run in stale]
 
-    def challenger_for_batch(self, batch: str) -> tuple[str, str] | None:
-        """(version, run id) of a challenger already registered for this batch, if any.
+    def challengers_for_batch(self, batch: str) -> list[tuple[str, Any]]:
+        """(version, run) of each challenger already registered for this batch, oldest first.
 
         Found through the retraining run's batch tag, which is set before the model is
-        logged, so a cycle killed at any point after registration is recognised.
+        logged, so a cycle killed at any point after registration is recognised. Versions
+        already judged orphaned are left out.
         """
         runs = self.client.search_runs(
             [self.experiment_id] if self.experiment_id else [],
-            f"attributes.run_name = '{RETRAINING_RUN}' and tags.batch_key = '{batch}'")
+            f"attributes.run_name = '{RETRAINING_RUN}' and tags.batch_key = '{batch}'",
+            order_by=["attributes.start_time ASC"])
+        found = []
         for run in runs:
             versions = self.client.search_model_versions(
                 f"name='{_quoted(self.model_name)}' and run_id='{run.info.run_id}'")
-            if versions:
-                return str(versions[0].version), run.info.run_id
-        return None
+            found += [(str(version.version), run) for version in versions
+                      if version.tags.get("decision") != "orphaned"]
+        return found
 
     def record_quarantine(self, quarantined: Sequence[Mapping[str, Any]]) -> None:
         """A run listing the files set aside and why, so the UI explains where they went."""
@@ -250,6 +302,14 @@ class Registry:
             if active is not None:
                 self._mlflow.log_metric("quarantined_files", len(quarantined))
                 self._mlflow.log_dict({"files": list(quarantined)}, "quarantined_files.json")
+
+    def copy_artifacts(self, run_id: str, names: Sequence[str]) -> None:
+        """Log artifacts of another run (top-level files) to the active run as well."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            for name in names:
+                self._mlflow.log_artifact(self.client.download_artifacts(run_id, name, folder))
 
     def log_artifact(self, path) -> None:
         self._mlflow.log_artifact(str(path))

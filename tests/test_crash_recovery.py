@@ -3,6 +3,7 @@ file lost or duplicated, no run left RUNNING."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -37,25 +38,38 @@ def error_metric(labels, predictions):
 """
 
 
-def test_killed_after_registration_resumes_with_the_same_challenger(production, capsys):
+def _killed_after_registration(production, *extra) -> dict[str, bytes]:
+    """A cycle on a drifted batch, killed between registering its challenger and judging it."""
     write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=31))
     batch = snapshot(production.new_dir)
-    domain = production.root / "killing_domain.py"
-    domain.write_text(KILLING_DOMAIN)
-
-    killed = run_script("pipeline_orchestrator.py",
-                        [*production.flags, "--min-new-files", "5", "--domain-file", str(domain)],
-                        env_extra={"CALLS_FILE": str(production.root / "calls"),
-                                   "KILL_ON_CALL": "4", "PYTHONPATH": str(PROJECT_DIR)})
-    assert killed.returncode == -9
+    (production.root / "killing_domain.py").write_text(KILLING_DOMAIN)
+    killed = _killing_cycle(production, 4, *extra)
+    assert killed.returncode == -9, killed.stderr[-2000:]
     client = production.client()
     assert sorted(str(v.version) for v in client.search_model_versions("")) == ["1", "2"]
     assert production.alias_version() == "1" and snapshot(production.new_dir) == batch
+    return batch
 
-    code, summary = cycle(production, capsys)
 
-    assert code == 0 and summary["outcome"] == "promoted"
+def _killing_cycle(production, kill_on_call: int, *extra):
+    return run_script("pipeline_orchestrator.py",
+                      [*production.flags, "--min-new-files", "5", "--domain-file",
+                       str(production.root / "killing_domain.py"), "--json", *extra],
+                      env_extra={"CALLS_FILE": str(production.root / "calls"),
+                                 "KILL_ON_CALL": str(kill_on_call),
+                                 "PYTHONPATH": str(PROJECT_DIR)})
+
+
+def test_killed_after_registration_resumes_with_the_same_challenger(production):
+    batch = _killed_after_registration(production)
+
+    rerun = _killing_cycle(production, 0)  # the same settings; nothing kills it now
+
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout)
+    assert summary["outcome"] == "promoted"
     assert summary["challenger_version"] == "2"  # the same challenger, not a third version
+    client = production.client()
     assert summary["training_window"] == client.get_model_version(
         "classifier", "2").tags["training_window"]
     assert sorted(str(v.version) for v in client.search_model_versions("")) == ["1", "2"]
@@ -66,6 +80,69 @@ def test_killed_after_registration_resumes_with_the_same_challenger(production, 
     statuses = {run.info.run_id: run.info.status
                 for run in mlflow.search_runs(search_all_experiments=True, output_format="list")}
     assert "RUNNING" not in statuses.values()
+    # The promotion is recorded on a finished run of the cycle that made it, which status
+    # shows, and not on the run the kill left behind.
+    finishing = client.get_run(summary["retraining_run_id"])
+    assert finishing.info.status == "FINISHED"
+    assert finishing.data.tags["decision"] == "promoted"
+    assert finishing.data.tags["resumed_from_run_id"] != finishing.info.run_id
+    status = run_script("registry_tool.py", ["status", "--tracking-uri",
+                                             production.tracking_uri, "--json"])
+    shown = json.loads(status.stdout)
+    assert shown["cycles"][0]["outcome"] == "promoted"
+    assert shown["cycles"][0]["retraining_run_id"] == finishing.info.run_id
+    assert shown["production"]["moved_by"] == "promoted"
+
+
+def test_a_rerun_with_other_settings_trains_a_new_challenger(production):
+    """Another seed holds out other files: the old challenger was trained on some of them."""
+    _killed_after_registration(production)
+
+    rerun = _killing_cycle(production, 0, "--seed", "7")
+
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    summary = json.loads(rerun.stdout)
+    assert summary["challenger_version"] == "3"
+    client = production.client()
+    orphan = client.get_model_version("classifier", "2").tags
+    assert orphan["decision"] == "orphaned"
+    assert "other settings" in orphan["orphaned_because"]
+    assert "seed" in json.loads(client.get_model_version("classifier", "3").tags["settings"])
+    assert json.loads(client.get_model_version("classifier", "3").tags["settings"])["seed"] == 7
+
+
+LINEAGE = ("batch_key", "training_window", "data_manifest_sha256", "training_files",
+           "training_rows", "settings", "git_commit", "parent_production_version")
+
+
+def test_a_challenger_resumed_after_an_outage_carries_its_whole_lineage(production, capsys):
+    """Killed after registration but before its tags were written (where a store outage
+    stops a cycle), the challenger is promoted with the tags of an uninterrupted one."""
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=31))
+    killed = subprocess.run([sys.executable, str(PROJECT_DIR / "tests" / "kill_at.py"),
+                             "retraining.lineage.describe", "before", "1", "--",
+                             *production.flags, "--min-new-files", "5"],
+                            env=_without_retrain_settings(), capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    client = production.client()
+    assert not set(LINEAGE) & set(client.get_model_version("classifier", "2").tags)
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["outcome"] == "promoted" and summary["challenger_version"] == "2"
+    resumed = client.get_model_version("classifier", "2")
+    assert set(LINEAGE) <= set(resumed.tags)
+    assert resumed.tags["parent_production_version"] == "1"
+    assert resumed.tags["previous_production_version"] == "1"
+    # Every tag the description names exists, on the version or on the run that made it.
+    run = client.get_run(summary["retraining_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["decision"] == "promoted"
+    assert client.get_run(run.data.tags["resumed_from_run_id"]).info.status == "KILLED"
+    assert "training_window_reason" in run.data.tags
+    assert resumed.tags["data_manifest_sha256"] in resumed.description
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
+    assert {"data_manifest.json", "training_windows.json"} <= artifacts
 
 
 def test_killed_inside_the_retraining_run_is_marked_killed_and_retrained_once(production,

@@ -85,7 +85,8 @@ def test_drifted_batch_trains_challenger_and_promotes_it(production, capsys):
     for version, decision in (("1", "replaced"), ("2", "promoted")):
         tags = client.get_model_version("classifier", version).tags
         assert tags["decision"] == decision
-        assert tags["previous_production_version"] == "1"
+        # Version 1 came first: its predecessor stays "none", never itself.
+        assert tags["previous_production_version"] == {"1": "none", "2": "1"}[version]
         assert float(tags["challenger_error"]) == pytest.approx(summary["challenger_error"])
         assert float(tags["production_error"]) == pytest.approx(summary["production_error"])
     assert "promoted" in client.get_model_version("classifier", "2").description
