@@ -8,12 +8,15 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 from retraining.config import Settings, build_settings
-from retraining.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, RetrainingError, UsageError
+from retraining.errors import (EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Interrupted, RetrainingError,
+                               UsageError)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -33,37 +36,35 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     """Run `action`; print its summary (JSON with --json); return the exit code.
 
     Without --json the summary is printed by `render` when given, else as `key: value`
-    lines. Every failure ends as one line on stderr naming the cause and the fix.
+    lines. Every failure ends as one line on stderr naming the cause and the fix, and, with
+    --json, as one object on stdout too (outcome `failed`, the exit code, the reason), so a
+    log of one JSON line per run never misses one.
     """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    wants_json = "--json" in argv or _flag_set(os.environ.get("RETRAIN_JSON", ""))
+    settings = None
     try:
-        args = parser.parse_args(argv)
+        with _signals_as_exceptions():
+            args = parser.parse_args(argv)
+            logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                                format="%(asctime)s %(levelname)s %(message)s")
+            settings = build_settings(PROJECT_DIR, args, os.environ)
+            wants_json = bool(getattr(settings, "json", False))
+            # stdout carries the summary alone; libraries that print (MLflow prints run
+            # links when talking to a server) are sent to stderr with the rest of the log.
+            with contextlib.redirect_stdout(sys.stderr):
+                summary = action(settings, args)
     except SystemExit as exit_request:  # --help
         return EXIT_OK if exit_request.code == 0 else EXIT_USAGE
-    except UsageError as error:
-        print(f"{parser.prog}: error: {error.one_line()}", file=sys.stderr)
-        return error.exit_code
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        settings = build_settings(PROJECT_DIR, args, os.environ)
-        # stdout carries the summary alone; libraries that print (MLflow prints run links
-        # when talking to a server) are sent to stderr with the rest of the log.
-        with contextlib.redirect_stdout(sys.stderr):
-            summary = action(settings, args)
-    except RetrainingError as error:
-        print(f"{parser.prog}: error: {error.one_line()}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: error: interrupted. Fix: run it again", file=sys.stderr)
-        return EXIT_FAILURE
+    except (RetrainingError, Interrupted) as error:
+        return _failed(parser.prog, error.exit_code, error.one_line(), wants_json)
     except Exception as error:  # a bug or an unforeseen fault: keep the trace, end in one line
         log.exception("unexpected failure")
         text = " ".join(str(error).split())
-        print(f"{parser.prog}: error: unexpected {type(error).__name__}: {text}. "
-              "Fix: read the trace above; files not yet archived are still in their folder",
-              file=sys.stderr)
-        return EXIT_FAILURE
-    if getattr(settings, "json", False):
+        return _failed(parser.prog, EXIT_FAILURE,
+                       f"unexpected {type(error).__name__}: {text}. Fix: read the trace "
+                       "above; files not yet archived are still in their folder", wants_json)
+    if wants_json:
         print(json.dumps(summary, sort_keys=True))
     elif render is not None:
         print(render(summary))
@@ -71,6 +72,42 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         for key, value in summary.items():
             print(f"{key}: {value}")
     return EXIT_OK
+
+
+def _failed(prog: str, code: int, line: str, wants_json: bool) -> int:
+    print(f"{prog}: error: {line}", file=sys.stderr)
+    if wants_json:
+        print(json.dumps({"outcome": "failed", "exit_code": code, "reason": line},
+                         sort_keys=True))
+    return code
+
+
+def _flag_set(text: str) -> bool:
+    return text.strip().lower() in {"1", "true", "yes", "on"}
+
+
+@contextlib.contextmanager
+def _signals_as_exceptions():
+    """SIGTERM and SIGINT raise Interrupted where the program is, for the block.
+
+    Unwinding through the program's own `with` blocks marks its MLflow runs FAILED and
+    releases its locks; what a kill -9 at that point would leave, the next run finishes.
+    Only in the main thread, where Python delivers signals (the tests call main() there).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(number, frame):
+        raise Interrupted(signal.Signals(number).name, number)
+
+    previous = {number: signal.signal(number, interrupt)
+                for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def exit_process(code: int) -> NoReturn:

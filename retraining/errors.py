@@ -40,3 +40,26 @@ class TryLater(RetrainingError):
 
 class DataError(NeedsAttention):
     """A data file cannot be used as it is."""
+
+
+class Interrupted(BaseException):
+    """A signal ended the run (SIGTERM from a timeout or shutdown, SIGINT from Ctrl-C).
+
+    A BaseException, like KeyboardInterrupt, so no `except Exception` on the way (the user's
+    hooks are wrapped in some) mistakes it for a fault of the file or model at hand. The
+    exit code is the shell's for death by that signal, 128 + its number, which cron mail,
+    systemd and schedulers read as "interrupted". The work is safe to repeat: every step can
+    be cut at any point, as by kill -9, and the next run converges.
+    """
+
+    def __init__(self, signal_name: str, signal_number: int):
+        super().__init__(signal_name)
+        self.cause = f"interrupted by {signal_name}" + (" (a time limit or a shutdown)"
+                                                         if signal_name == "SIGTERM" else "")
+        self.fix = ("nothing is lost: run it again, and the next run finishes what this one "
+                    "started" + ("; if a time limit sent it, give the job more time"
+                                 if signal_name == "SIGTERM" else ""))
+        self.exit_code = 128 + signal_number
+
+    def one_line(self) -> str:
+        return f"{self.cause}. Fix: {self.fix}"

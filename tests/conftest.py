@@ -85,6 +85,12 @@ def machine_files(count: int, drift: float, seed: int, rows: int = 300):
     return [readings(rows, drift, generator) for _ in range(count)]
 
 
+def changed_concept_files(count: int, seed: int, rows: int = 300):
+    """Files labelled by a new policy (worn after 3,000 hours): production is now wrong."""
+    generator = np.random.default_rng(seed)
+    return [readings(rows, 1.0, generator, worn_after_hours=3_000) for _ in range(count)]
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Name -> bytes of every data file in a folder, to prove nothing was lost or changed."""
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())
@@ -158,3 +164,51 @@ def wait_until_answering(process: subprocess.Popen, url: str, seconds: float) ->
                 process.kill()
                 pytest.fail(f"{url} did not answer within {seconds:.0f} s")
             time.sleep(0.5)
+
+
+# Trains as the default domain does, but the first fit (the cycle's first training) waits
+# until the test says go: the moment chosen for a fault (a person acting, a signal) while
+# the cycle trains. Nothing else of the cycle is changed.
+WAITING_DOMAIN = """
+import os, time
+from pathlib import Path
+from train_classification_model import ERROR_METRIC_NAME, error_metric
+from train_classification_model import train_model as _train_model
+
+def train_model(features, labels, random_state=0, sample_weight=None):
+    started = Path(os.environ["TRAINING_STARTED"])
+    if not started.exists():
+        started.write_text("training")
+        deadline = time.monotonic() + 300
+        while not Path(os.environ["GO"]).exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    return _train_model(features, labels, random_state, sample_weight)
+"""
+
+
+
+def script_environment(extra: dict[str, str]) -> dict[str, str]:
+    """The environment for an entry point run as a process: no settings of the caller's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env | {"PYTHONPATH": str(PROJECT_DIR)} | extra
+
+
+def start_cycle_waiting_in_training(workspace: Workspace, *extra):
+    """Start a cycle (--json) that stops in its first fit; return it and the file that lets
+    it go on. Returns once it is waiting there."""
+    domain = workspace.root / "waiting_domain.py"
+    domain.write_text(WAITING_DOMAIN)
+    started, go = workspace.root / "training_started", workspace.root / "go"
+    started.unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT_DIR / "pipeline_orchestrator.py"), *workspace.flags,
+         "--min-new-files", "5", "--domain-file", str(domain), "--json", *extra],
+        env=script_environment({"TRAINING_STARTED": str(started), "GO": str(go)}),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not started.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the cycle never started training"
+        time.sleep(0.05)
+    return process, go

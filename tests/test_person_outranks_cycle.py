@@ -10,49 +10,10 @@ import time
 
 import pytest
 
-import numpy as np
-
-from demo.generate_stream import readings
 from retraining.runlock import alias_lock
-from tests.conftest import PROJECT_DIR, cycle, machine_files, run_script, snapshot, write_csvs
-
-# Trains as the default domain does, but the first fit (the cycle's first training) waits
-# until the test says go: the moment a person acts while the cycle trains.
-WAITING_DOMAIN = """
-import os, time
-from pathlib import Path
-from train_classification_model import ERROR_METRIC_NAME, error_metric
-from train_classification_model import train_model as _train_model
-
-def train_model(features, labels, random_state=0, sample_weight=None):
-    started = Path(os.environ["TRAINING_STARTED"])
-    if not started.exists():
-        started.write_text("training")
-        deadline = time.monotonic() + 300
-        while not Path(os.environ["GO"]).exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-    return _train_model(features, labels, random_state, sample_weight)
-"""
-
-
-def _changed_concept(count: int, seed: int):
-    """Files labelled by a new policy (worn after 3,000 hours): production is now wrong."""
-    generator = np.random.default_rng(seed)
-    return [readings(300, 1.0, generator, worn_after_hours=3_000) for _ in range(count)]
-
-
-def _environment(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env | {"PYTHONPATH": str(PROJECT_DIR)} | extra
-
-
-def _wait_for(path, process, seconds=180):
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
+from tests.conftest import (PROJECT_DIR, changed_concept_files, cycle, machine_files,
+                            run_script, script_environment, snapshot,
+                            start_cycle_waiting_in_training, write_csvs)
 
 
 def _tool(workspace, *argv) -> subprocess.CompletedProcess:
@@ -71,18 +32,10 @@ def promoted_twice(production, capsys):
 
 def test_rollback_during_training_is_not_undone_by_the_cycle(promoted_twice):
     space = promoted_twice
-    write_csvs(space.new_dir, "batch", _changed_concept(10, seed=61))
+    write_csvs(space.new_dir, "batch", changed_concept_files(10, seed=61))
     batch = snapshot(space.new_dir)
-    domain = space.root / "waiting_domain.py"
-    domain.write_text(WAITING_DOMAIN)
-    started, go = space.root / "training_started", space.root / "go"
-    process = subprocess.Popen(
-        [sys.executable, str(PROJECT_DIR / "pipeline_orchestrator.py"), *space.flags,
-         "--min-new-files", "5", "--domain-file", str(domain), "--json"],
-        env=_environment({"TRAINING_STARTED": str(started), "GO": str(go)}),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process, go = start_cycle_waiting_in_training(space)
     try:
-        _wait_for(started, process)
         rolled = _tool(space, "rollback", "--reason", "v2 pages the night shift", "--by", "ann")
         assert rolled.returncode == 0, rolled.stderr[-2000:]
         assert space.alias_version() == "1"
@@ -123,17 +76,9 @@ def test_rollback_during_training_is_not_undone_by_the_cycle(promoted_twice):
 def test_set_alias_back_and_forth_during_a_cycle_still_stops_the_promotion(promoted_twice):
     """Moved away and back to the version the cycle loaded: a person acted, so it defers."""
     space = promoted_twice
-    write_csvs(space.new_dir, "batch", _changed_concept(10, seed=62))
-    domain = space.root / "waiting_domain.py"
-    domain.write_text(WAITING_DOMAIN)
-    started, go = space.root / "training_started", space.root / "go"
-    process = subprocess.Popen(
-        [sys.executable, str(PROJECT_DIR / "pipeline_orchestrator.py"), *space.flags,
-         "--min-new-files", "5", "--domain-file", str(domain), "--json"],
-        env=_environment({"TRAINING_STARTED": str(started), "GO": str(go)}),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    write_csvs(space.new_dir, "batch", changed_concept_files(10, seed=62))
+    process, go = start_cycle_waiting_in_training(space)
     try:
-        _wait_for(started, process)
         for version in ("1", "2"):
             moved = _tool(space, "set-alias", "production", version, "--reason", "checking")
             assert moved.returncode == 0, moved.stderr[-2000:]
@@ -161,7 +106,7 @@ def test_a_move_by_hand_waits_while_a_cycle_holds_the_alias(promoted_twice):
         process = subprocess.Popen(
             [sys.executable, str(PROJECT_DIR / "registry_tool.py"), "rollback",
              "--reason", "test", "--tracking-uri", space.tracking_uri, "--json"],
-            env=_environment({}), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            env=script_environment({}), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while str(lock) not in _open_files(process.pid):
             assert process.poll() is None, process.communicate()[1][-2000:]

@@ -1,0 +1,72 @@
+"""Every run ends in one line on stderr, the right exit code and, with --json, one object."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from tests.conftest import (changed_concept_files, run_script, snapshot,
+                            start_cycle_waiting_in_training, write_csvs)
+
+
+def _one_object(stdout: str) -> dict:
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 1, stdout
+    return json.loads(lines[0])
+
+
+@pytest.mark.parametrize("script, argv, code", [
+    ("pipeline_orchestrator.py", ["--min-new-files", "many"], 2),
+    ("pipeline_orchestrator.py", ["--no-such-flag"], 2),
+    ("registry_tool.py", ["status", "--tracking-uri", "sqlite:////nonexistent/mlflow.db"], 1),
+    ("register_first_model.py", ["--model-file", "/nonexistent/model.pkl"], 2),
+])
+def test_json_failure_is_one_object_with_outcome_code_and_reason(script, argv, code):
+    done = run_script(script, [*argv, "--json"])
+
+    assert done.returncode == code
+    failure = _one_object(done.stdout)
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert failure == {"outcome": "failed", "exit_code": code,
+                       "reason": last_line.split(": error: ", 1)[1]}
+    assert "Fix:" in failure["reason"]
+
+
+def test_json_from_the_environment_covers_failures_too(workspace):
+    done = run_script("pipeline_orchestrator.py", [*workspace.flags, "--min-new-files", "x"],
+                      env_extra={"RETRAIN_JSON": "1"})
+
+    assert done.returncode == 2 and _one_object(done.stdout)["outcome"] == "failed"
+
+
+@pytest.mark.parametrize("sent, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_training_ends_in_one_line_and_the_rerun_converges(production, sent,
+                                                                        code):
+    write_csvs(production.new_dir, "batch", changed_concept_files(10, seed=81))
+    every_file = sorted([*snapshot(production.used_dir).values(),
+                         *snapshot(production.new_dir).values()])
+    process, go = start_cycle_waiting_in_training(production)
+
+    process.send_signal(sent)
+    out, err = process.communicate(timeout=120)
+
+    assert process.returncode == code, err[-3000:]
+    last_line = err.strip().splitlines()[-1]
+    assert f"interrupted by {sent.name}" in last_line and "Fix: nothing is lost" in last_line
+    assert "Traceback" not in err
+    assert _one_object(out) == {"outcome": "failed", "exit_code": code,
+                                "reason": last_line.split(": error: ", 1)[1]}
+    client = production.client()
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert "RUNNING" not in {run.info.status for run in runs}
+
+    go.write_text("go")
+    rerun = run_script("pipeline_orchestrator.py",
+                       [*production.flags, "--min-new-files", "5", "--json"])
+
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert _one_object(rerun.stdout)["outcome"] == "promoted"
+    assert snapshot(production.new_dir) == {}
+    assert sorted(snapshot(production.used_dir).values()) == every_file
