@@ -546,8 +546,8 @@ def archive(context: CycleContext) -> list[str] | None:
 # --- entry point ---------------------------------------------------------------------------
 
 OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_file",
-           "tracking_uri", "experiment", "model_name", "alias", "label_column", "min_new_files",
-           "error_threshold", "drift_p_value", "drift_min_effect", "drift_trigger",
+           "tracking_uri", "store_timeout", "experiment", "model_name", "alias", "label_column",
+           "min_new_files", "error_threshold", "drift_p_value", "drift_min_effect", "drift_trigger",
            "min_improvement", "holdout_fraction", "seed", "min_heldout_files",
            "min_heldout_rows", "max_file_regression", "confidence_level", "bootstrap_resamples",
            "require_significance", "training_windows", "recent_files", "recency_half_life",

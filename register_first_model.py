@@ -15,8 +15,8 @@ from retraining.cli import ArgumentParser, exit_process, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.errors import UsageError
 
-OPTIONS = ["model_dir", "used_dir", "domain_file", "tracking_uri", "experiment", "model_name",
-           "alias", "label_column", "force", "no_alias", "json"]
+OPTIONS = ["model_dir", "used_dir", "domain_file", "tracking_uri", "store_timeout", "experiment",
+           "model_name", "alias", "label_column", "force", "no_alias", "json"]
 
 
 def register_first_model(settings: Settings, model_file: Path | None) -> dict[str, Any]:
