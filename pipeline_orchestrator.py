@@ -50,7 +50,7 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
     # store call, so no file has moved by then.
     # used_gts/ is locked too: two new_gts/ folders may feed one history.
     with exclusive_run(settings.new_dir), exclusive_run(settings.used_dir), \
-            store_faults(settings.tracking_uri, "finish the cycle"):
+            store_faults(settings, "finish the cycle"):
         check_one_filesystem(settings.new_dir, settings.used_dir, settings.quarantine_dir)
         # A cycle killed while archiving had completed: its batch is consumed, not new.
         if archive_interrupted(settings.used_dir) and not settings.dry_run:

@@ -31,7 +31,8 @@ def register_first_model(settings: Settings, model_file: Path | None) -> dict[st
     if not model_path.is_file():
         raise UsageError(f"model file {model_path} does not exist",
                          fix="pass --model-file the path of your pickle")
-    registry = Registry(settings)
+    # The one entry point that may start a store: a new project has none yet.
+    registry = Registry(settings, new_store=True)
     current = registry.production_version()
     if current is not None and not settings.no_alias and not settings.force:
         raise UsageError(f"{settings.model_name!r} already has alias {settings.alias!r} "
