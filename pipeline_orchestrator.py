@@ -50,7 +50,7 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
     # store call, so no file has moved by then.
     # used_gts/ is locked too: two new_gts/ folders may feed one history.
     with exclusive_run(settings.new_dir), exclusive_run(settings.used_dir), \
-            store_faults(settings.tracking_uri, "finish the cycle"):
+            store_faults(settings, "finish the cycle"):
         check_one_filesystem(settings.new_dir, settings.used_dir, settings.quarantine_dir)
         # A cycle killed while archiving had completed: its batch is consumed, not new.
         if archive_interrupted(settings.used_dir) and not settings.dry_run:
@@ -637,8 +637,8 @@ def archive(context: CycleContext) -> list[str] | None:
 # --- entry point ---------------------------------------------------------------------------
 
 OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_file",
-           "tracking_uri", "experiment", "model_name", "alias", "label_column", "min_new_files",
-           "error_threshold", "drift_p_value", "drift_min_effect", "drift_trigger",
+           "tracking_uri", "store_timeout", "experiment", "model_name", "alias", "label_column",
+           "min_new_files", "error_threshold", "drift_p_value", "drift_min_effect", "drift_trigger",
            "min_improvement", "holdout_fraction", "seed", "min_heldout_files",
            "min_heldout_rows", "max_file_regression", "confidence_level", "bootstrap_resamples",
            "require_significance", "training_windows", "recent_files", "recency_half_life",

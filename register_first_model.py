@@ -15,8 +15,8 @@ from retraining.cli import ArgumentParser, exit_process, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.errors import UsageError
 
-OPTIONS = ["model_dir", "used_dir", "domain_file", "tracking_uri", "experiment", "model_name",
-           "alias", "label_column", "force", "no_alias", "json"]
+OPTIONS = ["model_dir", "used_dir", "domain_file", "tracking_uri", "store_timeout", "experiment",
+           "model_name", "alias", "label_column", "force", "no_alias", "json"]
 
 
 def register_first_model(settings: Settings, model_file: Path | None) -> dict[str, Any]:
@@ -31,7 +31,8 @@ def register_first_model(settings: Settings, model_file: Path | None) -> dict[st
     if not model_path.is_file():
         raise UsageError(f"model file {model_path} does not exist",
                          fix="pass --model-file the path of your pickle")
-    registry = Registry(settings)
+    # The one entry point that may start a store: a new project has none yet.
+    registry = Registry(settings, new_store=True)
     current = registry.production_version()
     if current is not None and not settings.no_alias and not settings.force:
         raise UsageError(f"{settings.model_name!r} already has alias {settings.alias!r} "

@@ -22,7 +22,7 @@ from retraining import operations
 from retraining.cli import PROJECT_DIR, ArgumentParser, run_entry_point
 from retraining.config import add_options
 
-STORE = ["tracking_uri", "experiment", "model_name", "json"]
+STORE = ["tracking_uri", "store_timeout", "experiment", "model_name", "json"]
 
 
 def main(argv=None) -> int:

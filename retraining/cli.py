@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable, Mapping, NoReturn, Sequence
+from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence
 
 from retraining.config import Settings, build_settings
 from retraining.errors import (EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Interrupted, RetrainingError,
@@ -52,7 +52,7 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
             wants_json = bool(getattr(settings, "json", False))
             # stdout carries the summary alone; libraries that print (MLflow prints run
             # links when talking to a server) are sent to stderr with the rest of the log.
-            with contextlib.redirect_stdout(sys.stderr):
+            with mlflow_environment(settings), contextlib.redirect_stdout(sys.stderr):
                 summary = action(settings, args)
     except SystemExit as exit_request:  # --help
         return EXIT_OK if exit_request.code == 0 else EXIT_USAGE
@@ -108,6 +108,73 @@ def _signals_as_exceptions():
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+# How one HTTP call to a tracking server is bounded (see http_request_variables).
+_RETRIES_AT_MOST = 3
+_BACKOFF_FACTOR = 1
+# A shorter wait per attempt would fail a server that is merely slow: fewer retries instead.
+_SHORTEST_ATTEMPT = 5
+
+
+def backoff_seconds(retries: int, factor: int) -> int:
+    """Sleeps between `retries + 1` attempts, as urllib3's Retry computes them without jitter.
+
+    urllib3 sleeps nothing after the first failure and `factor * 2 ** (n - 1)` after the nth
+    consecutive one (n >= 2); after the last attempt it raises instead of sleeping.
+    """
+    return sum(factor * 2 ** (failure - 1) for failure in range(2, retries + 1))
+
+
+def http_request_variables(budget: float) -> dict[str, str]:
+    """MLflow's HTTP variables under which one store call gives up within `budget` seconds.
+
+    Worst case of a call: `retries + 1` attempts, each waiting up to `timeout` seconds to
+    connect and as long again for the answer (requests applies the one timeout to both),
+    plus `backoff_seconds` between them. As many retries as fit (at most 3) while `timeout`
+    stays at least 5 s; below that, one attempt gets the budget. Jitter is off and a server's
+    Retry-After header is not obeyed: either could exceed the budget. Not bounded: a server
+    that trickles its answer a byte at a time, since the timeout is between bytes.
+    """
+    for retries in range(_RETRIES_AT_MOST, 0, -1):
+        timeout = int((budget - backoff_seconds(retries, _BACKOFF_FACTOR))
+                      // (2 * (retries + 1)))
+        if timeout >= _SHORTEST_ATTEMPT:
+            break
+    else:
+        retries, timeout = 0, int(budget // 2)
+    return {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout),
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(_BACKOFF_FACTOR),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+            "MLFLOW_HTTP_RESPECT_RETRY_AFTER_HEADER": "false"}
+
+
+def mlflow_variables(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment MLflow must see for this run; a variable the user set is left alone.
+
+    Telemetry is off: on an offline cron host its thread once died reading its session id,
+    and a nightly job has no business phoning home.
+    """
+    wanted = http_request_variables(settings.store_timeout) | {"MLFLOW_DISABLE_TELEMETRY": "true"}
+    return {name: value for name, value in wanted.items() if name not in environ}
+
+
+@contextlib.contextmanager
+def mlflow_environment(settings: Settings) -> Iterator[None]:
+    """Set `mlflow_variables` for the block, then take them away again.
+
+    MLflow reads them when imported (telemetry) and at each call (HTTP), so the block must
+    come before the first `import mlflow` of a process. Taken away afterwards so that an
+    in-process caller (the tests) does not pass them on as if a user had set them.
+    """
+    added = mlflow_variables(settings, os.environ)
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def exit_process(code: int) -> NoReturn:

@@ -28,6 +28,7 @@ class Settings:
     quarantine_dir: Path
     domain_file: Path
     tracking_uri: str
+    store_timeout: float
     experiment: str
     model_name: str
     alias: str
@@ -107,6 +108,9 @@ _window_sample_rows = _checked(int, lambda value: value >= 1000, "must be 1000 o
 _nonnegative_float = _checked(float, lambda value: value >= 0.0, "must be a number, 0 or more")
 _positive_float = _checked(float, lambda value: value > 0.0, "must be a number above 0")
 _finite_float = _checked(float, math.isfinite, "must be a finite number")
+# MLflow's HTTP timeout is whole seconds, spent once to connect and once for the answer.
+_store_timeout = _checked(float, lambda value: value >= 2.0,
+                          "must be a number of seconds, 2 or more")
 _share = _checked(float, lambda value: 0.0 <= value < 1.0,
                   "must be a share from 0 up to (not including) 1, or off")
 
@@ -162,6 +166,9 @@ _OPTIONS = {
         _Option("quarantine_dir", Path, "folder where unusable files are moved, with a reason"),
         _Option("domain_file", Path, "Python file defining the domain contract"),
         _Option("tracking_uri", str, "MLflow tracking URI", env="MLFLOW_TRACKING_URI"),
+        _Option("store_timeout", _store_timeout,
+                "seconds one call to a tracking server may take, retries included, before "
+                "the run gives up with exit 75"),
         _Option("experiment", str, "MLflow experiment that receives the runs"),
         _Option("model_name", str, "registered model name"),
         _Option("alias", str, "registry alias that marks the production version"),
@@ -226,6 +233,9 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "quarantine_dir": project_dir / "quarantine",
         "domain_file": project_dir / "train_classification_model.py",
         "tracking_uri": "sqlite:///" + str(project_dir / "mlflow_server" / "mlflow.db"),
+        # MLflow's own defaults retry one unreachable call for about 4 minutes, and one that
+        # hangs for about 20; two minutes is enough for a server that is merely slow.
+        "store_timeout": 120.0,
         "experiment": "classifier-retraining",
         "model_name": "classifier",
         "alias": "production",

@@ -33,18 +33,9 @@ LOW_CONFIDENCE = 0.6
 
 
 def _registry(settings: Settings, read_only: bool = False):
-    """The store the settings name; a SQLite file that does not exist is not created.
-
-    A typo in --tracking-uri would otherwise create an empty store and report on it.
-    """
+    """The store the settings name; a SQLite file that does not exist is refused (Registry)."""
     from retraining.registry import Registry
 
-    if settings.tracking_uri.startswith("sqlite:///"):
-        database = Path(settings.tracking_uri[len("sqlite:///"):])
-        if not database.is_file():
-            raise NeedsAttention(f"no MLflow store at {database}",
-                                 fix="check --tracking-uri, or register a first model with "
-                                     "register_first_model.py")
     return Registry(dataclasses.replace(settings, dry_run=True) if read_only else settings)
 
 

@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import importlib.metadata
 import logging
+import os
+import re
+import sqlite3
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from retraining.config import Settings
-from retraining.errors import NeedsAttention, TryLater
+from retraining.errors import NeedsAttention, RetrainingError, TryLater
 
 log = logging.getLogger(__name__)
 
@@ -37,41 +43,162 @@ def model_requirements() -> list[str]:
 
 
 @contextlib.contextmanager
-def store_faults(tracking_uri: str, doing: str = "continue") -> Iterator[None]:
+def store_faults(settings: Settings, doing: str = "continue") -> Iterator[None]:
     """Turn a store fault, at any call inside, into one line that says what to do.
 
-    Unreachable, timing out or locked may pass by itself: TryLater (exit 75). A file that is
-    not a database, or one whose schema is older than this MLflow, needs a person: exit 1.
+    Unreachable, timing out or locked may pass by itself: TryLater (exit 75). Refused
+    credentials, a full disk, a file that is not a database or one whose schema is older than
+    this MLflow need a person: NeedsAttention (exit 1). Any other error passes unchanged.
     """
+    try:
+        yield
+    except RetrainingError:
+        raise
+    except Exception as error:
+        fault = _store_fault(settings, doing, error)
+        if fault is None:
+            raise
+        raise fault from error
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """The error, then what it was raised from or during, innermost last.
+
+    MLflow wraps what went wrong (sqlalchemy's OperationalError, requests' ConnectionError)
+    in an MlflowException whose message is the whole SQL or URL: the cause is in the chain.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def _store_fault(settings: Settings, doing: str, error: Exception) -> RetrainingError | None:
     import requests
     import sqlalchemy.exc
     from mlflow.exceptions import MlflowException
 
-    def temporary(error):
-        return TryLater(f"cannot reach the MLflow store at {tracking_uri} to {doing} "
-                        f"({type(error).__name__})",
-                        fix="start the tracking server or check --tracking-uri; "
-                            "no data file was moved")
+    uri = settings.tracking_uri
+    for cause in _causes(error):
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            return _disk_full(cause.filename or _fullest_place(settings), doing)
+        if isinstance(cause, sqlite3.OperationalError):
+            if "database is locked" in str(cause):
+                return _locked(settings, doing)
+            if "database or disk is full" in str(cause):
+                return _disk_full(_store_location(settings), doing)
+        if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                              requests.exceptions.RetryError)):
+            return _unreachable(settings, doing, cause)
+        status = getattr(getattr(cause, "response", None), "status_code", None)
+        if isinstance(cause, MlflowException):
+            status = {"UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403}.get(cause.error_code)
+            if "out-of-date database schema" in str(cause):
+                return NeedsAttention(
+                    f"the MLflow store at {uri} was made by an older MLflow",
+                    fix=f"back up the database, then run: mlflow db upgrade {uri}; "
+                        "no data file was moved")
+        if status == 401:
+            return NeedsAttention(
+                f"the tracking server at {uri} refused the credentials (HTTP 401) to {doing}",
+                fix="set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                    "MLFLOW_TRACKING_TOKEN) in the environment cron gives this job; "
+                    "no data file was moved")
+        if status == 403:
+            return NeedsAttention(
+                f"the tracking server at {uri} denied permission to {doing}{_endpoint(cause)} "
+                f"(HTTP 403): the user of MLFLOW_TRACKING_USERNAME lacks it on experiment "
+                f"{settings.experiment!r} or registered model {settings.model_name!r}",
+                fix="have an MLflow admin grant that user EDIT on both, or give the job the "
+                    "credentials of a user who has it; no data file was moved")
+    # Checked last: a locked or full database is an OperationalError too.
+    for cause in _causes(error):
+        if isinstance(cause, sqlalchemy.exc.DatabaseError):
+            return _unusable_database(uri, cause)
+    return None
 
-    try:
-        yield
-    except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as error:
-        raise temporary(error) from error
-    except sqlalchemy.exc.OperationalError as error:
-        if "locked" in str(error):
-            raise temporary(error) from error
-        raise _unusable_database(tracking_uri, error) from error
-    except sqlalchemy.exc.DatabaseError as error:
-        raise _unusable_database(tracking_uri, error) from error
-    except MlflowException as error:
-        if "Max retries exceeded" in str(error) or "Connection refused" in str(error):
-            raise temporary(error) from error
-        if "out-of-date database schema" in str(error):
-            raise NeedsAttention(
-                f"the MLflow store at {tracking_uri} was made by an older MLflow",
-                fix=f"back up the database, then run: mlflow db upgrade {tracking_uri}; "
-                    "no data file was moved") from error
-        raise
+
+def _endpoint(cause: Exception) -> str:
+    """` (<endpoint>)` when MLflow's message names the REST endpoint that was refused."""
+    found = re.search(r"endpoint (/\S+)", str(cause))
+    return f" ({found.group(1)})" if found else ""
+
+
+def _locked(settings: Settings, doing: str) -> TryLater:
+    return TryLater(f"the SQLite store at {_store_location(settings)} is locked by another "
+                    f"process, still after MLflow's wait (5 s to open it, 20 s a call), so "
+                    f"the run could not {doing}",
+                    fix="wait for it (a backup, an `mlflow server` or another tool writing "
+                        "to it); cron will try again; no data file was moved")
+
+
+def _unreachable(settings: Settings, doing: str, cause: Exception) -> TryLater:
+    uri = settings.tracking_uri
+    if uri.startswith(("http://", "https://")):
+        return TryLater(f"cannot reach the MLflow tracking server at {uri} to {doing} "
+                        f"({type(cause).__name__}, within --store-timeout "
+                        f"{settings.store_timeout:g} s)",
+                        fix="start the tracking server or check --tracking-uri; cron will "
+                            "try again; no data file was moved")
+    return TryLater(f"cannot reach the MLflow store at {uri} to {doing} "
+                    f"({type(cause).__name__})",
+                    fix="check the network and --tracking-uri; cron will try again; "
+                        "no data file was moved")
+
+
+def _disk_full(where, doing: str) -> NeedsAttention:
+    return NeedsAttention(f"no space left on the filesystem holding {where}, so the run could "
+                          f"not {doing}",
+                          fix=f"free space there (df {where}), then run again; files not yet "
+                              "archived are still in their folder")
+
+
+def _fullest_place(settings: Settings) -> str:
+    """Of the folders a run writes to, the one whose filesystem has the least space left.
+
+    A failed write() carries no file name, so the folders are asked instead.
+    """
+    database = sqlite_database(settings.tracking_uri)
+    artifacts = settings.artifact_location
+    places = [database.parent if database is not None else None,
+              Path(artifacts[len("file://"):]) if artifacts else None,
+              settings.used_dir, settings.new_dir, settings.quarantine_dir,
+              Path(tempfile.gettempdir())]
+    free = {}
+    for place in places:
+        if place is not None and place.is_dir():
+            status = os.statvfs(place)
+            free[place] = status.f_bavail * status.f_frsize
+    return str(min(free, key=free.get)) if free else "a folder this run writes to"
+
+
+def _store_location(settings: Settings) -> str:
+    """The database file of a SQLite store, else the store's URI."""
+    database = sqlite_database(settings.tracking_uri)
+    return str(database) if database is not None else settings.tracking_uri
+
+
+def sqlite_database(tracking_uri: str) -> Path | None:
+    """The file of a `sqlite:///` store; None for any other kind."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):])
+    return None
+
+
+def check_store_exists(tracking_uri: str) -> None:
+    """Refuse a SQLite store whose file is missing, which MLflow would create empty.
+
+    A deleted or mistyped store would otherwise be silently replaced by an empty one, and the
+    fix it leads to (register the first model) would put a stale model back in production.
+    Only register_first_model.py, which starts a project, goes without this check.
+    """
+    database = sqlite_database(tracking_uri)
+    if database is not None and not database.is_file():
+        raise NeedsAttention(f"no MLflow store at {database}",
+                             fix="restore it from a backup, or check --tracking-uri; "
+                                 "register_first_model.py starts a new store only for a new "
+                                 "project")
 
 
 def _unusable_database(tracking_uri: str, error: Exception) -> NeedsAttention:
@@ -94,9 +221,12 @@ class ProductionModel:
 class Registry:
     """One tracking store and one registered model, as the settings name them."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, new_store: bool = False):
+        """Open the store; a SQLite file that does not exist is refused unless `new_store`."""
         import mlflow
 
+        if not new_store:
+            check_store_exists(settings.tracking_uri)
         self._settings = settings
         self._mlflow = mlflow
         # A dry run reads the store but writes nothing to it: no experiment, run or version.
@@ -111,11 +241,20 @@ class Registry:
 
     def _store_call(self, doing: str, call, *args, **kwargs):
         """Call the store; a store that cannot be reached becomes TryLater."""
-        with store_faults(self._settings.tracking_uri, doing):
+        with store_faults(self._settings, doing):
             return call(*args, **kwargs)
 
     def _ensure_experiment(self) -> str:
         experiment = self.client.get_experiment_by_name(self._settings.experiment)
+        if experiment is not None and experiment.lifecycle_stage == "deleted":
+            # MLflow keeps a deleted experiment's name taken, and refuses runs in it.
+            uri = self._settings.tracking_uri
+            raise NeedsAttention(
+                f"experiment {experiment.name!r} (id {experiment.experiment_id}) is deleted "
+                f"in the MLflow store at {uri}",
+                fix=f"restore it: MLFLOW_TRACKING_URI={uri} mlflow experiments restore "
+                    f"--experiment-id {experiment.experiment_id}, or choose another "
+                    "--experiment; no data file was moved")
         if experiment is not None or self.read_only:
             return experiment and experiment.experiment_id
         return self.client.create_experiment(self._settings.experiment,
@@ -150,10 +289,25 @@ class Registry:
                                hand_moves_seen=hand_moves)
 
     def load_version(self, version: str):
+        """The version's model; its files missing from the artifact store is NeedsAttention."""
         import mlflow.sklearn
+        from mlflow.exceptions import MlflowException
 
-        return self._store_call("load the model", mlflow.sklearn.load_model,
-                                f"models:/{self.model_name}/{version}")
+        try:
+            return self._store_call("load the model", mlflow.sklearn.load_model,
+                                    f"models:/{self.model_name}/{version}")
+        except (MlflowException, FileNotFoundError) as error:
+            if getattr(error, "error_code", "RESOURCE_DOES_NOT_EXIST") != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            where = self._store_call("find the model's files",
+                                     self.client.get_model_version_download_uri,
+                                     self.model_name, version)
+            raise NeedsAttention(
+                f"the files of {self.model_name!r} version {version} are missing from the "
+                f"artifact store at {where}",
+                fix="restore that folder from a backup; if it is lost, point the alias at a "
+                    "version that loads (registry_tool.py set-alias NAME VERSION --reason "
+                    "...); no data file was moved") from error
 
     def input_columns(self, version: str) -> list[str] | None:
         info = self._mlflow.models.get_model_info(f"models:/{self.model_name}/{version}")

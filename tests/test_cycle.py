@@ -222,6 +222,8 @@ def test_same_name_in_history_is_never_overwritten(production, capsys):
 def test_no_production_alias_fails_with_the_fix(workspace):
     write_csvs(workspace.used_dir, "history", machine_files(2, drift=0.0, seed=1))
     write_csvs(workspace.new_dir, "batch", machine_files(5, drift=0.0, seed=2))
+    # A store that exists but holds no model: a cycle never creates one (test_store_faults).
+    workspace.client().search_experiments()
 
     done = run_script("pipeline_orchestrator.py", [*workspace.flags, "--min-new-files", "5"])
 

@@ -125,11 +125,100 @@ def test_server_going_away_mid_cycle_exits_75_and_moves_nothing(workspace, serve
                       [*workspace.flags[:-2], "--tracking-uri", url, "--min-new-files", "5",
                        "--domain-file", str(domain)],
                       env_extra={"SERVER_PGID": str(process.pid),
-                                 "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                                 "RETRAIN_STORE_TIMEOUT": "10",
                                  "PYTHONPATH": str(PROJECT_DIR)})
 
     assert process.wait(timeout=30) is not None  # the server really went away
     assert done.returncode == 75, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert "cannot reach the MLflow store" in last and "Fix:" in last
+    assert f"cannot reach the MLflow tracking server at {url}" in last and "Fix:" in last
+    assert (snapshot(workspace.new_dir), snapshot(workspace.used_dir)) == before
+
+
+ADMIN = ("admin", "admin-password-1234")
+READER = ("reader", "reader-password-1234")
+
+
+@pytest.fixture
+def auth_server(workspace):
+    """`mlflow server --app-name basic-auth` whose users default to READ; one reader added.
+
+    Needs Flask-WTF (requirements-server.txt): skipped where it is not installed.
+    """
+    pytest.importorskip("flask_wtf", reason="pip install -r requirements-server.txt")
+    import requests
+
+    port = free_port()
+    config = workspace.root / "basic_auth.ini"
+    config.write_text("[mlflow]\ndefault_permission = READ\n"
+                      f"database_uri = sqlite:///{workspace.root / 'basic_auth.db'}\n"
+                      f"admin_username = {ADMIN[0]}\nadmin_password = {ADMIN[1]}\n"
+                      "authorization_function = "
+                      "mlflow.server.auth:authenticate_request_basic_auth\n")
+    mlflow = os.path.join(os.path.dirname(os.sys.executable), "mlflow")
+    process = subprocess.Popen(
+        [mlflow, "server", "--app-name", "basic-auth",
+         "--backend-store-uri", "sqlite:///" + str(workspace.root / "server.db"),
+         "--default-artifact-root", str(workspace.root / "server_artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config),
+             "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-secret"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_answering(process, url + "/health", 120)
+    created = requests.post(url + "/api/2.0/mlflow/users/create", auth=ADMIN, timeout=30,
+                            json={"username": READER[0], "password": READER[1]})
+    assert created.status_code == 200, created.text
+    yield url
+    os.killpg(process.pid, 15)
+    process.wait(timeout=30)
+
+
+def _credentials(user):
+    return {"MLFLOW_TRACKING_USERNAME": user[0], "MLFLOW_TRACKING_PASSWORD": user[1]}
+
+
+def _register_as_admin(workspace, url):
+    write_csvs(workspace.used_dir, "history", machine_files(5, drift=0.0, seed=1))
+    model = workspace.model_dir / "initial.pkl"
+    assert run_script("train_classification_model.py",
+                      [str(workspace.used_dir), "--output", str(model)]).returncode == 0
+    registered = run_script("register_first_model.py",
+                            ["--used-dir", str(workspace.used_dir), "--model-file", str(model),
+                             "--tracking-uri", url], env_extra=_credentials(ADMIN))
+    assert registered.returncode == 0, registered.stderr[-2000:]
+    write_csvs(workspace.new_dir, "batch", machine_files(5, drift=1.0, seed=2))
+    return snapshot(workspace.new_dir), snapshot(workspace.used_dir)
+
+
+def test_server_refusing_credentials_names_the_variables_to_set(workspace, auth_server):
+    before = _register_as_admin(workspace, auth_server)
+
+    for credentials in ({}, _credentials((ADMIN[0], "not-the-password"))):
+        done = run_script("pipeline_orchestrator.py",
+                          [*workspace.flags[:-2], "--tracking-uri", auth_server,
+                           "--min-new-files", "5"], env_extra=credentials)
+
+        assert done.returncode == 1, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert f"the tracking server at {auth_server} refused the credentials (HTTP 401)" in last
+        assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in last
+        assert "MLFLOW_TRACKING_TOKEN" in last and "unexpected" not in last
+        assert (snapshot(workspace.new_dir), snapshot(workspace.used_dir)) == before
+
+
+def test_user_without_permission_is_told_which_call_was_denied(workspace, auth_server):
+    before = _register_as_admin(workspace, auth_server)
+
+    # The reader may read the admin's experiment and model (default READ) but not write.
+    done = run_script("pipeline_orchestrator.py",
+                      [*workspace.flags[:-2], "--tracking-uri", auth_server,
+                       "--min-new-files", "5"], env_extra=_credentials(READER))
+
+    assert done.returncode == 1, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"the tracking server at {auth_server} denied permission to" in last
+    assert "(HTTP 403)" in last and "/api/2.0/mlflow/" in last
+    assert "experiment 'classifier-retraining'" in last and "EDIT" in last
+    assert "unexpected" not in last
     assert (snapshot(workspace.new_dir), snapshot(workspace.used_dir)) == before
