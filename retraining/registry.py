@@ -98,20 +98,20 @@ def _store_fault(settings: Settings, doing: str, error: Exception) -> Retraining
                 return NeedsAttention(
                     f"the MLflow store at {uri} was made by an older MLflow",
                     fix=f"back up the database, then run: mlflow db upgrade {uri}; "
-                        "no data file was moved")
+                        "no file was archived")
         if status == 401:
             return NeedsAttention(
                 f"the tracking server at {uri} refused the credentials (HTTP 401) to {doing}",
                 fix="set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
                     "MLFLOW_TRACKING_TOKEN) in the environment cron gives this job; "
-                    "no data file was moved")
+                    "no file was archived")
         if status == 403:
             return NeedsAttention(
                 f"the tracking server at {uri} denied permission to {doing}{_endpoint(cause)} "
                 f"(HTTP 403): the user of MLFLOW_TRACKING_USERNAME lacks it on experiment "
                 f"{settings.experiment!r} or registered model {settings.model_name!r}",
                 fix="have an MLflow admin grant that user EDIT on both, or give the job the "
-                    "credentials of a user who has it; no data file was moved")
+                    "credentials of a user who has it; no file was archived")
     # Checked last: a locked or full database is an OperationalError too.
     for cause in _causes(error):
         if isinstance(cause, sqlalchemy.exc.DatabaseError):
@@ -130,7 +130,7 @@ def _locked(settings: Settings, doing: str) -> TryLater:
                     f"process, still after MLflow's wait (5 s to open it, 20 s a call), so "
                     f"the run could not {doing}",
                     fix="wait for it (a backup, an `mlflow server` or another tool writing "
-                        "to it); cron will try again; no data file was moved")
+                        "to it); cron will try again; no file was archived")
 
 
 def _unreachable(settings: Settings, doing: str, cause: Exception) -> TryLater:
@@ -140,11 +140,11 @@ def _unreachable(settings: Settings, doing: str, cause: Exception) -> TryLater:
                         f"({type(cause).__name__}, within --store-timeout "
                         f"{settings.store_timeout:g} s)",
                         fix="start the tracking server or check --tracking-uri; cron will "
-                            "try again; no data file was moved")
+                            "try again; no file was archived")
     return TryLater(f"cannot reach the MLflow store at {uri} to {doing} "
                     f"({type(cause).__name__})",
                     fix="check the network and --tracking-uri; cron will try again; "
-                        "no data file was moved")
+                        "no file was archived")
 
 
 def _disk_full(where, doing: str) -> NeedsAttention:
@@ -205,7 +205,7 @@ def _unusable_database(tracking_uri: str, error: Exception) -> NeedsAttention:
     cause = str(getattr(error, "orig", error)).splitlines()[0]
     return NeedsAttention(f"the MLflow store at {tracking_uri} cannot be used ({cause})",
                           fix="restore the database from a backup or point --tracking-uri at "
-                              "the right store; no data file was moved")
+                              "the right store; no file was archived")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,7 +254,7 @@ class Registry:
                 f"in the MLflow store at {uri}",
                 fix=f"restore it: MLFLOW_TRACKING_URI={uri} mlflow experiments restore "
                     f"--experiment-id {experiment.experiment_id}, or choose another "
-                    "--experiment; no data file was moved")
+                    "--experiment; no file was archived")
         if experiment is not None or self.read_only:
             return experiment and experiment.experiment_id
         return self.client.create_experiment(self._settings.experiment,
@@ -307,7 +307,7 @@ class Registry:
                 f"artifact store at {where}",
                 fix="restore that folder from a backup; if it is lost, point the alias at a "
                     "version that loads (registry_tool.py set-alias NAME VERSION --reason "
-                    "...); no data file was moved") from error
+                    "...); no file was archived") from error
 
     def input_columns(self, version: str) -> list[str] | None:
         info = self._mlflow.models.get_model_info(f"models:/{self.model_name}/{version}")
