@@ -1,0 +1,43 @@
+"""What every step of a cycle shares: the loaded context, the monitoring result, timings."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import Any
+
+from retraining.config import Settings
+
+
+@contextlib.contextmanager
+def phase(timings: dict[str, float], name: str):
+    """Add the block's wall time to `timings[name]` (seconds): the summary's `timings`."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+
+@dataclasses.dataclass
+class CycleContext:
+    settings: Settings
+    domain: Any
+    registry: Any
+    production: Any
+    new_files: list
+    columns: list
+    quarantined: list
+    timings: dict = dataclasses.field(default_factory=dict)  # seconds per phase, in the summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Monitoring:
+    error: float
+    retrain: bool
+    reason: str
+    predictions: dict  # production's predictions per new file, reused by the comparison
+    run_id: str | None
+    drift_share: float | None = None

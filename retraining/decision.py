@@ -1,0 +1,149 @@
+"""The compare and promote steps: both models judged on the held-out files, then the alias.
+
+The gate (retraining/gate.py) gives the verdict; the figures and plots go on the retraining
+run; the decision goes on both versions; the alias moves by compare-and-set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from retraining.context import CycleContext, Monitoring, phase
+from retraining.training import Challenger
+
+log = logging.getLogger("retraining.cycle")
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    promote: bool  # the gate's verdict: the challenger is better
+    reason: str
+    production_error: float
+    challenger_error: float
+    gate: Any  # retraining.gate.GateVerdict, recorded with the decision
+
+
+def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenger) -> Comparison:
+    """Both models on the held-out files only: data neither of them was trained on."""
+    from retraining.evaluation import predict_files
+    from retraining.gate import judge, score_heldout
+
+    heldout = [f for f in context.new_files if f.name in challenger.heldout_names]
+    challenger_predictions = predict_files(challenger.model, heldout, context.columns)
+    scores = score_heldout(context.domain, heldout, monitoring.predictions,
+                           challenger_predictions)
+    verdict = judge(context.domain, scores, context.settings)
+    log.info(verdict.reason)
+    if challenger.run_id is not None:
+        record_evaluation(context, challenger, heldout, scores, verdict,
+                          {"production": monitoring.predictions,
+                           "challenger": challenger_predictions})
+    return Comparison(verdict.promote, verdict.reason, scores.production_error,
+                      scores.challenger_error, verdict)
+
+
+def record_evaluation(context: CycleContext, challenger: Challenger, heldout: list, scores,
+                      verdict, predictions_by_file: dict) -> None:
+    """The figures, tables and plots of the comparison, on the retraining run."""
+    import numpy as np
+
+    from retraining.datafiles import concat_files
+    from retraining.report import write_heldout_report
+
+    domain, registry = context.domain, context.registry
+    interval = verdict.interval
+    features, labels = concat_files(heldout, context.columns)
+    with tempfile.TemporaryDirectory() as folder, phase(context.timings, "report"):
+        figures = write_heldout_report(
+            Path(folder), {"production": context.production.model,
+                           "challenger": challenger.model},
+            features, labels,
+            {role: np.concatenate([np.asarray(by_file[f.name]) for f in heldout])
+             for role, by_file in predictions_by_file.items()},
+            {"production": scores.production_error, "challenger": scores.challenger_error},
+            domain.error_metric_name, scores.per_file_rows(domain.lower_error_is_better))
+        registry.log_artifacts_to_run(challenger.run_id, folder, "evaluation")
+    registry.log_to_run(challenger.run_id,
+                        metrics={"production_error": scores.production_error,
+                                 "challenger_error": scores.challenger_error,
+                                 "improvement": verdict.improvement,
+                                 "error_difference_low": interval.low,
+                                 "error_difference_high": interval.high,
+                                 "confidence_level": interval.level,
+                                 "heldout_rows": int(scores.rows.sum()),
+                                 "worst_file_regression": verdict.worst_regression,
+                                 **figures},
+                        tags={"worst_heldout_file": verdict.worst_file})
+
+
+def decide(context: CycleContext, challenger: Challenger,
+           comparison: Comparison) -> tuple[str, str]:
+    """Record the decision and, for a better challenger, move the alias; return the outcome.
+
+    A compare-and-set, under the alias lock: the alias moves only if it still points at the
+    version this cycle loaded and no person moved it meanwhile. Otherwise nothing is
+    promoted (outcome `alias_moved`), and no version is tagged as replaced. The decision is
+    recorded before the alias moves: a cycle killed in between is resumed on the same batch
+    and decides again, while an alias moved with no record would be a promotion no one can
+    trace.
+    """
+    if not comparison.promote:
+        record_decision(context, challenger, comparison, "rejected", comparison.reason)
+        return "rejected", comparison.reason
+    if challenger.version is None:  # dry run: nothing was registered, nothing moves
+        return "promoted", comparison.reason
+    with context.registry.alias_lock():
+        overruled = context.registry.moved_by_hand_since(context.production)
+        if overruled:
+            reason = f"{overruled}; the gate had found: {comparison.reason}"
+            log.warning(overruled)
+            record_decision(context, challenger, comparison, "alias_moved", reason)
+            return "alias_moved", reason
+        record_decision(context, challenger, comparison, "promoted", comparison.reason)
+        promote(context, challenger)
+    return "promoted", comparison.reason
+
+
+def record_decision(context: CycleContext, challenger: Challenger, comparison: Comparison,
+                    decision: str, reason: str) -> None:
+    """The decision on the retraining run and on both versions.
+
+    The production version gets one `challenge.v<N>` tag per challenger, so a later challenge
+    does not erase an earlier one; its `decision` changes only when it is replaced, and a
+    version a person moved the alias away from is left as that person tagged it.
+    """
+    from retraining.lineage import describe
+
+    if challenger.run_id is None:
+        return
+    registry, production = context.registry, context.production.version
+    interval = comparison.gate.interval
+    registry.log_to_run(challenger.run_id, metrics={},
+                        tags={"decision": decision, "reason": reason})
+    decision_tags = {"decision": decision, "production_error": comparison.production_error,
+                     "challenger_error": comparison.challenger_error,
+                     "error_difference_interval": f"{interval} of challenger minus production",
+                     "challenger_version": challenger.version,
+                     "heldout_files": len(challenger.heldout_names)}
+    lineage = challenger.lineage or registry.version_tags(challenger.version)
+    registry.annotate_version(challenger.version,
+                              decision_tags | {"previous_production_version": production},
+                              description=f"{decision}: {reason}\n\n{describe(lineage)}")
+    if decision == "alias_moved":
+        return
+    challenge = {f"challenge.v{challenger.version}":
+                 f"{'replaced' if decision == 'promoted' else 'kept'}: {reason}"}
+    if decision == "promoted":
+        # Its own predecessor is already in its tags: only what replaced it is added.
+        challenge |= decision_tags | {"decision": "replaced", "replaced_by": challenger.version}
+    registry.annotate_version(production, challenge)
+
+
+def promote(context: CycleContext, challenger: Challenger) -> None:
+    context.registry.set_alias(challenger.version)
+    log.info("alias %r moved from version %s to %s", context.settings.alias,
+             context.production.version, challenger.version)
