@@ -23,6 +23,7 @@ from retraining.cli import ArgumentParser, exit_process, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.context import CycleContext, Monitoring, phase
 from retraining.datafiles import list_data_files
+from retraining.errors import NeedsAttention
 from retraining.registry import store_faults
 from retraining.runlock import exclusive_run
 
@@ -141,10 +142,54 @@ def open_cycle(settings: Settings, new_paths: list[Path],
     new_paths = [path for path in new_paths if os.path.lexists(path)]
     production = registry.load_production()
     new_files, quarantined, columns = read_new_files(settings, domain, new_paths, production)
+    predictions, unpredictable = production_predictions(settings, production, new_files, columns)
+    new_files = [loaded for loaded in new_files if loaded.name in predictions]
+    quarantined += unpredictable
     if quarantined:
         registry.record_quarantine(quarantined)
     return CycleContext(settings, domain, registry, production, new_files, columns, quarantined,
-                        {} if timings is None else timings)
+                        {} if timings is None else timings, predictions)
+
+
+def production_predictions(settings: Settings, production, files: list,
+                           columns: list[str]) -> tuple[dict, list[dict]]:
+    """Production's predictions per file, from one call; and the files it cannot predict on.
+
+    Whatever the checks miss, a file the model raises on is that file's fault, and is
+    quarantined with the model's own message, unless the model raises on every file: then
+    it is the model's, and a person must look.
+    """
+    from retraining.archive import quarantine_file
+    from retraining.evaluation import predict_files
+
+    if not files:
+        return {}, []
+    try:
+        return predict_files(production.model, files, columns), []
+    except Exception as error:  # the user's model: whatever it raises, find the file
+        first_error = error
+    predictions, failures = {}, []
+    for loaded in files:
+        try:
+            predictions |= predict_files(production.model, [loaded], columns)
+        except Exception as error:  # the same: this file alone makes the model raise
+            failures.append((loaded, f"{type(error).__name__}: "
+                                     f"{' '.join(str(error).split())[:300]}"))
+    if not predictions:
+        raise NeedsAttention(f"production version {production.version} cannot predict on any "
+                             f"of the {len(files)} new files ({failures[0][1]})",
+                             fix="check the model and prepare_file in the domain file; no "
+                                 "file was archived") from first_error
+    quarantined = []
+    for loaded, message in failures:
+        reason = (f"{loaded.shown_name}: production version {production.version} cannot "
+                  f"predict on it ({message})")
+        entry = {"file": loaded.shown_name, "reason": reason, "quarantined_as": None}
+        if not settings.dry_run:
+            entry["quarantined_as"] = quarantine_file(loaded.path, reason,
+                                                      settings.quarantine_dir)
+        quarantined.append(entry)
+    return predictions, quarantined
 
 
 def finish_interrupted_moves(new_paths: list[Path], settings: Settings) -> None:
@@ -166,52 +211,84 @@ def read_new_files(settings: Settings, domain, paths: list[Path],
     """Read each new file once; move each unusable one to quarantine with its reason.
 
     A bad file must not stall every night's cycle, nor be lost: it is set aside, named in
-    the summary and in MLflow, and the cycle goes on with the good ones. Also returns the
-    feature columns: the production model's inputs, else (no signature) the first good file's.
+    the summary and in MLflow, and the cycle goes on with the good ones. When every file
+    fails the same check, though, the cause is a setting: that is a UsageError, and nothing
+    moves. Also returns the feature columns: the production model's inputs, else (no
+    signature) the first good file's.
     """
     from retraining.archive import quarantine_file
-    from retraining.datafiles import file_problem, load_file
+    from retraining.datafiles import check_new_file, load_file, name_is_text, shown_name
     from retraining.errors import DataError
     from retraining.ledger import history_content
 
     history = history_content(settings.used_dir, list_data_files(settings.used_dir),
                               record_unknown=not settings.dry_run)
-    taken = {sha256: f"{name} in {settings.used_dir.name}/" for sha256, name in history.items()}
-    classes = getattr(production.model, "classes_", None)
-    columns = production.input_columns
-    good, quarantined = [], []
+    taken = {content: f"{name} in {settings.used_dir.name}/" for content, name in history.items()}
+    good, failures = [], []
     for path in paths:
         try:
             if path.is_symlink():
                 # Only what is inside new_gts/ is read: a link could reach anywhere.
-                raise DataError(f"{path.name} is a symbolic link, not a file",
+                raise DataError(f"{shown_name(path)} is a symbolic link, not a file",
                                 fix=f"put the file itself in {settings.new_dir}")
+            if not name_is_text(path):
+                # Lineage, tags and the ledger name files by text: such a name has no place.
+                raise DataError(f"{shown_name(path)}: its name is not valid UTF-8",
+                                fix="rename it with a UTF-8 name and put it back")
             loaded = load_file(path, settings.label_column, domain.prepare_file)
-            problem = file_problem(loaded, columns, classes, taken)
-            if problem:
-                raise DataError(f"{path.name} {problem}", fix=f"fix or remove {path}")
+            check_new_file(loaded, production, taken)
         except DataError as error:
-            entry = {"file": path.name, "reason": error.cause, "quarantined_as": None}
-            if not settings.dry_run:
-                entry["quarantined_as"] = quarantine_file(path, error.cause,
-                                                          settings.quarantine_dir)
-            quarantined.append(entry)
+            failures.append((path, error))
             continue
         good.append(loaded)
-        columns = columns or list(loaded.features.columns)
-        taken[loaded.sha256] = f"{path.name} in this batch"
-    return good, quarantined, columns or []
+        taken[loaded.content_sha256] = f"{loaded.shown_name} in this batch"
+    if not good and len(failures) >= 2:
+        check_not_a_setting(settings, domain, [error for _, error in failures])
+    quarantined = []
+    for path, error in failures:
+        entry = {"file": shown_name(path), "reason": error.cause, "quarantined_as": None}
+        if not settings.dry_run:
+            entry["quarantined_as"] = quarantine_file(path, error.cause, settings.quarantine_dir)
+        quarantined.append(entry)
+    columns = production.input_columns or (list(good[0].features.columns) if good else [])
+    return good, quarantined, columns
+
+
+# Checks a setting can make every file fail alike; a bad cell, an unreadable file or a
+# re-delivery in every file is still each file's own fault.
+_SETTING_KINDS = ("no_label_column", "unlabelled", "columns", "label kind", "prepare_file")
+
+
+def check_not_a_setting(settings: Settings, domain, errors: list) -> None:
+    """Raise UsageError when every file failed the same check that a setting decides."""
+    from retraining.errors import UsageError
+
+    kinds = {error.kind for error in errors}
+    if len(kinds) != 1 or not kinds.pop().startswith(_SETTING_KINDS):
+        return
+    first = errors[0]
+    where = f"all {len(errors)} files in {settings.new_dir}"
+    fixes = {"no_label_column": f"set --label-column (or RETRAIN_LABEL_COLUMN) to the column "
+                                f"that holds the labels; it is {settings.label_column!r} now",
+             "unlabelled": "check --label-column: it names a column with no values",
+             "columns": f"check prepare_file in {domain.source.name} and --model-name: the "
+                        "production model takes other columns than every file has",
+             "label kind": "check --label-column, or register a model trained on such labels",
+             "prepare_file": f"fix prepare_file in {domain.source.name}"}
+    fix = next(text for prefix, text in fixes.items() if first.kind.startswith(prefix))
+    raise UsageError(f"{where} fail the same way, so the cause is a setting, not the files; "
+                     f"the first: {first.cause}", fix=f"{fix}; no file was moved")
 
 
 # --- 2. monitor ----------------------------------------------------------------------------
 
 def monitor(context: CycleContext) -> Monitoring:
     from retraining.datafiles import batch_key
-    from retraining.evaluation import error_on, needs_retraining, predict_files
+    from retraining.evaluation import error_on, needs_retraining
     from retraining.registry import MONITORING_RUN
 
     settings, domain = context.settings, context.domain
-    predictions = predict_files(context.production.model, context.new_files, context.columns)
+    predictions = context.predictions
     error = error_on(domain, context.new_files, predictions)
     error_crossed = needs_retraining(domain, error, settings.error_threshold)
     relation = "crossed" if error_crossed else "within"

@@ -24,25 +24,59 @@ log = logging.getLogger(__name__)
 ARCHIVE_PLAN = ".archive_in_progress.json"
 
 
-def free_name(folder: Path, name: str, tag: str) -> Path:
-    """`folder/name` if free, else the name with `tag` (and a counter) before its suffix."""
-    target = folder / name
+# The longest file name most filesystems take, in bytes (NAME_MAX of ext4, XFS, tmpfs...).
+NAME_MAX = 255
+REASON_SUFFIX = ".reason.txt"
+
+
+def free_name(folder: Path, name: str, tag: str, reserve: int = 0) -> Path:
+    """`folder/name` if free, else the name with `tag` (and a counter) before its suffix.
+
+    Every name returned fits NAME_MAX bytes less `reserve` (room for a companion file's
+    suffix): a long name is shortened, whole characters at a time, before the tag, so a file
+    arriving with a 250-byte name is still archived or quarantined.
+    """
     stem, suffix = Path(name).stem, Path(name).suffix
+    limit = NAME_MAX - reserve
     attempt = 0
+    target = folder / name
+    if len(os.fsencode(name)) > limit:
+        attempt, target = 1, folder / _fitted(stem, f".{tag}{suffix}", limit)
     while os.path.lexists(target):  # a dangling link is a taken name too
         attempt += 1
-        target = folder / f"{stem}.{tag if attempt == 1 else f'{tag}-{attempt}'}{suffix}"
+        label = tag if attempt == 1 else f"{tag}-{attempt}"
+        target = folder / _fitted(stem, f".{label}{suffix}", limit)
     return target
 
 
+def _fitted(stem: str, ending: str, limit: int) -> str:
+    """`stem + ending`, the stem cut to whole characters so that it fits `limit` bytes."""
+    room = limit - len(os.fsencode(ending))
+    encoded = os.fsencode(stem)[:max(room, 0)]
+    # Cutting inside a multi-byte character would leave a name that is not UTF-8.
+    while encoded and not _decodes(encoded):
+        encoded = encoded[:-1]
+    return os.fsdecode(encoded) + ending
+
+
+def _decodes(encoded: bytes) -> bool:
+    try:
+        encoded.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def move_to_free_name(source: Path, folder: Path, tag: str,
-                      before_move: Callable[[Path], None] | None = None) -> Path:
+                      before_move: Callable[[Path], None] | None = None,
+                      reserve: int = 0, name: str | None = None) -> Path:
     """Move `source` into `folder` under a name no other file has; return the new path.
 
+    The name is `name` (default: the source's), or that name tagged (free_name).
     `before_move(target)` runs once the name is chosen, before the file takes it.
     """
     while True:
-        target = free_name(folder, source.name, tag)
+        target = free_name(folder, name or source.name, tag, reserve)
         if before_move is not None:
             before_move(target)
         try:
@@ -98,6 +132,7 @@ def archive_files(files: Sequence[LoadedFile], used_dir: Path) -> list[str]:
         return []
     plan = {"archive_id": f"{time.time_ns()}-{batch_key(unchanged)[:16]}",
             "files": [{"path": str(loaded.path), "sha256": loaded.sha256,
+                       "content_sha256": loaded.content_sha256,
                        "identity": list(loaded.identity)} for loaded in unchanged]}
     write_atomically(used_dir / ARCHIVE_PLAN, json.dumps(plan, indent=1))
     return finish_archive(used_dir)
@@ -139,7 +174,10 @@ def finish_archive(used_dir: Path) -> list[str]:
             log.warning("%s already exists in %s; archived as %s", source.name, used_dir,
                         target.name)
         arrivals.append({"name": target.name, "arrived_as": source.name,
-                         "sha256": item["sha256"], **stat_fields(os.stat(target))})
+                         "sha256": item["sha256"],
+                         **({"content_sha256": item["content_sha256"]}
+                            if item.get("content_sha256") else {}),
+                         **stat_fields(os.stat(target))})
     record_batch(used_dir, plan["archive_id"], arrivals)
     os.unlink(used_dir / ARCHIVE_PLAN)
     return [arrival["name"] for arrival in arrivals]
@@ -191,12 +229,17 @@ def quarantine_file(path: Path, reason: str, quarantine_dir: Path) -> str:
     Nothing is deleted: the file keeps its bytes, and the reason says what to fix. The reason
     is written first, so a quarantined file is never found without one.
     """
+    from retraining.datafiles import shown_name
+
     quarantine_dir.mkdir(parents=True, exist_ok=True)
     target = move_to_free_name(
         path, quarantine_dir, time.strftime("%Y%m%dT%H%M%S"),
         before_move=lambda target: write_atomically(
-            target.with_name(target.name + ".reason.txt"), f"{path.name}: {reason}\n"))
-    log.warning("quarantined %s as %s: %s", path.name, target.name, reason)
+            target.with_name(target.name + REASON_SUFFIX), f"{shown_name(path)}: {reason}\n"),
+        # The reason is written as .part, then renamed; a name that is not UTF-8 is set aside
+        # under the text it is shown as, so the summary names the file exactly.
+        reserve=len(REASON_SUFFIX + ".part"), name=shown_name(path))
+    log.warning("quarantined %s as %s: %s", shown_name(path), target.name, reason)
     return target.name
 
 
@@ -209,7 +252,7 @@ def undo_quarantine(path: Path, quarantine_dir: Path) -> bool:
     if target is not None:
         os.unlink(target)
         with contextlib.suppress(FileNotFoundError):  # the note may not be written yet
-            os.unlink(target.with_name(target.name + ".reason.txt"))
+            os.unlink(target.with_name(target.name + REASON_SUFFIX))
         log.warning("took back the interrupted quarantining of %s; it is checked again",
                     path.name)
     return target is not None

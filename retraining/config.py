@@ -295,6 +295,23 @@ def add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
                                 help=help_text)
 
 
+def _check_apart(values: Mapping[str, Any]) -> None:
+    """The three data folders must not hold one another: a quarantine inside used_gts/ puts
+    bad files into history, which breaks every retrain after; one inside new_gts/ is read
+    again as new files; new files inside history are history."""
+    folders = [("--new-dir", values["new_dir"]), ("--used-dir", values["used_dir"]),
+               ("--quarantine-dir", values["quarantine_dir"])]
+    for index, (flag, folder) in enumerate(folders):
+        for other_flag, other in folders[:index] + folders[index + 1:]:
+            if other in folder.parents:
+                raise UsageError(f"{flag} {folder} is inside {other_flag} {other}",
+                                 fix=f"point {flag} at a folder outside {other_flag}")
+        for other_flag, other in folders[:index]:
+            if folder == other:
+                raise UsageError(f"{flag} is the same folder as {other_flag} ({folder})",
+                                 fix=f"point {flag} at a folder of its own")
+
+
 def build_settings(project_dir: Path, args: argparse.Namespace,
                    environ: Mapping[str, str]) -> Settings:
     """Merge defaults < environment < flags into Settings; a bad value raises UsageError."""
@@ -320,7 +337,5 @@ def build_settings(project_dir: Path, args: argparse.Namespace,
     if values["tracking_uri"].startswith("sqlite:///"):
         database = Path(values["tracking_uri"][len("sqlite:///"):]).expanduser()
         values["tracking_uri"] = "sqlite:///" + str(database.resolve())
-    if values["new_dir"] == values["used_dir"]:
-        raise UsageError("--new-dir and --used-dir are the same folder",
-                         fix="point them at two different folders")
+    _check_apart(values)
     return Settings(project_dir=project_dir, **values)

@@ -31,6 +31,9 @@ class CycleContext:
     columns: list
     quarantined: list
     timings: dict = dataclasses.field(default_factory=dict)  # seconds per phase, in the summary
+    # Production's predictions per new file, made once when the files are read: monitoring
+    # and the comparison both use them.
+    predictions: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
 import time
 from pathlib import Path
@@ -40,6 +41,31 @@ def list_data_files(folder: Path, settle_seconds: float = 0.0) -> list[Path]:
     )
 
 
+def shown_name(path: Path) -> str:
+    """The file's name as text any log, JSON or MLflow tag can hold.
+
+    A name that is not valid UTF-8 is shown with its odd bytes escaped (\\xe9).
+    """
+    return os.fsencode(path.name).decode("utf-8", "backslashreplace")
+
+
+def name_is_text(path: Path) -> bool:
+    """Whether the name is valid UTF-8: lineage, tags and the ledger name files by text."""
+    return shown_name(path) == path.name
+
+
+def content_sha256(payload: bytes) -> str:
+    """sha256 of a CSV's rows: line endings, a UTF-8 BOM and trailing newlines left out.
+
+    A file saved again by another tool (Windows line endings, Excel's BOM) holds the same
+    rows; its raw hash differs, this one does not.
+    """
+    if payload.startswith(b"\xef\xbb\xbf"):
+        payload = payload[3:]
+    payload = payload.replace(b"\r\n", b"\n").replace(b"\r", b"\n").rstrip(b"\n")
+    return hashlib.sha256(payload).hexdigest()
+
+
 def file_identity(status: os.stat_result) -> tuple:
     """What tells one version of a file from another without reading it again."""
     return (status.st_ino, status.st_size, status.st_mtime_ns)
@@ -56,10 +82,19 @@ class LoadedFile:
     dropped_rows: int  # rows whose label was missing
     identity: tuple  # (inode, size, mtime) when read: a file replaced since is not archived
     row_count: int = 0  # set when the rows are released
+    # The hash of the rows, whatever the line endings, a BOM or trailing newlines: what
+    # tells a re-delivered file (see content_sha256).
+    content_sha256: str = ""
+    # The label column's kind as the CSV had it, before booleans became 0/1 (see load_file).
+    label_read_kind: str | None = None
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def shown_name(self) -> str:
+        return shown_name(self.path)
 
     @property
     def rows(self) -> int:
@@ -94,8 +129,19 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
         payload = handle.read()
     identity = file_identity(status)
     sha256 = hashlib.sha256(payload).hexdigest()
+    name = shown_name(path)
     try:
         table = pcsv.read_csv(pa.BufferReader(payload))
+        repeated = sorted({column for column in table.column_names
+                           if table.column_names.count(column) > 1})
+        if repeated:
+            raise DataError(f"{name} has the column {repeated[0]!r} "
+                            f"{table.column_names.count(repeated[0])} times (header: "
+                            f"{_quoted_list(table.column_names)})",
+                            fix=f"give each column of {path} its own name", kind="columns")
+        label_read_kind = None
+        if label_column in table.column_names:
+            label_read_kind = _arrow_kind(table.schema.field(label_column).type)
         for index, field in enumerate(table.schema):
             if pa.types.is_binary(field.type):  # what pyarrow makes of text that is not UTF-8
                 raise pa.ArrowInvalid(f"column {field.name!r} has text that is not UTF-8")
@@ -105,34 +151,56 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
         # Column names are decoded only here: a header that is not UTF-8 fails late.
         frame = table.to_pandas()
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
-        raise DataError(f"{path.name} is not a readable CSV file ({_first_line(error)})",
-                        fix=f"fix or remove {path}") from None
+        raise DataError(f"{name} is not a readable CSV file ({_first_line(error)})",
+                        fix=f"fix or remove {path}", kind="unreadable") from None
     try:
         frame = prepare_file(frame, path)
     except Exception as error:  # the user's hook: report its own message, whatever it raised
-        raise DataError(f"prepare_file rejected {path.name}: {type(error).__name__}: {error}",
-                        fix=f"fix {path} or the prepare_file hook") from error
+        raise DataError(f"prepare_file rejected {name}: {type(error).__name__}: {error}",
+                        fix=f"fix {path} or the prepare_file hook",
+                        kind=f"prepare_file: {type(error).__name__}: {error}") from error
+    facts = {"path": path, "sha256": sha256, "identity": identity,
+             "content_sha256": content_sha256(payload), "label_read_kind": label_read_kind}
     if not labels_required:
         import pandas as pd
 
         labels = frame[label_column] if label_column in frame.columns \
             else pd.Series(float("nan"), index=frame.index)
-        return LoadedFile(path=path, sha256=sha256,
-                          features=frame.drop(columns=[label_column], errors="ignore"),
-                          labels=labels, dropped_rows=0, identity=identity)
+        return LoadedFile(features=frame.drop(columns=[label_column], errors="ignore"),
+                          labels=labels, dropped_rows=0, **facts)
     if label_column not in frame.columns:
-        raise DataError(f"{path.name} has no label column {label_column!r}",
-                        fix="add the column or set --label-column to the right name")
+        raise DataError(f"{name} has no label column {label_column!r} (header: "
+                        f"{_quoted_list(frame.columns)})",
+                        fix="add the column or set --label-column to the right name",
+                        kind="no_label_column")
     labelled = frame[label_column].notna()
     dropped_rows = int((~labelled).sum())
     if dropped_rows:
         frame = frame[labelled]
     labels = _restore_integer_labels(frame[label_column])
     if len(labels) == 0:
-        raise DataError(f"{path.name} has no labelled rows", fix=f"fix or remove {path}")
+        raise DataError(f"{name} has no labelled rows", fix=f"fix or remove {path}",
+                        kind="unlabelled")
     features = frame.drop(columns=[label_column])
-    return LoadedFile(path=path, sha256=sha256, features=features, labels=labels,
-                      dropped_rows=dropped_rows, identity=identity)
+    return LoadedFile(features=features, labels=labels, dropped_rows=dropped_rows, **facts)
+
+
+def _arrow_kind(arrow_type) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_boolean(arrow_type):
+        return "boolean"
+    if pa.types.is_integer(arrow_type):
+        return "integer"
+    if pa.types.is_floating(arrow_type) or pa.types.is_null(arrow_type):
+        return "number"
+    return "text"
+
+
+def _quoted_list(names, most: int = 12) -> str:
+    names = [str(name) for name in names]
+    shown = ", ".join(repr(name) for name in names[:most])
+    return f"[{shown}{', ...' if len(names) > most else ''}] ({len(names)} columns)"
 
 
 def _restore_integer_labels(labels):
@@ -201,30 +269,120 @@ def column_problem(loaded: LoadedFile, reference: Sequence[str]) -> str | None:
             f"unexpected {sorted(columns - set(reference))})")
 
 
-def file_problem(loaded: LoadedFile, columns: Sequence[str] | None, classes,
-                 taken: dict[str, str]) -> str | None:
-    """Why a new file cannot join the batch, or None.
+def check_new_file(loaded: LoadedFile, production, taken: dict[str, str]) -> None:
+    """Raise DataError when a new file cannot join the batch; may fix what is unambiguous.
 
-    `columns` are the production model's inputs, `classes` its classes (None when unknown),
-    and `taken` maps the content already consumed or in the batch to where it is.
+    `production` is the loaded production model (its input columns and their kinds, its
+    classes, the kind of labels it was trained on), `taken` maps the content already
+    consumed or in the batch to where it is. A column the model takes as text but that this
+    file happens to hold as numbers is turned into text, and one it takes as numbers but
+    that was read as text with no value that is not a number is turned into numbers.
     """
     import pandas as pd
 
+    name, fix = loaded.shown_name, f"fix or remove {loaded.path}"
+    columns = production.input_columns
     if columns is not None and (problem := column_problem(loaded, columns)):
-        return problem
+        raise DataError(f"{name} {problem}", fix=fix, kind=f"columns: {problem}")
+    for column, kind in (production.input_kinds or {}).items():
+        if column in loaded.features.columns:
+            _check_cell_kinds(loaded, column, kind)
+    classes = getattr(production.model, "classes_", None)
     if classes is not None:
-        class_kind, kind = label_kind(pd.Series(classes)), label_kind(loaded.labels)
-        if kind != class_kind:
-            return f"has {kind} labels where the production model's classes are {class_kind}"
+        class_kind = label_kind(pd.Series(classes))
+        kind, read = loaded.label_read_kind or label_kind(loaded.labels), label_kind(loaded.labels)
+        # TRUE/FALSE arrive as 0/1, so they must be refused by what the CSV held: only a
+        # model with classes 0 and 1 trained on booleans (or whose training kind was not
+        # recorded) takes them; one whose classes are 0, 1, 2 never can.
+        boolean_refused = kind == "boolean" and (
+            not set(classes.tolist()) <= {0, 1} or production.label_kind not in (None, "boolean"))
+        if read != class_kind or boolean_refused:
+            raise DataError(f"{name} has {kind} labels ({_label_counts(loaded.labels, kind)}) "
+                            f"where the production model's classes are "
+                            f"{production.label_kind or class_kind} ({_classes_shown(classes)})",
+                            fix=f"fix the label values in {loaded.path}",
+                            kind=f"label kind: {kind}")
         unseen = sorted(set(loaded.labels.unique().tolist()) - set(classes.tolist()), key=str)
         if unseen:
             # Scored as errors, a new class would look like drift; trained on, it would be
             # promoted unchecked. A person decides whether it is a typo or a new class.
-            return (f"has labels the production model has never seen: {unseen[:5]} (a typo, "
-                    f"or a new class: then register a model that knows it)")
-    if loaded.sha256 in taken:
-        return f"has the same content as {taken[loaded.sha256]}, already taken"
-    return None
+            raise DataError(f"{name} has labels the production model has never seen: "
+                            f"{unseen[:5]} ({_label_counts(loaded.labels, kind)}; a typo, or a "
+                            "new class: then register a model that knows it)", fix=fix)
+    if loaded.content_sha256 in taken:
+        raise DataError(f"{name} has the same content as {taken[loaded.content_sha256]}, "
+                        "already taken", fix=f"remove {loaded.path} if it is a re-delivery",
+                        kind="redelivery")
+
+
+def _check_cell_kinds(loaded: LoadedFile, column: str, kind: str) -> None:
+    """Every cell of `column` is of the kind the model takes: a number, finite, or text."""
+    import numpy as np
+    import pandas as pd
+
+    values = loaded.features[column]
+    fix = f"fix the column {column!r} of {loaded.path}, or remove the file"
+    if kind == "text":
+        if values.dtype.kind in "biufc":
+            loaded.features[column] = _as_text(values)
+        return
+    if values.dtype.kind not in "biufc":
+        numbers = pd.to_numeric(values, errors="coerce")
+        odd = values.notna() & numbers.isna()
+        if odd.any():
+            where = values.index[odd.to_numpy()]
+            raise DataError(f"{loaded.shown_name} has the value {values[where[0]]!r} in column "
+                            f"{column!r} on data row {_row(where[0])}, where the production "
+                            f"model takes a number ({int(odd.sum())} such cells)", fix=fix,
+                            kind="cell")
+        loaded.features[column] = values = numbers
+    infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))
+    if infinite.any():
+        where = values.index[infinite]
+        raise DataError(f"{loaded.shown_name} has {values[where[0]]} in column {column!r} on "
+                        f"data row {_row(where[0])}: the model takes finite numbers only "
+                        f"({int(infinite.sum())} such cells)", fix=fix, kind="cell")
+
+
+def _row(index) -> str:
+    """The 1-based data row of an index label the reader gave (prepare_file may set others)."""
+    return str(int(index) + 1) if isinstance(index, numbers.Integral) else repr(index)
+
+
+def _as_text(values):
+    """Numbers as the text a person wrote: 3 rather than 3.0; gaps stay gaps."""
+    import numpy as np
+
+    def text(value):
+        if isinstance(value, float) and value.is_integer():
+            return str(int(value))
+        return str(value)
+
+    return values.astype(object).map(text).where(values.notna(), np.nan)
+
+
+def _label_counts(labels, kind: str, most: int = 5) -> str:
+    counts = labels.value_counts()
+    shown = ", ".join(f"{_label_shown(value, kind)} x{count}"
+                      for value, count in counts.head(most).items())
+    return f"seen: {shown}{', ...' if len(counts) > most else ''}"
+
+
+def _label_shown(value, kind: str) -> str:
+    if kind == "boolean":
+        return "TRUE" if value else "FALSE"
+    return repr(value.item() if hasattr(value, "item") else value)
+
+
+def _classes_shown(classes, most: int = 10) -> str:
+    values = [value.item() if hasattr(value, "item") else value for value in classes[:most]]
+    return ", ".join(map(repr, values)) + (", ..." if len(classes) > most else "")
+
+
+def labels_read_kind(files: Sequence[LoadedFile]) -> str | None:
+    """The kind most files' labels had as read (boolean, integer, number, text)."""
+    kinds = [loaded.label_read_kind for loaded in files if loaded.label_read_kind]
+    return max(set(kinds), key=kinds.count) if kinds else None
 
 
 def concat_files(files: Sequence[LoadedFile], columns: Sequence[str] | None = None):
@@ -250,16 +408,17 @@ def choose_heldout(files: Sequence[LoadedFile], fraction: float, seed: int,
     """Names of the new files held out for the comparison: whole files, at least one.
 
     Only files whose content neither model can have been trained on are eligible: not in
-    `seen_sha256` (the history) and not duplicated within the batch. Seeded by the setting
-    and the batch itself, so a rerun on the same batch holds out the same files.
+    `seen_sha256` (the history's content hashes) and not duplicated within the batch. Seeded
+    by the setting and the batch itself, so a rerun on the same batch holds out the same files.
     """
     import numpy as np
 
     counts: dict[str, int] = {}
     for loaded in files:
-        counts[loaded.sha256] = counts.get(loaded.sha256, 0) + 1
+        counts[loaded.content_sha256] = counts.get(loaded.content_sha256, 0) + 1
     names = sorted(loaded.name for loaded in files
-                   if loaded.sha256 not in seen_sha256 and counts[loaded.sha256] == 1)
+                   if loaded.content_sha256 not in seen_sha256
+                   and counts[loaded.content_sha256] == 1)
     if not names:
         raise DataError("every new file repeats the content of another file or of history, "
                         "so no file is left that neither model has seen",

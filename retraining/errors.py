@@ -39,7 +39,16 @@ class TryLater(RetrainingError):
 
 
 class DataError(NeedsAttention):
-    """A data file cannot be used as it is."""
+    """A data file cannot be used as it is.
+
+    `kind` names the check it failed, with what a setting could make every file fail
+    identically (the missing label column, the same column difference): when every file of
+    a batch fails with the same kind, the cause is a setting, not the files.
+    """
+
+    def __init__(self, cause: str, fix: str, kind: str = "data"):
+        super().__init__(cause, fix)
+        self.kind = kind
 
 
 class Interrupted(BaseException):

@@ -68,13 +68,18 @@ def record_batch(used_dir: Path, archive_id: str, arrivals: Iterable[Mapping]) -
 
 def history_content(used_dir: Path, history: Iterable[Path], *,
                     record_unknown: bool) -> dict[str, str]:
-    """sha256 -> name of every file in `history` (the data files of `used_dir`).
+    """Content hash -> name of every file in `history` (the data files of `used_dir`).
 
-    The hash comes from the ledger when the file is still the one its entry describes. Any
-    other file (history placed by hand, copied, or changed since) is hashed and, with
-    `record_unknown`, entered in the ledger, so it is hashed once, not every night. It keeps
-    the arrival of an entry with the same content, else it counts as older than any batch.
+    The content hash (datafiles.content_sha256) leaves out line endings, a BOM and trailing
+    newlines, so history saved again by another tool is still recognised. It comes from the
+    ledger when the file is still the one its entry describes. Any other file (history placed
+    by hand, copied, changed since, or entered before the ledger kept this hash) is hashed
+    and, with `record_unknown`, entered in the ledger, so it is hashed once, not every night.
+    It keeps the arrival of an entry with the same content, else it counts as older than any
+    batch.
     """
+    from retraining.datafiles import content_sha256
+
     entries = read_ledger(used_dir)
     by_name = {entry["name"]: entry for entry in entries}
     arrival_of = {}
@@ -85,15 +90,19 @@ def history_content(used_dir: Path, history: Iterable[Path], *,
     for path in history:
         status = os.stat(path)
         entry = by_name.get(path.name)
-        if entry and all(entry.get(key) == value
-                         for key, value in stat_fields(status).items()):
-            content[entry["sha256"]] = path.name
+        same_file = entry is not None and all(entry.get(key) == value
+                                              for key, value in stat_fields(status).items())
+        if same_file and entry.get("content_sha256"):
+            content[entry["content_sha256"]] = path.name
             continue
-        sha256 = sha256_of(path)
-        content[sha256] = path.name
-        unknown.append({"sequence": arrival_of.get(sha256, 0), "archive_id": None,
-                        "name": path.name, "arrived_as": None, "sha256": sha256,
-                        **stat_fields(status)})
+        payload = path.read_bytes()
+        sha256, rows_sha256 = hashlib.sha256(payload).hexdigest(), content_sha256(payload)
+        content[rows_sha256] = path.name
+        known = entry if same_file else {}
+        unknown.append({"sequence": known.get("sequence", arrival_of.get(sha256, 0)),
+                        "archive_id": known.get("archive_id"), "name": path.name,
+                        "arrived_as": known.get("arrived_as"), "sha256": sha256,
+                        "content_sha256": rows_sha256, **stat_fields(status)})
     if unknown and record_unknown:
         _append(used_dir, unknown)
     return content
@@ -109,14 +118,6 @@ def arrival_order(used_dir: Path, history: Iterable[Path]) -> list[list[str]]:
     for path in history:
         groups.setdefault(sequence_of.get(path.name, 0), []).append(path.name)
     return [sorted(groups[sequence]) for sequence in sorted(groups)]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _append(used_dir: Path, entries: list[dict]) -> None:

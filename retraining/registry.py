@@ -208,11 +208,19 @@ def _unusable_database(tracking_uri: str, error: Exception) -> NeedsAttention:
                               "the right store; no file was archived")
 
 
+# The signature's column types whose cells a new file is checked against (datafiles); others
+# (datetime, binary) are left to the model.
+_KIND_OF_TYPE = {"double": "number", "float": "number", "long": "number", "integer": "number",
+                 "string": "text"}
+
+
 @dataclasses.dataclass(frozen=True)
 class ProductionModel:
     version: str
     model: Any
     input_columns: list[str] | None  # from the version's signature, when it has one
+    input_kinds: dict | None = None  # column -> "number" or "text", from the signature
+    label_kind: str | None = None  # the kind of labels it was trained on (tag label_kind)
     # The AliasChange runs (moves by hand) recorded when it was loaded: one recorded later
     # means a person moved the alias during the cycle (see Registry.moved_by_hand_since).
     hand_moves_seen: frozenset = frozenset()
@@ -284,8 +292,10 @@ class Registry:
             raise NeedsAttention(
                 f"registered model {self.model_name!r} has no alias {self._settings.alias!r}",
                 fix="run register_first_model.py to register the first model")
+        columns, kinds = self.input_schema(version)
         return ProductionModel(version=version, model=self.load_version(version),
-                               input_columns=self.input_columns(version),
+                               input_columns=columns, input_kinds=kinds,
+                               label_kind=self.version_tags(version).get("label_kind"),
                                hand_moves_seen=hand_moves)
 
     def load_version(self, version: str):
@@ -310,8 +320,21 @@ class Registry:
                     "...); no file was archived") from error
 
     def input_columns(self, version: str) -> list[str] | None:
+        return self.input_schema(version)[0]
+
+    def input_schema(self, version: str) -> tuple[list[str] | None, dict[str, str] | None]:
+        """The input columns of the version's signature, and whether each takes numbers or
+        text; (None, None) when it has no signature."""
         info = self._mlflow.models.get_model_info(f"models:/{self.model_name}/{version}")
-        return info.signature.inputs.input_names() if info.signature is not None else None
+        if info.signature is None:
+            return None, None
+        inputs = info.signature.inputs
+        kinds = {}
+        for spec in inputs.inputs:
+            type_name = str(getattr(spec.type, "name", spec.type))
+            if spec.name is not None and type_name in _KIND_OF_TYPE:
+                kinds[spec.name] = _KIND_OF_TYPE[type_name]
+        return inputs.input_names(), kinds
 
     def set_alias(self, version: str) -> None:
         self._store_call("move the alias", self.client.set_registered_model_alias,

@@ -36,8 +36,8 @@ def train_challenger(context: CycleContext, monitoring: Monitoring) -> Challenge
     """Train the challenger on the window that validates best, holding out new files; or
     take the one a killed cycle registered for this very batch (`resume_challenger`)."""
     from retraining.datafiles import (batch_key, check_columns, choose_heldout,
-                                      list_data_files, load_files, release_rows,
-                                      write_manifest)
+                                      label_kind, labels_read_kind, list_data_files,
+                                      load_files, release_rows, write_manifest)
     from retraining.lineage import describe, lineage_tags
     from retraining.registry import RETRAINING_RUN
     from retraining.windows import choose_window
@@ -50,7 +50,7 @@ def train_challenger(context: CycleContext, monitoring: Monitoring) -> Challenge
     # Held-out content is unique in the batch and absent from history, so neither model can
     # have been trained on it, whatever the files are called.
     heldout_names = choose_heldout(context.new_files, settings.holdout_fraction, settings.seed,
-                                   seen_sha256={f.sha256 for f in history})
+                                   seen_sha256={f.content_sha256 for f in history})
     new_training = [f for f in context.new_files if f.name not in heldout_names]
     training_files = history + new_training
     if not training_files:
@@ -132,7 +132,10 @@ def train_challenger(context: CycleContext, monitoring: Monitoring) -> Challenge
                                    data_manifest_sha256=manifest_sha256, batch_key=key,
                                    training_window=window.chosen.name,
                                    training_files=len(window.chosen.files),
-                                   training_rows=len(labels))
+                                   training_rows=len(labels),
+                                   # What the next cycles check new labels against.
+                                   label_kind=labels_read_kind(window.chosen.files)
+                                   or label_kind(labels))
             # On the run before the version exists: a cycle killed after registering can
             # give a resumed challenger exactly this lineage, and knows what it was trained
             # with (settings) and what it must be judged on (the held-out files).

@@ -57,9 +57,9 @@ def test_history_edited_in_place_with_its_old_time_is_hashed_again(tmp_path):
 
     content = history_content(used, list_data_files(used), record_unknown=False)
 
-    import hashlib
-    assert hashlib.sha256(path.read_bytes()).hexdigest() in content
-    assert hashlib.sha256(original).hexdigest() not in content
+    from retraining.datafiles import content_sha256
+    assert content_sha256(path.read_bytes()) in content
+    assert content_sha256(original) not in content
 
 
 def test_an_append_cut_short_is_repaired_not_glued_to_the_next(tmp_path):
