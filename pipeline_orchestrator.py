@@ -137,6 +137,7 @@ def open_cycle(settings: Settings, new_paths: list[Path],
     domain = load_domain(settings.domain_file)
     registry = Registry(settings)
     registry.close_interrupted_runs(str(settings.new_dir))
+    decision.finish_interrupted_promotions(registry, str(settings.new_dir))
     if not settings.dry_run:
         finish_interrupted_moves(new_paths, settings)
     new_paths = [path for path in new_paths if os.path.lexists(path)]

@@ -84,12 +84,13 @@ def main(argv=None) -> int:
                             description="Train the first model from a folder of CSVs.")
     parser.add_argument("data_dir", type=Path, help="folder of labelled CSV files")
     parser.add_argument("--output", type=Path, required=True, help="where to write the pickle")
-    add_options(parser, ["label_column", "seed", "domain_file"])
+    add_options(parser, ["label_column", "seed", "domain_file", "json"])
 
     def train(settings, args):
         from retraining.datafiles import check_columns, concat_files, list_data_files, load_files
         from retraining.domain import load_domain
         from retraining.errors import UsageError
+        from retraining.statefiles import write_atomically
 
         domain = load_domain(settings.domain_file)
         paths = list_data_files(args.data_dir.resolve())
@@ -100,10 +101,8 @@ def main(argv=None) -> int:
         features, labels = concat_files(files, check_columns(files))
         model = domain.train(features, labels, random_state=settings.seed)
         args.output.parent.mkdir(parents=True, exist_ok=True)
-        partial = args.output.with_name(args.output.name + ".part")
-        with open(partial, "wb") as handle:
-            pickle.dump(model, handle)
-        partial.replace(args.output)
+        # Written then renamed, never through a link planted at the partial's name.
+        write_atomically(args.output, pickle.dumps(model))
         return {"model_file": str(args.output), "files": len(files), "rows": len(labels)}
 
     return run_entry_point(parser, argv, train)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import io
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     settings = None
     try:
         with _signals_as_exceptions():
-            args = parser.parse_args(argv)
+            args = _parse(parser, argv, wants_json)
             logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                                 format="%(asctime)s %(levelname)s %(message)s")
             settings = build_settings(PROJECT_DIR, args, os.environ)
@@ -54,7 +55,7 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
             # links when talking to a server) are sent to stderr with the rest of the log.
             with mlflow_environment(settings), contextlib.redirect_stdout(sys.stderr):
                 summary = action(settings, args)
-    except SystemExit as exit_request:  # --help
+    except SystemExit as exit_request:  # --help (argparse printed it)
         return EXIT_OK if exit_request.code == 0 else EXIT_USAGE
     except (RetrainingError, Interrupted) as error:
         return _failed(parser.prog, error.exit_code, error.one_line(), wants_json)
@@ -64,21 +65,45 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
         return _failed(parser.prog, EXIT_FAILURE,
                        f"unexpected {type(error).__name__}: {text}. Fix: read the trace "
                        "above; files not yet archived are still in their folder", wants_json)
-    if wants_json:
-        print(json.dumps(summary, sort_keys=True))
-    elif render is not None:
-        print(render(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key}: {value}")
+    try:
+        if wants_json:
+            print(json.dumps(summary, sort_keys=True))
+        elif render is not None:
+            print(render(summary))
+        else:
+            for key, value in summary.items():
+                print(f"{key}: {value}")
+        sys.stdout.flush()
+    except OSError as error:  # stdout is a full disk or a closed pipe: say so on stderr
+        print(f"{parser.prog}: error: the run completed but its summary could not be written "
+              f"to stdout ({os.strerror(error.errno) if error.errno else error}). Fix: make "
+              "room where stdout goes, or redirect it elsewhere", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_OK
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str], wants_json: bool):
+    """parse_args; with --json, even --help answers with one JSON object on stdout."""
+    if not wants_json:
+        return parser.parse_args(argv)
+    text = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(text):
+            return parser.parse_args(argv)
+    except SystemExit:
+        print(json.dumps({"outcome": "help", "exit_code": 0, "help": text.getvalue()}))
+        raise
 
 
 def _failed(prog: str, code: int, line: str, wants_json: bool) -> int:
     print(f"{prog}: error: {line}", file=sys.stderr)
     if wants_json:
-        print(json.dumps({"outcome": "failed", "exit_code": code, "reason": line},
-                         sort_keys=True))
+        try:
+            print(json.dumps({"outcome": "failed", "exit_code": code, "reason": line},
+                             sort_keys=True))
+            sys.stdout.flush()
+        except OSError:  # stdout unwritable: the line on stderr above is all there can be
+            return code
     return code
 
 
@@ -99,6 +124,11 @@ def _signals_as_exceptions():
         return
 
     def interrupt(number, frame):
+        # Once: a second signal while the first unwinds would cut the unwinding itself
+        # (a run then left for MLflow's exit hook to mark FINISHED). A scheduler that
+        # insists sends SIGKILL, which every step already survives.
+        for each in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(each, signal.SIG_IGN)
         raise Interrupted(signal.Signals(number).name, number)
 
     previous = {number: signal.signal(number, interrupt)

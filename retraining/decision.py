@@ -86,35 +86,39 @@ def decide(context: CycleContext, challenger: Challenger,
 
     A compare-and-set, under the alias lock: the alias moves only if it still points at the
     version this cycle loaded and no person moved it meanwhile. Otherwise nothing is
-    promoted (outcome `alias_moved`), and no version is tagged as replaced. The decision is
-    recorded before the alias moves: a cycle killed in between is resumed on the same batch
-    and decides again, while an alias moved with no record would be a promotion no one can
-    trace.
+    promoted (outcome `alias_moved`), and no version is tagged as replaced. A promotion is
+    recorded as `promoting` before the alias moves and completed after: a cycle stopped in
+    between leaves no promotion that did not happen, and the next run completes one that
+    did (finish_interrupted_promotions).
     """
     if not comparison.promote:
         record_decision(context, challenger, comparison, "rejected", comparison.reason)
         return "rejected", comparison.reason
     if challenger.version is None:  # dry run: nothing was registered, nothing moves
         return "promoted", comparison.reason
-    with context.registry.alias_lock():
-        overruled = context.registry.moved_by_hand_since(context.production)
+    registry, production = context.registry, context.production.version
+    with registry.alias_lock():
+        overruled = registry.moved_by_hand_since(context.production)
         if overruled:
             reason = f"{overruled}; the gate had found: {comparison.reason}"
             log.warning(overruled)
             record_decision(context, challenger, comparison, "alias_moved", reason)
             return "alias_moved", reason
-        record_decision(context, challenger, comparison, "promoted", comparison.reason)
+        record_decision(context, challenger, comparison, "promoting", comparison.reason)
         promote(context, challenger)
+        complete_promotion(registry, challenger.run_id, challenger.version, production,
+                           comparison.reason)
     return "promoted", comparison.reason
 
 
 def record_decision(context: CycleContext, challenger: Challenger, comparison: Comparison,
                     decision: str, reason: str) -> None:
-    """The decision on the retraining run and on both versions.
+    """The decision on the retraining run and on the challenger's version.
 
-    The production version gets one `challenge.v<N>` tag per challenger, so a later challenge
-    does not erase an earlier one; its `decision` changes only when it is replaced, and a
-    version a person moved the alias away from is left as that person tagged it.
+    The figures go on the challenger only; the production version gets one
+    `challenge.v<N>` tag per challenger it kept, so a later challenge does not erase an
+    earlier one. A version a person moved the alias away from is left as that person
+    tagged it.
     """
     from retraining.lineage import describe
 
@@ -123,24 +127,58 @@ def record_decision(context: CycleContext, challenger: Challenger, comparison: C
     registry, production = context.registry, context.production.version
     interval = comparison.gate.interval
     registry.log_to_run(challenger.run_id, metrics={},
-                        tags={"decision": decision, "reason": reason})
-    decision_tags = {"decision": decision, "production_error": comparison.production_error,
-                     "challenger_error": comparison.challenger_error,
-                     "error_difference_interval": f"{interval} of challenger minus production",
-                     "challenger_version": challenger.version,
-                     "heldout_files": len(challenger.heldout_names)}
+                        tags={"decision": decision, "reason": reason,
+                              "compared_with_version": production})
     lineage = challenger.lineage or registry.version_tags(challenger.version)
-    registry.annotate_version(challenger.version,
-                              decision_tags | {"previous_production_version": production},
-                              description=f"{decision}: {reason}\n\n{describe(lineage)}")
-    if decision == "alias_moved":
+    registry.annotate_version(challenger.version, {
+        "decision": decision, "production_error": comparison.production_error,
+        "challenger_error": comparison.challenger_error,
+        "error_difference_interval": f"{interval} of challenger minus production",
+        "challenger_version": challenger.version, "compared_with_version": production,
+        "heldout_files": len(challenger.heldout_names)},
+        description=f"{decision}: {reason}\n\n{describe(lineage)}")
+    if decision == "rejected":
+        registry.annotate_version(production,
+                                  {f"challenge.v{challenger.version}": f"kept: {reason}"})
+
+
+def complete_promotion(registry, run_id: str, version: str, replaced: str, reason: str) -> None:
+    """Record a promotion whose alias move is done: on the run and on both versions."""
+    from retraining.lineage import describe
+
+    registry.log_to_run(run_id, metrics={}, tags={"decision": "promoted"})
+    registry.annotate_version(version, {"decision": "promoted",
+                                        "previous_production_version": replaced},
+                              description=f"promoted: {reason}\n\n"
+                                          f"{describe(registry.version_tags(version))}")
+    registry.annotate_version(replaced, {"decision": "replaced", "replaced_by": version,
+                                         f"challenge.v{version}": f"replaced: {reason}"})
+
+
+def finish_interrupted_promotions(registry, new_dir: str) -> None:
+    """Settle the promotions a stopped cycle left `promoting`: completed where the alias
+    moved, `interrupted` where it did not (the batch is then decided again)."""
+    deciding = registry.runs_deciding(new_dir)
+    if not deciding:
         return
-    challenge = {f"challenge.v{challenger.version}":
-                 f"{'replaced' if decision == 'promoted' else 'kept'}: {reason}"}
-    if decision == "promoted":
-        # Its own predecessor is already in its tags: only what replaced it is added.
-        challenge |= decision_tags | {"decision": "replaced", "replaced_by": challenger.version}
-    registry.annotate_version(production, challenge)
+    with registry.alias_lock():
+        current = registry.production_version()
+        for run in deciding:
+            tags = run.data.tags
+            version, replaced = tags.get("challenger_version"), tags.get("compared_with_version")
+            if version is not None and version == current:
+                complete_promotion(registry, run.info.run_id, version, replaced,
+                                   tags.get("reason", ""))
+                log.warning("completed the promotion of version %s that a stopped cycle "
+                            "began", version)
+                continue
+            why = ("the cycle was stopped before it moved the alias; the next cycle on its "
+                   "batch decides again")
+            registry.log_to_run(run.info.run_id, metrics={},
+                                tags={"decision": "interrupted", "reason": why})
+            if version is not None:
+                registry.annotate_version(version, {"decision": "interrupted",
+                                                    "interrupted_because": why})
 
 
 def promote(context: CycleContext, challenger: Challenger) -> None:

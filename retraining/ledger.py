@@ -133,6 +133,10 @@ def _append(used_dir: Path, entries: list[dict]) -> None:
             tail = ledger.read()
             if not tail.endswith(b"\n"):
                 cut = tail.rfind(b"\n")
+                if cut < 0 and len(tail) < size:  # a cut line longer than the tail read
+                    ledger.seek(0)
+                    tail = ledger.read()
+                    cut = tail.rfind(b"\n")
                 ledger.truncate(size - len(tail) + cut + 1)
         ledger.seek(0, os.SEEK_END)
         ledger.write(("\n".join(json.dumps(entry, sort_keys=True) for entry in entries)

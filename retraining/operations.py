@@ -247,7 +247,8 @@ def history(settings: Settings, output: Path) -> dict[str, Any]:
                "decision": run.data.tags.get("decision")}
               for run in _runs(registry, MONITORING_RUN)]
     moves = alias_moves(registry, settings.alias)
-    output = output.expanduser().resolve()
+    # absolute, not resolve: a link planted at the output's name is replaced, not followed.
+    output = output.expanduser().absolute()
     if not output.parent.is_dir():
         raise UsageError(f"folder {output.parent} does not exist",
                          fix="create it or pass --output a path in an existing folder")
@@ -458,7 +459,7 @@ def predict(settings: Settings, input_dir: Path, output: Path,
     if not 0.0 < low_confidence <= 1.0:
         raise UsageError(f"--low-confidence {low_confidence} is not in (0, 1]",
                          fix="give the probability under which a prediction is doubtful")
-    output = output.expanduser().resolve()
+    output = output.expanduser().absolute()  # a link at that name is refused, not followed
     _check_free_output(output)
     paths = list_data_files(input_dir.expanduser().resolve())
     if not paths:

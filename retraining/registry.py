@@ -345,6 +345,8 @@ class Registry:
         by hand (registry_tool.py) never interleave. MLflow has no compare-and-set."""
         from retraining.runlock import alias_lock
 
+        if self.read_only:  # a dry run moves nothing, and writes no lock file either
+            return contextlib.nullcontext()
         return alias_lock(self._settings.alias_lock_path)
 
     def hand_moves(self) -> list:
@@ -454,6 +456,15 @@ class Registry:
                         run.info.run_name)
         return [run.info.run_id for run in stale]
 
+    def runs_deciding(self, new_dir: str) -> list:
+        """This folder's retraining runs whose promotion was begun and not settled."""
+        if self.read_only or self.experiment_id is None:
+            return []
+        return self.client.search_runs(
+            [self.experiment_id],
+            f"attributes.run_name = '{RETRAINING_RUN}' and tags.decision = 'promoting' and "
+            f"tags.new_dir = '{_quoted(new_dir)}'")
+
     def challengers_for_batch(self, batch: str) -> list[tuple[str, Any]]:
         """(version, run) of each challenger already registered for this batch, oldest first.
 
@@ -470,7 +481,7 @@ class Registry:
             versions = self.client.search_model_versions(
                 f"name='{_quoted(self.model_name)}' and run_id='{run.info.run_id}'")
             found += [(str(version.version), run) for version in versions
-                      if version.tags.get("decision") != "orphaned"]
+                      if version.tags.get("decision") not in ("orphaned", "promoted")]
         return found
 
     def record_quarantine(self, quarantined: Sequence[Mapping[str, Any]]) -> None:

@@ -50,7 +50,13 @@ def held_lock(path: Path, wait_seconds: float) -> Iterator[str | None]:
     another process kept it for the whole wait; the caller decides what that means.
     """
     # Never through a link, nor into a folder or a FIFO planted under the lock's name.
-    handle = os.fdopen(open_own_file(path, os.O_RDWR | os.O_CREAT), "r+", encoding="utf-8")
+    try:
+        descriptor, writable = open_own_file(path, os.O_RDWR | os.O_CREAT, 0o664), True
+    except PermissionError:
+        # Made by another user (the root cron job, say): flock needs no write access, so a
+        # person may still take it; only the holder's pid is not written.
+        descriptor, writable = open_own_file(path, os.O_RDONLY), False
+    handle = os.fdopen(descriptor, "r+" if writable else "r", encoding="utf-8")
     try:
         deadline = time.monotonic() + wait_seconds
         while True:
@@ -63,10 +69,11 @@ def held_lock(path: Path, wait_seconds: float) -> Iterator[str | None]:
                     yield handle.read().strip() or "unknown"
                     return
                 time.sleep(0.1)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        if writable:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
         yield None
     finally:
         handle.close()

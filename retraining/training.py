@@ -154,27 +154,33 @@ def resume_challenger(context: CycleContext, monitoring: Monitoring, key: str,
                       heldout_key: str, heldout_names: set) -> Challenger | None:
     """The challenger a killed cycle registered for this very batch, if it may be reused.
 
-    Only one trained with the same settings and holding out the same files: with another
-    seed the split differs, and the old challenger would be judged partly on files it was
-    trained on. One that does not match is tagged as orphaned, and a new one is trained.
+    Only one trained with the same settings, holding out the same files, against the same
+    production version, and that loads: with another seed the split differs, and the old
+    challenger would be judged partly on files it was trained on. One that does not match is
+    tagged as orphaned, and a new one is trained.
     The resumed challenger is recorded on a new retraining run of this cycle, with the
     lineage an uninterrupted cycle gives it.
     """
-    from retraining.lineage import describe, settings_json
+    from retraining.lineage import describe
     from retraining.registry import RETRAINING_RUN
 
     settings, registry = context.settings, context.registry
     if settings.dry_run:
         return None
     for version, run in registry.challengers_for_batch(key):
+        if version == context.production.version:
+            continue  # promoted before the kill: production now, not a challenger
         tags = run.data.tags
         lineage = {name[len("lineage."):]: value for name, value in tags.items()
                    if name.startswith("lineage.")}
-        if lineage.get("settings") == settings_json(settings) \
-                and tags.get("heldout_key") == heldout_key:
-            break
-        why = ("it was trained with other settings" if lineage.get("settings")
-               != settings_json(settings) else "it held out other files")
+        why = reuse_refused(settings, context.production.version, lineage, tags, heldout_key)
+        if why is None:
+            try:
+                model = registry.load_version(version)
+                break
+            except Exception as error:  # whatever keeps it from loading, it cannot be judged
+                why = (f"its model cannot be loaded ({type(error).__name__}: "
+                       f"{' '.join(str(error).split())[:200]})")
         registry.annotate_version(version, {
             "decision": "orphaned",
             "orphaned_because": f"a later cycle on the same batch did not reuse it: {why}"})
@@ -198,5 +204,22 @@ def resume_challenger(context: CycleContext, monitoring: Monitoring, key: str,
         registry.copy_artifacts(run.info.run_id, ["data_manifest.json",
                                                   "training_windows.json"])
     registry.annotate_version(version, lineage, description=describe(lineage))
-    return Challenger(registry.load_version(version), version, heldout_names,
-                      resumed.info.run_id, lineage, lineage.get("training_window"))
+    return Challenger(model, version, heldout_names, resumed.info.run_id, lineage,
+                      lineage.get("training_window"))
+
+
+def reuse_refused(settings, production_version: str, lineage: dict, tags: dict,
+                  heldout_key: str) -> str | None:
+    """Why a registered challenger of this batch may not be judged now, or None."""
+    from retraining.lineage import settings_json
+
+    if lineage.get("settings") != settings_json(settings):
+        return "it was trained with other settings"
+    if tags.get("heldout_key") != heldout_key:
+        return "it held out other files"
+    if lineage.get("parent_production_version") != production_version:
+        # Production was moved since (by a person, say): the challenger was trained and
+        # would be judged as a challenger to a version that is no longer production.
+        return (f"it was trained to challenge version {lineage.get('parent_production_version')}"
+                f", and production is now version {production_version}")
+    return None

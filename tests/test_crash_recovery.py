@@ -230,6 +230,9 @@ BOUNDARIES = {
     "after monitoring": ("pipeline_orchestrator.monitor", "after", 1),
     "after the challenger is registered": ("retraining.training.train_challenger", "after", 1),
     "after the comparison, before the alias": ("retraining.decision.compare", "after", 1),
+    "after the decision, before the alias moves": ("retraining.decision.promote", "before", 1),
+    "after the alias moved, before the promotion is recorded": (
+        "retraining.decision.complete_promotion", "before", 1),
     "after the alias moved, before archiving": ("retraining.decision.promote", "after", 1),
     "mid-archive: file under both names": ("retraining.archive.move_without_overwrite",
                                            "linked", 4),
@@ -279,9 +282,90 @@ def test_killed_at_any_boundary_the_next_run_converges(production, capsys, bound
     assert hasattr(mlflow.sklearn.load_model("models:/classifier@production"), "predict")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert {run.info.status for run in runs} <= {"FINISHED", "KILLED"}
+    # The alias history holds the one promotion that happened, so a rollback goes to v1.
+    status = json.loads(run_script("registry_tool.py", ["status", "--tracking-uri",
+                                                        production.tracking_uri,
+                                                        "--json"]).stdout)
+    assert status["production"]["moved_by"] == "promoted"
+    assert status["production"]["rollback_target"] == "1"
+    assert client.get_model_version("classifier", "2").tags["decision"] == "promoted"
+    assert client.get_model_version("classifier", "1").tags["decision"] == "replaced"
+
+
+def test_killed_before_the_alias_moves_leaves_no_promotion_to_roll_back_to(production):
+    """A rollback between the kill and the next cycle must not go forward to the challenger."""
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=42))
+    killed = subprocess.run([sys.executable, str(PROJECT_DIR / "tests" / "kill_at.py"),
+                             "retraining.decision.promote", "before", "1", "--",
+                             *production.flags, "--min-new-files", "5"],
+                            env=_without_retrain_settings(), capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert production.alias_version() == "1"
+
+    status = json.loads(run_script("registry_tool.py", ["status", "--tracking-uri",
+                                                        production.tracking_uri,
+                                                        "--json"]).stdout)
+    rollback = run_script("registry_tool.py", ["rollback", "--reason", "test",
+                                               "--tracking-uri", production.tracking_uri])
+
+    assert status["production"]["rollback_target"] is None
+    assert rollback.returncode == 1 and production.alias_version() == "1"
+    assert "no production version before version 1" in rollback.stderr
+
+
+def test_a_person_moving_the_alias_between_a_kill_and_the_rerun_is_not_overruled(production,
+                                                                                 capsys):
+    """The rerun's production is the person's choice: the old challenger is not reused."""
+    write_csvs(production.new_dir, "second", machine_files(6, drift=1.0, seed=43))
+    assert cycle(production, capsys)[1]["outcome"] == "promoted"  # v2 over v1
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=2.0, seed=44))
+    killed = subprocess.run([sys.executable, str(PROJECT_DIR / "tests" / "kill_at.py"),
+                             "retraining.decision.compare", "before", "1", "--",
+                             *production.flags, "--min-new-files", "5", "--error-threshold",
+                             "0", "--no-require-significance"],
+                            env=_without_retrain_settings(), capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    moved = run_script("registry_tool.py", ["set-alias", "production", "1", "--reason",
+                                            "v2 misbehaves", "--by", "ann", "--tracking-uri",
+                                            production.tracking_uri])
+    assert moved.returncode == 0, moved.stderr[-2000:]
+
+    code, summary = cycle(production, capsys, "--error-threshold", "0",
+                          "--no-require-significance")
+
+    assert code == 0, summary
+    orphan = production.client().get_model_version("classifier", "3").tags
+    assert orphan["decision"] == "orphaned"
+    assert "challenge version 2, and production is now version 1" in orphan["orphaned_because"]
+    assert summary["challenger_version"] == "4"
+    assert summary["production_version_before"] == "1"
+    assert production.client().get_model_version("classifier", "1").tags[
+        "decision"] in ("set_by_hand", "replaced")
 
 
 def _without_retrain_settings() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
+
+
+def test_a_resumed_challenger_that_no_longer_loads_is_orphaned_not_a_stall(production, capsys):
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=45))
+    killed = subprocess.run([sys.executable, str(PROJECT_DIR / "tests" / "kill_at.py"),
+                             "retraining.decision.compare", "before", "1", "--",
+                             *production.flags, "--min-new-files", "5"],
+                            env=_without_retrain_settings(), capture_output=True, text=True,
+                            timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    newest = max(production.database.parent.rglob("model.skops"),
+                 key=lambda path: path.stat().st_mtime_ns)
+    newest.unlink()  # version 2's model, lost from the artifact store
+
+    code, summary = cycle(production, capsys)
+
+    assert code == 0 and summary["challenger_version"] == "3", summary
+    orphan = production.client().get_model_version("classifier", "2").tags
+    assert orphan["decision"] == "orphaned" and "cannot be loaded" in orphan["orphaned_because"]
+    assert snapshot(production.new_dir) == {}

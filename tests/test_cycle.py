@@ -82,13 +82,16 @@ def test_drifted_batch_trains_challenger_and_promotes_it(production, capsys):
     assert 0 < timings["report"] <= timings["compare"]
 
     # Both versions say what was decided and on which figures.
-    for version, decision in (("1", "replaced"), ("2", "promoted")):
-        tags = client.get_model_version("classifier", version).tags
-        assert tags["decision"] == decision
-        # Version 1 came first: its predecessor stays "none", never itself.
-        assert tags["previous_production_version"] == {"1": "none", "2": "1"}[version]
-        assert float(tags["challenger_error"]) == pytest.approx(summary["challenger_error"])
-        assert float(tags["production_error"]) == pytest.approx(summary["production_error"])
+    replaced, promoted = (client.get_model_version("classifier", v).tags for v in "12")
+    assert promoted["decision"] == "promoted" and promoted["previous_production_version"] == "1"
+    assert float(promoted["challenger_error"]) == pytest.approx(summary["challenger_error"])
+    assert float(promoted["production_error"]) == pytest.approx(summary["production_error"])
+    # Version 1 came first: its predecessor stays "none", never itself; the figures of the
+    # challenge that replaced it are the challenger's, in its tag challenge.v2.
+    assert replaced["decision"] == "replaced" and replaced["replaced_by"] == "2"
+    assert replaced["previous_production_version"] == "none"
+    assert "challenger_error" not in replaced
+    assert replaced["challenge.v2"].startswith("replaced: challenger is better")
     assert "promoted" in client.get_model_version("classifier", "2").description
 
     # The retraining run holds its lineage: manifest, datasets, signature, input example.

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import (changed_concept_files, run_script, snapshot,
-                            start_cycle_waiting_in_training, write_csvs)
+from tests.conftest import (PROJECT_DIR, changed_concept_files, run_script,
+                            script_environment, snapshot, start_cycle_waiting_in_training,
+                            write_csvs)
 
 
 def _one_object(stdout: str) -> dict:
@@ -50,6 +53,7 @@ def test_a_signal_mid_training_ends_in_one_line_and_the_rerun_converges(producti
     process, go = start_cycle_waiting_in_training(production)
 
     process.send_signal(sent)
+    process.send_signal(sent)  # a scheduler that insists: the unwinding is not cut short
     out, err = process.communicate(timeout=120)
 
     assert process.returncode == code, err[-3000:]
@@ -70,3 +74,24 @@ def test_a_signal_mid_training_ends_in_one_line_and_the_rerun_converges(producti
     assert _one_object(rerun.stdout)["outcome"] == "promoted"
     assert snapshot(production.new_dir) == {}
     assert sorted(snapshot(production.used_dir).values()) == every_file
+
+
+def test_help_with_json_is_one_object_too():
+    done = run_script("pipeline_orchestrator.py", ["--help", "--json"])
+
+    assert done.returncode == 0
+    shown = _one_object(done.stdout)
+    assert shown["outcome"] == "help" and "--min-new-files" in shown["help"]
+
+
+def test_a_summary_that_cannot_be_written_ends_in_one_line(production):
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, str(PROJECT_DIR / "registry_tool.py"),
+                               "versions", "--json", "--tracking-uri", production.tracking_uri],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=300,
+                              env=script_environment({}))
+
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "summary could not be written to stdout (No space left on device)" in \
+        done.stderr.strip().splitlines()[-1]

@@ -90,3 +90,39 @@ def test_a_link_planted_as_the_archive_plans_partial_file_is_replaced_not_follow
     assert victim.read_text() == "root:do-not-touch\n"
     assert not os.path.lexists(planted)  # the link was removed, the plan written and done
     assert snapshot(production.new_dir) == {}
+
+
+def test_outputs_named_by_a_person_replace_or_refuse_a_planted_link(production, victim, capsys):
+    import registry_tool
+    import train_classification_model
+
+    plot = production.root / "plot.png"
+    plot.symlink_to(victim)
+    assert registry_tool.main(["history", "--output", str(plot), "--tracking-uri",
+                               production.tracking_uri]) == 0
+    assert victim.read_text() == "root:do-not-touch\n"
+    assert not plot.is_symlink() and plot.read_bytes().startswith(b"\x89PNG")
+
+    predictions = production.root / "predictions.csv"
+    predictions.symlink_to(production.root / "elsewhere" / "created.csv")  # dangling
+    write_csvs(production.new_dir, "batch", machine_files(1, drift=0.0, seed=72))
+    assert registry_tool.main(["predict", "--input-dir", str(production.new_dir), "--output",
+                               str(predictions), "--tracking-uri", production.tracking_uri]) == 2
+    assert not (production.root / "elsewhere" / "created.csv").exists()
+
+    partial = production.model_dir / "model.pkl.part"
+    partial.symlink_to(victim)
+    assert train_classification_model.main([str(production.used_dir), "--output",
+                                            str(production.model_dir / "model.pkl")]) == 0
+    assert victim.read_text() == "root:do-not-touch\n"
+    assert not (production.model_dir / "model.pkl").is_symlink()
+    capsys.readouterr()
+
+
+def test_a_dry_run_move_writes_no_lock_file(production):
+    done = run_script("registry_tool.py", ["set-alias", "staging", "1", "--reason", "look",
+                                           "--dry-run", "--tracking-uri",
+                                           production.tracking_uri])
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not list(production.database.parent.glob(".*.alias.lock"))
