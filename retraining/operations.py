@@ -378,21 +378,22 @@ def move_alias(registry, settings: Settings, alias: str, version: str, action: s
     current = _alias_version(registry, alias)
     summary = {"model_name": name, "alias": alias, "action": action,
                "from_version": current, "to_version": version, "reason": reason,
-               "changed_by": by, "changed": current != version, "run_id": None}
+               "changed_by": by, "changed": False, "dry_run": registry.read_only,
+               "run_id": None}
     if current == version:
         log.info("alias %r already points at version %s: nothing to do", alias, version)
         return summary
     if registry.read_only:
-        log.info("dry run: alias %r stays on version %s", alias, current)
-        return summary | {"changed": False}
+        log.info("dry run: %s", alias_move_words(summary, would=True))
+        return summary
+    summary["changed"] = True
     with registry.run(ALIAS_CHANGE_RUN, {"model_name": name, "alias": alias, "action": action,
                                          "from_version": current or "",
                                          "to_version": version, "reason": reason,
                                          "changed_by": by}) as run:
         registry.client.set_registered_model_alias(name, alias, version)
         summary["run_id"] = run.info.run_id
-        note = (f"{action} by {by}: {reason} (alias {alias!r} moved from version "
-                f"{current or 'none'})")
+        note = f"{action} by {by}: {reason} ({alias_move_words(summary)})"
         if alias == settings.alias:  # a production move: tagged like a promotion
             registry.annotate_version(version, {
                 "decision": "restored" if action == "rollback" else "set_by_hand",
@@ -405,8 +406,21 @@ def move_alias(registry, settings: Settings, alias: str, version: str, action: s
         else:
             registry.annotate_version(version, {f"alias_{alias}_set_by": by,
                                                 f"alias_{alias}_reason": reason})
-    log.info("alias %r moved from version %s to %s (%s)", alias, current, version, action)
+    log.info("%s (%s)", alias_move_words(summary), action)
     return summary
+
+
+def alias_move_words(summary: Mapping[str, Any], would: bool = False) -> str:
+    """The move in words, for the log, the versions' descriptions and the printed summary.
+
+    An alias that pointed at no version is set, not moved: 'from version None' says nothing.
+    """
+    alias, before, after = summary["alias"], summary["from_version"], summary["to_version"]
+    if before is None:
+        return (f"alias {alias!r} {'would be set' if would else 'set'} to version {after} "
+                f"(it {'points' if would else 'pointed'} at no version)")
+    return (f"alias {alias!r} {'would move' if would else 'moved'} from version {before} "
+            f"to {after}")
 
 
 def _alias_version(registry, alias: str) -> str | None:
@@ -610,11 +624,12 @@ def render_history(summary: Mapping[str, Any]) -> str:
 
 
 def render_alias_change(summary: Mapping[str, Any]) -> str:
-    if not summary["changed"]:
+    if summary["from_version"] == summary["to_version"]:
         return f"alias {summary['alias']!r} already points at version {summary['to_version']}"
-    return (f"alias {summary['alias']!r} moved from version {summary['from_version']} to "
-            f"{summary['to_version']} ({summary['action']} by {summary['changed_by']}: "
-            f"{summary['reason']}); run {summary['run_id']}")
+    why = f"({summary['action']} by {summary['changed_by']}: {summary['reason']})"
+    if not summary["changed"]:  # a dry run: say what it would do, and that it did not
+        return f"dry run: {alias_move_words(summary, would=True)} {why}; nothing was changed"
+    return f"{alias_move_words(summary)} {why}; run {summary['run_id']}"
 
 
 def render_predictions(summary: Mapping[str, Any]) -> str:

@@ -317,3 +317,40 @@ def test_status_on_a_missing_store_says_so_and_creates_nothing(workspace, capsys
     assert code == 1 and len(error) == 1
     assert f"no MLflow store at {workspace.database}" in error[0] and "Fix:" in error[0]
     assert not workspace.database.exists()
+
+
+def test_alias_moves_say_what_they_do_and_a_dry_run_what_it_would_do(production, capsys):
+    # Version 2 replaces version 1 as production: a rollback would go back to 1.
+    register_pickle(production, train_on_folder(production.used_dir), capsys,
+                    extra=["--force"])
+    assert production.alias_version() == "2"
+
+    code, text = tool(["rollback", *store_flags(production), "--dry-run", "--reason", "check",
+                       "--by", "alice"], capsys)
+    assert code == 0 and text.strip() == ("dry run: alias 'production' would move from "
+                                          "version 2 to 1 (rollback by alice: check); "
+                                          "nothing was changed")
+    code, text = tool(["set-alias", "production", "1", *store_flags(production), "--dry-run",
+                       "--reason", "check", "--by", "alice"], capsys)
+    assert code == 0 and text.startswith("dry run: alias 'production' would move from "
+                                         "version 2 to 1 (set-alias by alice")
+    code, text = tool(["set-alias", "staging", "1", *store_flags(production), "--dry-run",
+                       "--reason", "try", "--by", "bob"], capsys)
+    assert code == 0 and text.startswith("dry run: alias 'staging' would be set to version 1 "
+                                         "(it points at no version)")
+    assert production.alias_version() == "2" and alias_change_runs(production) == []
+
+    code, text = tool(["set-alias", "staging", "1", *store_flags(production), "--reason",
+                       "try", "--by", "bob"], capsys)
+    assert code == 0 and text.startswith("alias 'staging' set to version 1 (it pointed at no "
+                                         "version) (set-alias by bob: try); run ")
+    assert production.alias_version("staging") == "1"
+    code, text = tool(["set-alias", "staging", "1", *store_flags(production), "--reason",
+                       "again", "--by", "bob"], capsys)
+    assert code == 0 and text.strip() == "alias 'staging' already points at version 1"
+    code, text = tool(["rollback", *store_flags(production), "--reason", "v2 is worse",
+                       "--by", "alice"], capsys)
+    assert code == 0 and text.startswith("alias 'production' moved from version 2 to 1 "
+                                         "(rollback by alice: v2 is worse); run ")
+    description = production.client().get_model_version("classifier", "1").description
+    assert "(alias 'production' moved from version 2 to 1)" in description
