@@ -42,8 +42,7 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
     summary["new_files"] = len(new_paths)
     timings["trigger"] = round(time.perf_counter() - started, 3)
     if len(new_paths) < needed and not archive_interrupted(settings.used_dir):
-        return finish(summary, "skipped", f"{len(new_paths)} new files, "
-                                          f"{settings.min_new_files} needed")
+        return finish(summary, "skipped", too_few_files(settings, len(new_paths)))
 
     started = time.perf_counter()  # "open": the lock, MLflow's import, the store, the files
     # A store fault ends the cycle with one line (exit 75 or 1); archiving comes after every
@@ -109,6 +108,19 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         with phase(timings, "archive"):
             summary["archived_files"] = archive(context)
         return finish(summary, outcome, reason)
+
+
+def too_few_files(settings: Settings, count: int) -> str:
+    """Why the trigger skips: the files found, those needed, and any still settling."""
+    from retraining.datafiles import settling_files
+
+    reason = f"{count} new files, {settings.min_new_files} needed"
+    settling = len(settling_files(settings.new_dir, settings.settle_seconds))
+    if settling:
+        # Files just copied in are not missing: the next run takes them.
+        reason += (f"; {settling} more {'is' if settling == 1 else 'are'} still settling "
+                   f"(modified in the last {settings.settle_seconds:g} s)")
+    return reason
 
 
 def empty_summary(settings: Settings) -> dict[str, Any]:

@@ -1,13 +1,16 @@
-"""Register the first pre-trained model (a pickle in model/) and give it the production alias.
+"""Register the first pre-trained model (a file in model/) and give it the production alias.
 
-Run once. The model is evaluated on the history in used_gts/, logged with that error,
-registered as a new version and, unless --no-alias, given the alias. If the alias already
-exists it refuses unless --force. Only load pickles you made yourself: unpickling runs code.
+Run once. The model file is what joblib.dump or pickle.dump wrote (.joblib, .pkl, .pickle).
+It is refused if it was saved by another scikit-learn than the installed one (unless
+--allow-version-mismatch), or if it does not answer as a classifier on the history in
+used_gts/ (retraining/modelfile.py says what is checked). Then it is evaluated there, logged
+with that error, registered as a new version and, unless --no-alias, given the alias. If the
+alias already exists it refuses unless --force. Only load model files you made yourself:
+unpickling runs code.
 """
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -19,18 +22,21 @@ OPTIONS = ["model_dir", "used_dir", "domain_file", "tracking_uri", "store_timeou
            "model_name", "alias", "label_column", "force", "no_alias", "json"]
 
 
-def register_first_model(settings: Settings, model_file: Path | None) -> dict[str, Any]:
+def register_first_model(settings: Settings, model_file: Path | None,
+                         allow_version_mismatch: bool = False) -> dict[str, Any]:
     from retraining.datafiles import (batch_key, check_columns, concat_files, list_data_files,
                                       load_files)
     from retraining.domain import load_domain
+    from retraining.evaluation import error_on
     from retraining.lineage import describe, lineage_tags
-    from retraining.evaluation import error_on, predict_files
+    from retraining.modelfile import (check_version, checked_predictions, find_model_file,
+                                      load_model_file)
     from retraining.registry import REGISTRATION_RUN, Registry
 
     model_path = model_file or find_model_file(settings.model_dir)
     if not model_path.is_file():
         raise UsageError(f"model file {model_path} does not exist",
-                         fix="pass --model-file the path of your pickle")
+                         fix="pass --model-file the path of your model file")
     # The one entry point that may start a store: a new project has none yet.
     registry = Registry(settings, new_store=True)
     current = registry.production_version()
@@ -46,9 +52,12 @@ def register_first_model(settings: Settings, model_file: Path | None) -> dict[st
                          fix="put the labelled history in used_gts/ first")
     history = load_files(history_paths, settings.label_column, domain.prepare_file)
     columns = check_columns(history)
-    with open(model_path, "rb") as handle:
-        model = pickle.load(handle)
-    error = error_on(domain, history, predict_files(model, history, columns))
+    # After the domain is loaded: a model holding classes defined there needs them to load.
+    saved = load_model_file(model_path)
+    check_version(saved, allow_version_mismatch)
+    model = saved.model
+    predictions = checked_predictions(saved, history, columns)
+    error = error_on(domain, history, predictions)
     features, _ = concat_files(history, columns)
 
     # The alias tag tells the alias history (registry_tool.py) whether this run moved it.
@@ -56,7 +65,8 @@ def register_first_model(settings: Settings, model_file: Path | None) -> dict[st
     with registry.run(REGISTRATION_RUN, {"model_file": model_path.name, "alias": moved_alias}):
         registry.log_summary(
             params={"model_file": model_path.name, "model_class": type(model).__name__,
-                    "error_metric": domain.error_metric_name, "history_files": len(history)},
+                    "error_metric": domain.error_metric_name, "history_files": len(history),
+                    "saved_with_other_sklearn": saved.version_note or None},
             metrics={"history_error": error, domain.error_metric_name: error,
                      "history_rows": len(features)})
         version = registry.log_model_version(model, features, model.predict(features.head(100)))
@@ -72,25 +82,21 @@ def register_first_model(settings: Settings, model_file: Path | None) -> dict[st
     return {"model_name": settings.model_name, "version": version,
             "alias": None if settings.no_alias else settings.alias,
             "previous_production_version": current, "history_error": error,
-            "history_files": len(history)}
-
-
-def find_model_file(model_dir: Path) -> Path:
-    candidates = sorted(model_dir.glob("*.pkl")) if model_dir.is_dir() else []
-    if len(candidates) != 1:
-        found = ", ".join(path.name for path in candidates) or "none"
-        raise UsageError(f"expected exactly one .pkl in {model_dir}, found {found}",
-                         fix="pass --model-file PATH")
-    return candidates[0]
+            "history_files": len(history),
+            "saved_with_other_sklearn": saved.version_note or None}
 
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="register_first_model.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model-file", type=Path, default=None,
-                        help="the pickle to register (default: the one .pkl in model/)")
+                        help="the model file to register, saved by joblib.dump or pickle.dump "
+                             "(default: the one .joblib, .pkl or .pickle in model/)")
+    parser.add_argument("--allow-version-mismatch", action="store_true",
+                        help="register a model saved by another scikit-learn than the "
+                             "installed one, if it passes the checks on history (default: off)")
     add_options(parser, OPTIONS)
-    return run_entry_point(parser, argv,
-                           lambda settings, args: register_first_model(settings, args.model_file))
+    return run_entry_point(parser, argv, lambda settings, args: register_first_model(
+        settings, args.model_file, args.allow_version_mismatch))
 
 
 if __name__ == "__main__":

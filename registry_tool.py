@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     status = commands.add_parser("status", help="production, why it is there, recent cycles")
     add_options(status, [*STORE, "alias", "new_dir", "settle_seconds"])
     status.add_argument("--last", type=int, default=operations.RECENT_CYCLES,
-                        help="how many recent cycles to show (default %(default)s)")
+                        help="how many recent cycles to show (default: %(default)s)")
 
     versions = commands.add_parser("versions", help="every version with aliases and errors")
     add_options(versions, STORE)
@@ -52,18 +52,20 @@ def main(argv=None) -> int:
     add_options(set_alias, [*STORE, "dry_run"])
 
     for command in (rollback, set_alias):
-        command.add_argument("--reason", required=True, help="why, recorded on the versions")
+        command.add_argument("--reason", required=True,
+                             help="why, recorded on the versions (required)")
         command.add_argument("--by", default=None,
                              help="who, recorded on the versions (default: your login)")
 
     predict = commands.add_parser("predict", help="batch predictions with production")
     add_options(predict, [*STORE, "alias", "domain_file", "label_column"])
-    predict.add_argument("--input-dir", type=Path, required=True, help="folder of CSV files")
+    predict.add_argument("--input-dir", type=Path, required=True,
+                         help="folder of CSV files (required)")
     predict.add_argument("--output", type=Path, required=True,
-                         help="predictions CSV to create (never replaced)")
+                         help="predictions CSV to create, never replaced (required)")
     predict.add_argument("--low-confidence", type=float, default=operations.LOW_CONFIDENCE,
                          help="probability under which a prediction counts as low-confidence "
-                              "(default %(default)s)")
+                              "(default: %(default)s)")
 
     def act(settings, args):
         return {"command": args.command} | run_command(settings, args)

@@ -83,7 +83,8 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="train_classification_model.py",
                             description="Train the first model from a folder of CSVs.")
     parser.add_argument("data_dir", type=Path, help="folder of labelled CSV files")
-    parser.add_argument("--output", type=Path, required=True, help="where to write the pickle")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="where to write the pickle (required)")
     add_options(parser, ["label_column", "seed", "domain_file", "json"])
 
     def train(settings, args):

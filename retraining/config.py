@@ -162,7 +162,8 @@ _OPTIONS = {
     for option in (
         _Option("new_dir", Path, "folder where new labelled CSV files arrive"),
         _Option("used_dir", Path, "folder of every file already consumed (training history)"),
-        _Option("model_dir", Path, "folder holding the first pre-trained model pickle"),
+        _Option("model_dir", Path,
+                "folder holding the first pre-trained model file (.joblib, .pkl)"),
         _Option("quarantine_dir", Path, "folder where unusable files are moved, with a reason"),
         _Option("domain_file", Path, "Python file defining the domain contract"),
         _Option("tracking_uri", str, "MLflow tracking URI", env="MLFLOW_TRACKING_URI"),
@@ -180,7 +181,7 @@ _OPTIONS = {
         _Option("drift_min_effect", _nonnegative_float,
                 "smallest effect (KS statistic or Cramér's V) that counts as drift"),
         _Option("drift_trigger", _share_or_off,
-                "retrain when the share of drifted features passes this (off by default)"),
+                "retrain when the share of drifted features passes this ('off': never)"),
         _Option("error_threshold", _finite_float, "production error above which to retrain"),
         _Option("min_improvement", _nonnegative_float, "how much better the challenger must be"),
         _Option("holdout_fraction", _fraction, "share of new files held out for the comparison"),
@@ -199,8 +200,7 @@ _OPTIONS = {
                 "resamples of the held-out files, and of row slices within them, for the "
                 "bootstrap interval"),
         _Option("require_significance", _flag,
-                "promote only when the whole bootstrap interval favours the challenger "
-                "(on unless turned off)",
+                "promote only when the whole bootstrap interval favours the challenger",
                 is_flag=True),
         _Option("training_windows", _window_names,
                 "candidate training sets, comma-separated: all, recent, weighted"),
@@ -278,11 +278,35 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
     }
 
 
+# A stand-in project folder, so --help can show path defaults relative to the project.
+_SHOWN_PROJECT = Path("/<project>")
+
+
+def _shown_default(value: Any) -> str:
+    """A default as --help shows it: paths relative to the project, flags on/off."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value is None:
+        return "off"
+    if isinstance(value, Path):
+        return f"{value.relative_to(_SHOWN_PROJECT)} in the project folder"
+    if isinstance(value, str) and value.startswith("sqlite:///" + str(_SHOWN_PROJECT)):
+        database = Path(value[len("sqlite:///"):]).relative_to(_SHOWN_PROJECT)
+        return f"a SQLite store at {database} in the project folder"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
+
+
 def add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     """Add the named settings to a parser; each also reads its environment variable."""
+    defaults = _defaults(_SHOWN_PROJECT)
     for name in names:
         option = _OPTIONS[name]
-        help_text = f"{option.help} (env {option.env_var})"
+        # argparse %-formats help texts: a % in a default must not be read as a format.
+        shown = _shown_default(defaults[name]).replace("%", "%%") if name in defaults else None
+        help_text = (f"{option.help} (default: {shown}; env {option.env_var})" if shown
+                     else f"{option.help} (env {option.env_var})")
         if option.is_flag and option.flag.startswith("--no-"):
             # BooleanOptionalAction would read --no-alias as the negation of --alias.
             parser.add_argument(option.flag, dest=name, action="store_true", default=None,

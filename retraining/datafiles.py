@@ -66,6 +66,17 @@ def content_sha256(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+def settling_files(folder: Path, settle_seconds: float) -> list[Path]:
+    """The data files `list_data_files` leaves out only because they are still settling.
+
+    Counted for the skip reason: files just copied in would otherwise look absent.
+    """
+    if settle_seconds <= 0:
+        return []
+    # Settled first: a file arriving between the two listings counts as settling, as it is.
+    settled = set(list_data_files(folder, settle_seconds))
+    return [path for path in list_data_files(folder) if path not in settled]
+
 def file_identity(status: os.stat_result) -> tuple:
     """What tells one version of a file from another without reading it again."""
     return (status.st_ino, status.st_size, status.st_mtime_ns)

@@ -267,53 +267,80 @@ def history(settings: Settings, output: Path) -> dict[str, Any]:
     return summary
 
 
+# Around the measured span, this share of it; at least a minute, so the markers of one cycle
+# (a span of seconds) stay off the edges without stretching it to an hour.
+_PLOT_PADDING_SHARE = 0.06
+_PLOT_MIN_PADDING_MS = 60 * 1000
+_MOVE_COLOURS = {"rollback": "tab:orange", "set-alias": "tab:purple"}
+_MOVE_LABEL_ROWS = 3
+
+
 def _plot_history(output: Path, cycles: list[dict], moves: list[AliasMove],
-                  settings: Settings) -> None:
-    """Error per cycle, the threshold, and a vertical line at each move of the alias."""
+                  settings: Settings) -> dict[str, Any]:
+    """Error per cycle, the threshold, and each move of the alias, in a band above.
+
+    Move labels are written across the band, each in the first row where it overlaps no
+    other (moves hours apart on a plot of months fall at one spot), and the legend beside
+    the plot, so neither ever covers a point. Returns the layout drawn (the time span in
+    seconds, each label's row and horizontal extent in pixels), for checking it.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # no display: cron and SSH sessions have none
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     def moment(milliseconds):
         return datetime.datetime.fromtimestamp(milliseconds / 1000, tz=datetime.timezone.utc)
 
-    figure, axes = plt.subplots(figsize=(9, 4.5))
+    # Constrained layout keeps the legend outside the plot without cutting it off.
+    figure, (band, axes) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, layout="constrained",
+                                        gridspec_kw={"height_ratios": [1, 4]})
     measured = [cycle for cycle in cycles if cycle["monitoring_error"] is not None]
     stamps = [cycle["time"] for cycle in measured] + [move.when for move in moves if move.when]
-    # Pad the time axis by at least half an hour: one cycle alone would span years.
-    padding = max((max(stamps) - min(stamps)) * 0.05, 30 * 60 * 1000) if stamps else 0
     if stamps:
-        axes.set_xlim(moment(min(stamps) - padding), moment(max(stamps) + padding))
+        padding = max((max(stamps) - min(stamps)) * _PLOT_PADDING_SHARE, _PLOT_MIN_PADDING_MS)
+        left, right = moment(min(stamps) - padding), moment(max(stamps) + padding)
+        axes.set_xlim(left, right)
     if measured:
         times = [moment(cycle["time"]) for cycle in measured]
         axes.plot(times, [cycle["monitoring_error"] for cycle in measured], marker="o",
                   label="monitoring error")
         thresholds = [math.nan if cycle["threshold"] is None else cycle["threshold"]
                       for cycle in measured]
-        # Each threshold holds until the next cycle, the last one to the plot's edge.
-        axes.step(times + [moment(max(stamps) + padding)], thresholds + thresholds[-1:],
-                  where="post", linestyle="--", color="tab:red", label="threshold")
+        # Each threshold holds until the next cycle; the first from the left edge, the last
+        # to the right one, so a single cycle still shows its threshold as a line.
+        axes.step([left, *times[1:], right], thresholds + thresholds[-1:], where="post",
+                  linestyle="--", color="tab:red", label="threshold")
     else:
         axes.text(0.5, 0.5, "no monitoring run yet", ha="center", va="center",
                   transform=axes.transAxes)
-    for index, move in enumerate(moves):
-        if move.when is None:
-            continue
-        style = {"rollback": "tab:orange", "set-alias": "tab:purple"}.get(move.action,
-                                                                          "tab:green")
-        axes.axvline(moment(move.when), color=style, linestyle=":",
-                     label=f"{settings.alias} moves" if index == 0 else None)
-        axes.annotate(f"v{move.version} ({move.action})", (moment(move.when), 1.0),
-                      xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
-                      fontsize=8, color=style)
-    axes.set_title(f"{settings.model_name}@{settings.alias}: error on each night's new files")
+    timed_moves = [move for move in moves if move.when is not None]
+    for index, move in enumerate(timed_moves):
+        colour = _MOVE_COLOURS.get(move.action, "tab:green")
+        for where in (band, axes):
+            where.axvline(moment(move.when), color=colour, linestyle=":",
+                          label=f"{settings.alias} moves" if index == 0 and where is axes
+                          else None)
+    band.set_title(f"{settings.model_name}@{settings.alias}: error on each night's new files")
+    band.set_yticks([])
+    band.set_ylabel("alias", rotation=0, ha="right", va="center")
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=datetime.timezone.utc))
     axes.set_xlabel("cycle start (UTC)")
     axes.set_ylabel("monitoring error")
-    axes.set_ylim(bottom=0)
-    axes.legend(loc="upper left", fontsize=8)
-    figure.autofmt_xdate()
-    figure.tight_layout()
+    highest = max([cycle["monitoring_error"] for cycle in measured]
+                  + [cycle["threshold"] for cycle in measured if cycle["threshold"] is not None],
+                  default=0.0)
+    axes.set_ylim(0, highest * 1.12 if highest > 0 else 1.0)
+    figure.legend(loc="outside right upper", fontsize=8, frameon=False)
+    # Last: the labels are placed by their measured size in the final layout.
+    labels = _label_moves(figure, band,
+                          [(moment(move.when), f"v{move.version} {move.action}",
+                            _MOVE_COLOURS.get(move.action, "tab:green")) for move in timed_moves])
+    first, last = axes.get_xlim()  # in days, matplotlib's date unit
+    layout = {"span_seconds": (last - first) * 86400, "move_labels": labels}
     # Written beside the target then renamed: a reader never sees half a PNG.
     handle, partial = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part",
                                        dir=output.parent)
@@ -325,7 +352,44 @@ def _plot_history(output: Path, cycles: list[dict], moves: list[AliasMove],
         plt.close(figure)
         if os.path.exists(partial):
             os.unlink(partial)
+    return layout
 
+
+def _label_moves(figure, band, labels: list[tuple[Any, str, str]]) -> list[dict[str, Any]]:
+    """Write each (time, text, colour) in the band, in the lowest row it overlaps nothing.
+
+    Widths are measured by the renderer, so the rows hold whatever the labels' lengths; past
+    the last row a label goes in the least crowded one.
+    """
+    import matplotlib.dates as mdates
+
+    band.set_ylim(-0.5, _MOVE_LABEL_ROWS - 0.5)
+    renderer = figure.canvas.get_renderer()
+    # Laid out first, so the band has the size it is drawn at.
+    figure.canvas.draw()
+    rows: list[list] = [[] for _ in range(_MOVE_LABEL_ROWS)]
+    placed = []
+    first, last = band.get_xlim()
+    for when, text, colour in labels:
+        # Right of its line in the plot's left half, left of it in the right half: the text
+        # stays inside the band.
+        left_half = mdates.date2num(when) < (first + last) / 2
+        label = band.text(when, 0, f" {text} ", ha="left" if left_half else "right",
+                          va="center", fontsize=8, color=colour, clip_on=False)
+        label.set_in_layout(False)  # placed in a band already laid out
+        fitting = [row for row in range(_MOVE_LABEL_ROWS) if _fits(label, rows[row], renderer)]
+        row = fitting[0] if fitting else min(range(_MOVE_LABEL_ROWS),
+                                             key=lambda index: len(rows[index]))
+        label.set_y(row)
+        rows[row].append(label.get_window_extent(renderer))
+        placed.append({"text": text, "row": row, "x0": rows[row][-1].x0,
+                       "x1": rows[row][-1].x1})
+    return placed
+
+
+def _fits(label, placed: list, renderer) -> bool:
+    extent = label.get_window_extent(renderer)
+    return not any(extent.x0 < other.x1 and other.x0 < extent.x1 for other in placed)
 
 # --- moving the alias --------------------------------------------------------------------
 
@@ -370,21 +434,22 @@ def move_alias(registry, settings: Settings, alias: str, version: str, action: s
     current = _alias_version(registry, alias)
     summary = {"model_name": name, "alias": alias, "action": action,
                "from_version": current, "to_version": version, "reason": reason,
-               "changed_by": by, "changed": current != version, "run_id": None}
+               "changed_by": by, "changed": False, "dry_run": registry.read_only,
+               "run_id": None}
     if current == version:
         log.info("alias %r already points at version %s: nothing to do", alias, version)
         return summary
     if registry.read_only:
-        log.info("dry run: alias %r stays on version %s", alias, current)
-        return summary | {"changed": False}
+        log.info("dry run: %s", alias_move_words(summary, would=True))
+        return summary
+    summary["changed"] = True
     with registry.run(ALIAS_CHANGE_RUN, {"model_name": name, "alias": alias, "action": action,
                                          "from_version": current or "",
                                          "to_version": version, "reason": reason,
                                          "changed_by": by}) as run:
         registry.client.set_registered_model_alias(name, alias, version)
         summary["run_id"] = run.info.run_id
-        note = (f"{action} by {by}: {reason} (alias {alias!r} moved from version "
-                f"{current or 'none'})")
+        note = f"{action} by {by}: {reason} ({alias_move_words(summary)})"
         if alias == settings.alias:  # a production move: tagged like a promotion
             registry.annotate_version(version, {
                 "decision": "restored" if action == "rollback" else "set_by_hand",
@@ -397,8 +462,21 @@ def move_alias(registry, settings: Settings, alias: str, version: str, action: s
         else:
             registry.annotate_version(version, {f"alias_{alias}_set_by": by,
                                                 f"alias_{alias}_reason": reason})
-    log.info("alias %r moved from version %s to %s (%s)", alias, current, version, action)
+    log.info("%s (%s)", alias_move_words(summary), action)
     return summary
+
+
+def alias_move_words(summary: Mapping[str, Any], would: bool = False) -> str:
+    """The move in words, for the log, the versions' descriptions and the printed summary.
+
+    An alias that pointed at no version is set, not moved: 'from version None' says nothing.
+    """
+    alias, before, after = summary["alias"], summary["from_version"], summary["to_version"]
+    if before is None:
+        return (f"alias {alias!r} {'would be set' if would else 'set'} to version {after} "
+                f"(it {'points' if would else 'pointed'} at no version)")
+    return (f"alias {alias!r} {'would move' if would else 'moved'} from version {before} "
+            f"to {after}")
 
 
 def _alias_version(registry, alias: str) -> str | None:
@@ -602,11 +680,12 @@ def render_history(summary: Mapping[str, Any]) -> str:
 
 
 def render_alias_change(summary: Mapping[str, Any]) -> str:
-    if not summary["changed"]:
+    if summary["from_version"] == summary["to_version"]:
         return f"alias {summary['alias']!r} already points at version {summary['to_version']}"
-    return (f"alias {summary['alias']!r} moved from version {summary['from_version']} to "
-            f"{summary['to_version']} ({summary['action']} by {summary['changed_by']}: "
-            f"{summary['reason']}); run {summary['run_id']}")
+    why = f"({summary['action']} by {summary['changed_by']}: {summary['reason']})"
+    if not summary["changed"]:  # a dry run: say what it would do, and that it did not
+        return f"dry run: {alias_move_words(summary, would=True)} {why}; nothing was changed"
+    return f"{alias_move_words(summary)} {why}; run {summary['run_id']}"
 
 
 def render_predictions(summary: Mapping[str, Any]) -> str:

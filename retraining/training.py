@@ -37,15 +37,21 @@ def train_challenger(context: CycleContext, monitoring: Monitoring) -> Challenge
     take the one a killed cycle registered for this very batch (`resume_challenger`)."""
     from retraining.datafiles import (batch_key, check_columns, choose_heldout,
                                       label_kind, labels_read_kind, list_data_files,
-                                      load_files, release_rows, write_manifest)
+                                      load_file, release_rows, write_manifest)
     from retraining.lineage import describe, lineage_tags
+    from retraining.progress import heartbeat
     from retraining.registry import RETRAINING_RUN
     from retraining.windows import choose_window
 
     settings, domain, registry = context.settings, context.domain, context.registry
     started = time.perf_counter()
-    history = load_files(list_data_files(settings.used_dir), settings.label_column,
-                         domain.prepare_file)
+    history_paths = list_data_files(settings.used_dir)
+    history: list = []
+    # Years of history can take minutes to read: each line says how far it is.
+    with heartbeat(log, lambda: f"reading history: {len(history):,} of "
+                                f"{len(history_paths):,} files"):
+        for path in history_paths:
+            history.append(load_file(path, settings.label_column, domain.prepare_file))
     check_columns(history + context.new_files, context.columns)
     # Held-out content is unique in the batch and absent from history, so neither model can
     # have been trained on it, whatever the files are called.
@@ -76,7 +82,10 @@ def train_challenger(context: CycleContext, monitoring: Monitoring) -> Challenge
     # held-out files): freed before the fit, the cycle's largest allocation.
     release_rows(history + new_training)
     fit_started = time.perf_counter()
-    model = domain.train(features, labels, random_state=settings.seed, sample_weight=weights)
+    with heartbeat(log, f"training the challenger on window {window.chosen.name!r}: "
+                        f"{len(labels):,} rows"):
+        model = domain.train(features, labels, random_state=settings.seed,
+                             sample_weight=weights)
     training_seconds = time.perf_counter() - fit_started
     manifest = ([f.manifest_entry("history") | window.file_facts(f) for f in history]
                 + [f.manifest_entry("new_training") | window.file_facts(f) for f in new_training]

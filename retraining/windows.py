@@ -34,6 +34,7 @@ from retraining.datafiles import LoadedFile, batch_key, concat_files
 from retraining.domain import Domain
 from retraining.evaluation import error_on, predict_files
 from retraining.ledger import arrival_order
+from retraining.progress import heartbeat
 
 log = logging.getLogger("retraining.windows")
 
@@ -282,8 +283,10 @@ def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFi
             features, labels, weights = candidate.training_set(columns, leave_out)
         sampled[candidate.name] = len(labels)
         started = time.perf_counter()
-        model = domain.train(features, labels, random_state=settings.seed,
-                             sample_weight=weights)
+        with heartbeat(log, f"training window {candidate.name!r} to compare it: "
+                            f"{len(labels):,} rows"):
+            model = domain.train(features, labels, random_state=settings.seed,
+                                 sample_weight=weights)
         seconds[candidate.name] = time.perf_counter() - started
         errors[candidate.name] = error_on(domain, validation,
                                           predict_files(model, validation, columns))

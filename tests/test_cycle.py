@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import mlflow
 import numpy as np
@@ -39,6 +41,29 @@ def test_too_few_files_skips_without_importing_mlflow_or_touching_the_store(work
     assert not workspace.database.exists()
     assert len(snapshot(workspace.new_dir)) == 2
 
+
+
+def test_the_skip_reason_counts_files_still_settling_and_stays_light(workspace):
+    settled = write_csvs(workspace.new_dir, "settled", machine_files(2, drift=0.0, seed=3))
+    for path in settled:  # copied in a while ago
+        os.utime(path, (time.time() - 600, time.time() - 600))
+    write_csvs(workspace.new_dir, "just_copied", machine_files(3, drift=0.0, seed=4))
+    probe = textwrap.dedent(f"""
+        import json, sys
+        import pipeline_orchestrator
+        code = pipeline_orchestrator.main({workspace.flags + ['--settle-seconds', '60',
+                                                             '--json']!r})
+        heavy = sorted(m for m in ("mlflow", "pandas", "sklearn", "pyarrow") if m in sys.modules)
+        print(json.dumps({{"code": code, "heavy": heavy}}), file=sys.stderr)
+    """)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=PROJECT_DIR, capture_output=True,
+                          text=True, timeout=120)
+
+    summary = json.loads(done.stdout)
+    assert json.loads(done.stderr.strip().splitlines()[-1]) == {"code": 0, "heavy": []}
+    assert summary["outcome"] == "skipped" and summary["new_files"] == 2
+    assert summary["reason"] == ("2 new files, 15 needed; 3 more are still settling "
+                                 "(modified in the last 60 s)")
 
 def test_healthy_production_archives_batch_and_keeps_alias(production, capsys):
     batch = write_csvs(production.new_dir, "batch", machine_files(6, drift=0.0, seed=5))

@@ -183,3 +183,39 @@ def test_settings_are_immutable():
     settings = settings_from([])
     with pytest.raises(AttributeError):
         settings.seed = 3
+
+
+def option_helps(help_text: str) -> dict[str, str]:
+    """Each option of an argparse --help text -> its help, whitespace collapsed."""
+    entries: dict[str, str] = {}
+    current = None
+    for line in help_text.splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            entries[current] = line
+        elif current and line.startswith("    "):
+            entries[current] += " " + line
+        else:
+            current = None
+    return {flag: " ".join(text.split()) for flag, text in entries.items() if flag != "-h"}
+
+
+@pytest.mark.parametrize("argv", [
+    ["pipeline_orchestrator"], ["register_first_model"], ["train_classification_model"],
+    *[["registry_tool", command] for command in ("status", "versions", "history", "rollback",
+                                                 "set-alias", "predict")]])
+def test_every_option_of_every_entry_point_shows_its_default_in_help(argv, capsys):
+    import importlib
+
+    entry_point = importlib.import_module(argv[0])
+    assert entry_point.main([*argv[1:], "--help"]) == 0
+    helps = option_helps(capsys.readouterr().out)
+
+    assert len(helps) >= 2
+    missing = {flag: text for flag, text in helps.items()
+               if "(default: " not in text and "(required)" not in text}
+    assert missing == {}
+    # Paths are shown relative to the project, where they resolve, not to the caller's folder.
+    for flag in ("--new-dir", "--used-dir", "--model-dir", "--domain-file", "--tracking-uri"):
+        if flag in helps:
+            assert "in the project folder" in helps[flag] and "<project>" not in helps[flag]

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import warnings
+from pathlib import Path
 
+import joblib
 import mlflow
 import pytest
+import sklearn
 
 import register_first_model
 from tests.conftest import (machine_files, register_pickle, run_json, run_script, train_on_folder,
                             write_csvs)
+from train_classification_model import train_model
 
 
 @pytest.fixture
@@ -102,3 +107,143 @@ def test_missing_pickle_and_unknown_flag_are_one_line_usage_errors(history):
         assert done.returncode == 2
         assert len(done.stderr.strip().splitlines()) == 1 and "Fix:" in done.stderr
     assert "absent.pkl does not exist" in missing.stderr
+
+
+# --- the model file: formats, the scikit-learn it was saved with, its answers on history ---
+
+# Saved by scikit-learn 1.3.2 (tests/data/README.md says how): real old models, not ones
+# whose recorded version was rewritten, so the failures below are those a user meets.
+OLD_MODELS = Path(__file__).parent / "data"
+
+
+def register_file(workspace, path, capsys, *extra) -> tuple[int, str]:
+    """Run register_first_model.py in-process on a model file; return its code and stderr."""
+    code = register_first_model.main(["--used-dir", str(workspace.used_dir), "--model-file",
+                                      str(path), "--tracking-uri", workspace.tracking_uri,
+                                      *extra])
+    return code, capsys.readouterr().err
+
+
+def failure_line(stderr: str) -> str:
+    """The one line a failure ends with (the log lines before it are the run's progress)."""
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("register_first_model.py: error: ") and ". Fix: " in line, stderr
+    return line
+
+
+def registered_versions(workspace) -> list[str]:
+    if not workspace.database.exists():
+        return []
+    return [str(v.version) for v in workspace.client().search_model_versions("")]
+
+
+def test_a_joblib_dumped_model_in_the_model_folder_registers(history, capsys):
+    joblib.dump(train_on_folder(history.used_dir), history.model_dir / "initial.joblib")
+
+    code, summary = run_json(register_first_model,
+                             ["--used-dir", str(history.used_dir), "--model-dir",
+                              str(history.model_dir), "--tracking-uri", history.tracking_uri],
+                             capsys)
+
+    assert code == 0 and summary["version"] == "1" and summary["history_error"] < 0.10
+    assert summary["saved_with_other_sklearn"] is None
+    assert history.alias_version() == "1"
+
+
+def test_joblib_load_reads_a_plain_pickle_too(history, capsys):
+    model = train_on_folder(history.used_dir)
+    path = history.model_dir / "initial.pickle"
+    path.write_bytes(pickle.dumps(model))
+
+    code, summary = run_json(register_first_model,
+                             ["--used-dir", str(history.used_dir), "--model-dir",
+                              str(history.model_dir), "--tracking-uri", history.tracking_uri],
+                             capsys)
+
+    assert code == 0 and summary["version"] == "1"
+
+
+def test_two_model_files_in_the_model_folder_are_refused_naming_both(history, capsys):
+    model = train_on_folder(history.used_dir)
+    joblib.dump(model, history.model_dir / "a.joblib")
+    (history.model_dir / "b.pkl").write_bytes(pickle.dumps(model))
+
+    code = register_first_model.main(["--used-dir", str(history.used_dir), "--model-dir",
+                                      str(history.model_dir), "--tracking-uri",
+                                      history.tracking_uri])
+
+    line = failure_line(capsys.readouterr().err)
+    assert code == 2 and "found a.joblib, b.pkl" in line and "--model-file" in line
+
+
+def test_a_model_saved_by_another_scikit_learn_is_refused_naming_both_versions(history,
+                                                                               capsys):
+    code, error = register_file(history, OLD_MODELS / "old_sklearn_logistic.joblib", capsys)
+
+    line = failure_line(error)
+    assert code == 1
+    assert f"saved with scikit-learn 1.3.2, while {sklearn.__version__} is installed" in line
+    assert "LogisticRegression" in line and "--allow-version-mismatch" in line
+    assert registered_versions(history) == []
+
+    code, summary = run_json(register_first_model,
+                             ["--used-dir", str(history.used_dir), "--model-file",
+                              str(OLD_MODELS / "old_sklearn_logistic.joblib"), "--tracking-uri",
+                              history.tracking_uri, "--allow-version-mismatch"], capsys)
+    assert code == 0 and summary["version"] == "1" and summary["history_error"] < 0.10
+    assert "1.3.2" in summary["saved_with_other_sklearn"]
+    run = history.client().get_run(history.client().get_model_version("classifier",
+                                                                      "1").run_id)
+    assert "1.3.2" in run.data.params["saved_with_other_sklearn"]
+
+
+def test_an_old_tree_whose_probabilities_are_leaf_counts_is_refused_with_the_figures(history,
+                                                                                  capsys):
+    # Allowed past the version check, it loads and predicts the right classes; only its
+    # probabilities show that 1.9 reads its saved leaves differently.
+    code, error = register_file(history, OLD_MODELS / "old_sklearn_tree.joblib", capsys,
+                                "--allow-version-mismatch")
+
+    line = failure_line(error)
+    assert code == 1 and "Fix:" in line
+    figures = re.search(r"rows that sum to between ([0-9.]+) and ([0-9.]+), not 1", line)
+    assert figures and float(figures[2]) > 100, line
+    assert "outside [0, 1]" in line and "saved with scikit-learn 1.3.2" in line
+    assert registered_versions(history) == []
+
+
+def test_an_old_model_that_fails_to_predict_is_refused_in_one_line(history, capsys):
+    code, error = register_file(history, OLD_MODELS / "old_sklearn_default.joblib", capsys,
+                                "--allow-version-mismatch")
+
+    line = failure_line(error)
+    assert code == 1 and "predict fails (AttributeError" in line and "1.3.2" in line
+    assert registered_versions(history) == []
+
+
+def test_a_model_trained_on_label_codes_is_refused_for_text_labels(history, capsys):
+    from retraining.datafiles import concat_files, list_data_files, load_files
+
+    files = load_files(list_data_files(history.used_dir), "label", lambda frame, path: frame)
+    features, labels = concat_files(files)
+    codes = labels.astype("category").cat.codes  # the history says 'ok', the model says 0
+    joblib.dump(train_model(features, codes), history.model_dir / "coded.joblib")
+
+    code, error = register_file(history, history.model_dir / "coded.joblib", capsys)
+
+    line = failure_line(error)
+    assert code == 1
+    assert "the history's labels are text ('" in line
+    assert "the model's classes are integer (0, 1, 2)" in line
+    assert registered_versions(history) == []
+
+
+def test_a_file_that_is_not_a_model_is_refused_in_one_line(history, capsys):
+    path = history.model_dir / "notes.pkl"
+    path.write_text("not a pickle\n")
+
+    code, error = register_file(history, path, capsys)
+
+    line = failure_line(error)
+    assert code == 1 and "notes.pkl cannot be loaded as a joblib or pickle file" in line
+    assert "Fix: save the model with joblib.dump" in line

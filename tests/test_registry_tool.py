@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -21,6 +22,8 @@ import pytest
 import pipeline_orchestrator
 import register_first_model
 import registry_tool
+from retraining import operations
+from retraining.config import build_settings
 from tests.conftest import (Workspace, cycle, machine_files, register_pickle, train_on_folder,
                             wait_until_answering, write_csvs)
 
@@ -317,3 +320,95 @@ def test_status_on_a_missing_store_says_so_and_creates_nothing(workspace, capsys
     assert code == 1 and len(error) == 1
     assert f"no MLflow store at {workspace.database}" in error[0] and "Fix:" in error[0]
     assert not workspace.database.exists()
+
+
+def test_alias_moves_say_what_they_do_and_a_dry_run_what_it_would_do(production, capsys):
+    # Version 2 replaces version 1 as production: a rollback would go back to 1.
+    register_pickle(production, train_on_folder(production.used_dir), capsys,
+                    extra=["--force"])
+    assert production.alias_version() == "2"
+
+    code, text = tool(["rollback", *store_flags(production), "--dry-run", "--reason", "check",
+                       "--by", "alice"], capsys)
+    assert code == 0 and text.strip() == ("dry run: alias 'production' would move from "
+                                          "version 2 to 1 (rollback by alice: check); "
+                                          "nothing was changed")
+    code, text = tool(["set-alias", "production", "1", *store_flags(production), "--dry-run",
+                       "--reason", "check", "--by", "alice"], capsys)
+    assert code == 0 and text.startswith("dry run: alias 'production' would move from "
+                                         "version 2 to 1 (set-alias by alice")
+    code, text = tool(["set-alias", "staging", "1", *store_flags(production), "--dry-run",
+                       "--reason", "try", "--by", "bob"], capsys)
+    assert code == 0 and text.startswith("dry run: alias 'staging' would be set to version 1 "
+                                         "(it points at no version)")
+    assert production.alias_version() == "2" and alias_change_runs(production) == []
+
+    code, text = tool(["set-alias", "staging", "1", *store_flags(production), "--reason",
+                       "try", "--by", "bob"], capsys)
+    assert code == 0 and text.startswith("alias 'staging' set to version 1 (it pointed at no "
+                                         "version) (set-alias by bob: try); run ")
+    assert production.alias_version("staging") == "1"
+    code, text = tool(["set-alias", "staging", "1", *store_flags(production), "--reason",
+                       "again", "--by", "bob"], capsys)
+    assert code == 0 and text.strip() == "alias 'staging' already points at version 1"
+    code, text = tool(["rollback", *store_flags(production), "--reason", "v2 is worse",
+                       "--by", "alice"], capsys)
+    assert code == 0 and text.startswith("alias 'production' moved from version 2 to 1 "
+                                         "(rollback by alice: v2 is worse); run ")
+    description = production.client().get_model_version("classifier", "1").description
+    assert "(alias 'production' moved from version 2 to 1)" in description
+
+
+def history_cycle(when_ms: int, error: float, version: str) -> dict:
+    """One monitoring cycle as history() reads it from a ModelMonitoring run."""
+    return {"time": when_ms, "started": None, "production_version": version,
+            "monitoring_error": error, "threshold": 0.1, "drift_share": 0.0,
+            "decision": "retrain" if error > 0.1 else "healthy"}
+
+
+def history_move(version: str, action: str, when_ms: int) -> "operations.AliasMove":
+    return operations.AliasMove(version, None, action, when_ms, "", "tester", "run")
+
+
+def assert_labels_apart(layout: dict) -> None:
+    for row in {label["row"] for label in layout["move_labels"]}:
+        spans = sorted((label["x0"], label["x1"]) for label in layout["move_labels"]
+                       if label["row"] == row)
+        assert all(left[1] <= right[0] for left, right in zip(spans, spans[1:], strict=False)), spans
+
+
+def test_history_plot_of_one_cycle_spans_minutes_with_labels_apart(tmp_path):
+    settings = build_settings(tmp_path, argparse.Namespace(), {})
+    start = 1_780_000_000_000
+    cycles = [history_cycle(start + 30_000, 0.31, "1")]
+    moves = [history_move("1", "registered_first", start), history_move("2", "promoted",
+                                                                        start + 70_000)]
+
+    layout = operations._plot_history(tmp_path / "one.png", cycles, moves, settings)
+
+    # Not the hour a fixed padding gave it: the 70 s of events, padded a minute each side.
+    assert 70 <= layout["span_seconds"] <= 70 + 2 * 61
+    assert [label["text"] for label in layout["move_labels"]] == ["v1 registered_first",
+                                                                  "v2 promoted"]
+    assert_labels_apart(layout)
+    assert (tmp_path / "one.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_history_plot_of_many_cycles_keeps_close_moves_labels_apart(tmp_path):
+    settings = build_settings(tmp_path, argparse.Namespace(), {})
+    day, start = 86_400_000, 1_780_000_000_000
+    cycles = [history_cycle(start + index * day, 0.05 + 0.004 * index, str(1 + index // 15))
+              for index in range(60)]
+    moves = [history_move("1", "registered_first", start - day),
+             *[history_move(str(k + 2), "promoted", start + (15 * k + 14) * day)
+               for k in range(3)],
+             # A rollback and a move by hand three hours apart: one spot at this scale.
+             history_move("3", "rollback", start + 58 * day),
+             history_move("4", "set-alias", start + 58 * day + 3 * 3_600_000)]
+
+    layout = operations._plot_history(tmp_path / "many.png", cycles, moves, settings)
+
+    assert 60 * day / 1000 <= layout["span_seconds"] <= 60 * day / 1000 * 1.2
+    rows = {label["text"]: label["row"] for label in layout["move_labels"]}
+    assert rows["v3 rollback"] != rows["v4 set-alias"]
+    assert_labels_apart(layout)
