@@ -374,7 +374,8 @@ def assert_labels_apart(layout: dict) -> None:
     for row in {label["row"] for label in layout["move_labels"]}:
         spans = sorted((label["x0"], label["x1"]) for label in layout["move_labels"]
                        if label["row"] == row)
-        assert all(left[1] <= right[0] for left, right in zip(spans, spans[1:], strict=False)), spans
+        assert all(left[1] <= right[0]
+                   for left, right in zip(spans, spans[1:], strict=False)), spans
 
 
 def test_history_plot_of_one_cycle_spans_minutes_with_labels_apart(tmp_path):
