@@ -25,7 +25,7 @@ OPTIONS = ["model_dir", "used_dir", "domain_file", "tracking_uri", "store_timeou
 def register_first_model(settings: Settings, model_file: Path | None,
                          allow_version_mismatch: bool = False) -> dict[str, Any]:
     from retraining.datafiles import (batch_key, check_columns, concat_files, list_data_files,
-                                      load_files)
+                                      label_kind, labels_read_kind, load_files)
     from retraining.domain import load_domain
     from retraining.evaluation import error_on
     from retraining.lineage import describe, lineage_tags
@@ -58,7 +58,7 @@ def register_first_model(settings: Settings, model_file: Path | None,
     model = saved.model
     predictions = checked_predictions(saved, history, columns)
     error = error_on(domain, history, predictions)
-    features, _ = concat_files(history, columns)
+    features, labels = concat_files(history, columns)
 
     # The alias tag tells the alias history (registry_tool.py) whether this run moved it.
     moved_alias = "(none)" if settings.no_alias else settings.alias
@@ -73,7 +73,9 @@ def register_first_model(settings: Settings, model_file: Path | None,
     reason = (f"first model from {model_path.name}; {domain.error_metric_name} {error:.4f} "
               f"on {len(history)} history files (data it may have been trained on)")
     # Its training data are unknown here; what it was evaluated on is the history.
-    lineage = lineage_tags(settings, current, history_batch_key=batch_key(history))
+    # label_kind: what the cycles check new labels against (TRUE/FALSE read as 0/1).
+    lineage = lineage_tags(settings, current, history_batch_key=batch_key(history),
+                           label_kind=labels_read_kind(history) or label_kind(labels))
     registry.annotate_version(version, {"decision": "registered_first", "history_error": error,
                                         "previous_production_version": current or "none"}
                               | lineage, description=f"{reason}. {describe(lineage)}")

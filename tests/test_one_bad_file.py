@@ -165,3 +165,21 @@ def test_a_quarantine_inside_a_data_folder_is_a_usage_error(production, inside):
 
     assert done.returncode == 2
     assert "--quarantine-dir" in done.stderr.strip().splitlines()[-1]
+
+
+def test_a_project_labelled_true_false_keeps_taking_true_false(workspace, capsys):
+    history = machine_files(8, drift=0.0, seed=100)
+    for frame in history:
+        frame["label"] = (frame["label"] != "ok").map({True: "TRUE", False: "FALSE"})
+    write_csvs(workspace.used_dir, "history", history)
+    register_pickle(workspace, train_on_folder(workspace.used_dir), capsys)
+    assert workspace.client().get_model_version("classifier", "1").tags["label_kind"] == "boolean"
+    batch = machine_files(5, drift=0.0, seed=101)
+    for frame in batch:
+        frame["label"] = (frame["label"] != "ok").map({True: "TRUE", False: "FALSE"})
+    write_csvs(workspace.new_dir, "batch", batch)
+
+    code, summary = cycle(workspace, capsys)
+
+    assert code == 0 and summary["outcome"] == "healthy", summary["reason"]
+    assert summary["quarantined_files"] == []
