@@ -292,8 +292,10 @@ class Registry:
             raise NeedsAttention(
                 f"registered model {self.model_name!r} has no alias {self._settings.alias!r}",
                 fix="run register_first_model.py to register the first model")
+        # The model first: its files missing is said by load_version, in one line.
+        model = self.load_version(version)
         columns, kinds = self.input_schema(version)
-        return ProductionModel(version=version, model=self.load_version(version),
+        return ProductionModel(version=version, model=model,
                                input_columns=columns, input_kinds=kinds,
                                label_kind=self.version_tags(version).get("label_kind"),
                                hand_moves_seen=hand_moves)
