@@ -65,8 +65,8 @@ class Settings:
         A SQLite store without a server would otherwise put artifacts in `./mlruns` of
         whatever directory cron started in, so they are pinned beside the database.
         """
-        if self.tracking_uri.startswith("sqlite:///"):
-            database = Path(self.tracking_uri[len("sqlite:///"):])
+        database = sqlite_database(self.tracking_uri)
+        if database is not None:
             return (database.parent / "artifacts").resolve().as_uri()
         return None
 
@@ -78,10 +78,17 @@ class Settings:
         server, in the project's mlflow_server/, shared by the processes of this machine
         (those elsewhere are seen through the AliasChange runs they record).
         """
-        if self.tracking_uri.startswith("sqlite:///"):
-            database = Path(self.tracking_uri[len("sqlite:///"):])
+        database = sqlite_database(self.tracking_uri)
+        if database is not None:
             return database.parent / f".{database.name}.alias.lock"
         return self.project_dir / "mlflow_server" / ".alias.lock"
+
+
+def sqlite_database(tracking_uri: str) -> Path | None:
+    """The file of a `sqlite:///` store; None for any other kind."""
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri[len("sqlite:///"):])
+    return None
 
 
 def _checked(convert: Callable[[str], Any], accept: Callable[[Any], bool],

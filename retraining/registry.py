@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from retraining.config import Settings
+from retraining.config import Settings, sqlite_database
 from retraining.errors import NeedsAttention, RetrainingError, TryLater
 
 log = logging.getLogger(__name__)
@@ -177,13 +177,6 @@ def _store_location(settings: Settings) -> str:
     """The database file of a SQLite store, else the store's URI."""
     database = sqlite_database(settings.tracking_uri)
     return str(database) if database is not None else settings.tracking_uri
-
-
-def sqlite_database(tracking_uri: str) -> Path | None:
-    """The file of a `sqlite:///` store; None for any other kind."""
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri[len("sqlite:///"):])
-    return None
 
 
 def check_store_exists(tracking_uri: str) -> None:
