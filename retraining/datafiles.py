@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import numbers
 import os
 import time
 from pathlib import Path
@@ -98,6 +97,9 @@ class LoadedFile:
     content_sha256: str = ""
     # The label column's kind as the CSV had it, before booleans became 0/1 (see load_file).
     label_read_kind: str | None = None
+    # Whether each row's index is its data row in the file (0 = the line after the header).
+    # False when prepare_file made rows of its own (aggregated them, set an index).
+    file_rows: bool = True
 
     @property
     def name(self) -> str:
@@ -164,14 +166,21 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
         raise DataError(f"{name} is not a readable CSV file ({_first_line(error)})",
                         fix=f"fix or remove {path}", kind="unreadable") from None
+    read_rows = len(frame)
     try:
         frame = prepare_file(frame, path)
     except Exception as error:  # the user's hook: report its own message, whatever it raised
         raise DataError(f"prepare_file rejected {name}: {type(error).__name__}: {error}",
                         fix=f"fix {path} or the prepare_file hook",
                         kind=f"prepare_file: {type(error).__name__}: {error}") from error
+    file_rows = _keeps_file_rows(frame.index, read_rows)
+    if not file_rows:
+        # An index the domain set (an object id, a group key) must not pass for row numbers
+        # in reasons or in predictions: the rows are counted from 0 in their prepared order.
+        frame = frame.reset_index(drop=True)
     facts = {"path": path, "sha256": sha256, "identity": identity,
-             "content_sha256": content_sha256(payload), "label_read_kind": label_read_kind}
+             "content_sha256": content_sha256(payload), "label_read_kind": label_read_kind,
+             "file_rows": file_rows}
     if not labels_required:
         import pandas as pd
 
@@ -194,6 +203,14 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
                         kind="unlabelled")
     features = frame.drop(columns=[label_column])
     return LoadedFile(features=features, labels=labels, dropped_rows=dropped_rows, **facts)
+
+
+def _keeps_file_rows(index, read_rows: int) -> bool:
+    """Whether prepare_file kept the reader's index: unnamed, unique whole numbers that are
+    data rows of the file (any subset, in any order)."""
+    if index.name is not None or index.dtype.kind not in "iu" or not index.is_unique:
+        return False
+    return len(index) == 0 or (index.min() >= 0 and index.max() < read_rows)
 
 
 def _arrow_kind(arrow_type) -> str:
@@ -343,7 +360,7 @@ def _check_cell_kinds(loaded: LoadedFile, column: str, kind: str) -> None:
         if odd.any():
             where = values.index[odd.to_numpy()]
             raise DataError(f"{loaded.shown_name} has the value {values[where[0]]!r} in column "
-                            f"{column!r} on data row {_row(where[0])}, where the production "
+                            f"{column!r} on {_row(loaded, where[0])}, where the production "
                             f"model takes a number ({int(odd.sum())} such cells)", fix=fix,
                             kind="cell")
         loaded.features[column] = values = numbers
@@ -351,13 +368,15 @@ def _check_cell_kinds(loaded: LoadedFile, column: str, kind: str) -> None:
     if infinite.any():
         where = values.index[infinite]
         raise DataError(f"{loaded.shown_name} has {values[where[0]]} in column {column!r} on "
-                        f"data row {_row(where[0])}: the model takes finite numbers only "
+                        f"{_row(loaded, where[0])}: the model takes finite numbers only "
                         f"({int(infinite.sum())} such cells)", fix=fix, kind="cell")
 
 
-def _row(index) -> str:
-    """The 1-based data row of an index label the reader gave (prepare_file may set others)."""
-    return str(int(index) + 1) if isinstance(index, numbers.Integral) else repr(index)
+def _row(loaded: LoadedFile, index: int) -> str:
+    """Where a row is, for a person: its 1-based data row in the file, or, when prepare_file
+    made rows of its own, its 1-based place among them."""
+    return (f"data row {index + 1}" if loaded.file_rows
+            else f"row {index + 1} of what prepare_file returned")
 
 
 def _as_text(values):

@@ -31,7 +31,23 @@ class Domain:
     @property
     def accepts_sample_weight(self) -> bool:
         """Whether the user's `train_model` declares `sample_weight` (or **kwargs)."""
-        return self._accepts("sample_weight")
+        return _accepts(self.train_model, "sample_weight")
+
+    @property
+    def error_sees_rows(self) -> bool:
+        """Whether the user's `error_metric` declares `rows` (or **kwargs)."""
+        return _accepts(self.error_metric, "rows")
+
+    def error(self, labels, predictions, rows=None) -> float:
+        """The user's error_metric, given `rows` (the prepared rows scored, label column left
+        out) only when it declares them, as `train` passes `sample_weight`.
+
+        `rows` may be a callable that builds them: stacking frames costs memory, so they are
+        built only for a metric that reads them.
+        """
+        if not self.error_sees_rows:
+            return self.error_metric(labels, predictions)
+        return self.error_metric(labels, predictions, rows=rows() if callable(rows) else rows)
 
     def train(self, features, labels, *, random_state: int, sample_weight=None):
         """Train through the user's hook, passing only the keywords it declares.
@@ -40,16 +56,19 @@ class Domain:
         that does not declare it is a bug in the caller, which must ask
         `accepts_sample_weight` first.
         """
-        keywords = {"random_state": random_state} if self._accepts("random_state") else {}
+        keywords = {"random_state": random_state} \
+            if _accepts(self.train_model, "random_state") else {}
         if sample_weight is not None:
             if not self.accepts_sample_weight:
                 raise TypeError(f"train_model in {self.source} does not accept sample_weight")
             keywords["sample_weight"] = sample_weight
         return self.train_model(features, labels, **keywords)
 
-    def _accepts(self, keyword: str) -> bool:
-        accepted = inspect.signature(self.train_model).parameters
-        return keyword in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+
+
+def _accepts(function: Callable, keyword: str) -> bool:
+    accepted = inspect.signature(function).parameters
+    return keyword in accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values())
 
 
 def _identity(frame, path):

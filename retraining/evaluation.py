@@ -33,12 +33,15 @@ def error_on(domain: Domain, files: Sequence[LoadedFile], predictions: dict[str,
     import numpy as np
 
     if domain.error_per_file:
-        error = float(np.mean([domain.error_metric(loaded.labels, predictions[loaded.name])
-                               for loaded in files]))
+        error = float(np.mean([domain.error(loaded.labels, predictions[loaded.name],
+                                            loaded.features) for loaded in files]))
     else:
+        import pandas as pd
+
         labels = np.concatenate([np.asarray(loaded.labels) for loaded in files])
         pooled = np.concatenate([np.asarray(predictions[loaded.name]) for loaded in files])
-        error = float(domain.error_metric(labels, pooled))
+        error = float(domain.error(labels, pooled, lambda: pd.concat(
+            [loaded.features for loaded in files], ignore_index=True)))
     if not math.isfinite(error):
         raise NeedsAttention(f"error_metric returned {error} on {len(files)} files",
                              fix=f"make error_metric in {domain.source.name} return a finite "

@@ -95,7 +95,8 @@ def score_heldout(domain: Domain, heldout: Sequence[LoadedFile], production_pred
     for role, predictions in (("production", production_predictions),
                               ("challenger", challenger_predictions)):
         per_file[role] = _finite_errors(domain, role, [
-            (loaded.name, domain.error_metric(loaded.labels, predictions[loaded.name]))
+            (loaded.name, domain.error(loaded.labels, predictions[loaded.name],
+                                       loaded.features))
             for loaded in heldout])
     slices, no_slices_because = _score_slices(domain, heldout, production_predictions,
                                               challenger_predictions, per_file)
@@ -139,8 +140,10 @@ def _score_slices(domain: Domain, heldout: Sequence[LoadedFile], production_pred
                 for start, stop in edges:
                     where = f"rows {start}-{stop} of held-out file {loaded.name}"
                     try:
-                        value = float(domain.error_metric(_rows(loaded.labels, start, stop),
-                                                          predicted[start:stop]))
+                        scored = loaded.features.iloc[start:stop] \
+                            if domain.error_sees_rows else None
+                        value = float(domain.error(_rows(loaded.labels, start, stop),
+                                                   predicted[start:stop], scored))
                     # The user's metric, on rows it was not written for: whatever it raises
                     # is reported in the reason, and the files are judged whole.
                     except Exception as error:

@@ -560,7 +560,11 @@ def predict(settings: Settings, input_dir: Path, output: Path,
     table = pd.DataFrame({
         "source_file": np.concatenate([[loaded.name] * len(loaded.features)
                                        for loaded in files]),
-        "row": features.index.to_numpy(),
+        # The file's own data row, never an index prepare_file set; empty where it made rows
+        # of its own (aggregated them), which no line of the file is.
+        "row": pd.concat([pd.Series(loaded.features.index if loaded.file_rows
+                                    else [pd.NA] * len(loaded.features), dtype="Int64")
+                          for loaded in files], ignore_index=True).array,
         "predicted_class": np.asarray(model.predict(features.reset_index(drop=True)))})
     low_share = None
     if hasattr(model, "predict_proba"):
