@@ -226,17 +226,19 @@ def read_new_files(settings: Settings, domain, paths: list[Path],
     A bad file must not stall every night's cycle, nor be lost: it is set aside, named in
     the summary and in MLflow, and the cycle goes on with the good ones. When every file
     fails the same check, though, the cause is a setting: that is a UsageError, and nothing
-    moves. Also returns the feature columns: the production model's inputs, else (no
-    signature) the first good file's.
+    moves (retraining/screening.py). Also returns the feature columns: the production
+    model's inputs, else (no signature) the first good file's.
     """
-    from retraining.archive import quarantine_file
-    from retraining.datafiles import check_new_file, load_file, name_is_text, shown_name
+    from retraining.datafiles import (Expected, check_new_file, load_file, name_is_text,
+                                      shown_name)
     from retraining.errors import DataError
     from retraining.ledger import history_content
+    from retraining.screening import refuse_if_a_setting, set_aside
 
     history = history_content(settings.used_dir, list_data_files(settings.used_dir),
                               record_unknown=not settings.dry_run)
     taken = {content: f"{name} in {settings.used_dir.name}/" for content, name in history.items()}
+    expected = Expected.of_production(production)
     good, failures = [], []
     for path in paths:
         try:
@@ -248,49 +250,19 @@ def read_new_files(settings: Settings, domain, paths: list[Path],
                 # Lineage, tags and the ledger name files by text: such a name has no place.
                 raise DataError(f"{shown_name(path)}: its name is not valid UTF-8",
                                 fix="rename it with a UTF-8 name and put it back")
-            loaded = load_file(path, settings.label_column, domain.prepare_file)
-            check_new_file(loaded, production, taken)
+            loaded = load_file(path, settings.label_column, domain.prepare_file,
+                               known_columns=production.input_columns or ())
+            check_new_file(loaded, expected, taken)
         except DataError as error:
             failures.append((path, error))
             continue
         good.append(loaded)
         taken[loaded.content_sha256] = f"{loaded.shown_name} in this batch"
-    if not good and len(failures) >= 2:
-        check_not_a_setting(settings, domain, [error for _, error in failures])
-    quarantined = []
-    for path, error in failures:
-        entry = {"file": shown_name(path), "reason": error.cause, "quarantined_as": None}
-        if not settings.dry_run:
-            entry["quarantined_as"] = quarantine_file(path, error.cause, settings.quarantine_dir)
-        quarantined.append(entry)
+    refuse_if_a_setting(settings, domain, settings.new_dir, [error for _, error in failures],
+                        total=len(paths))
+    quarantined = set_aside(settings, settings.new_dir, failures)
     columns = production.input_columns or (list(good[0].features.columns) if good else [])
     return good, quarantined, columns
-
-
-# Checks a setting can make every file fail alike; a bad cell, an unreadable file or a
-# re-delivery in every file is still each file's own fault.
-_SETTING_KINDS = ("no_label_column", "unlabelled", "columns", "label kind", "prepare_file")
-
-
-def check_not_a_setting(settings: Settings, domain, errors: list) -> None:
-    """Raise UsageError when every file failed the same check that a setting decides."""
-    from retraining.errors import UsageError
-
-    kinds = {error.kind for error in errors}
-    if len(kinds) != 1 or not kinds.pop().startswith(_SETTING_KINDS):
-        return
-    first = errors[0]
-    where = f"all {len(errors)} files in {settings.new_dir}"
-    fixes = {"no_label_column": f"set --label-column (or RETRAIN_LABEL_COLUMN) to the column "
-                                f"that holds the labels; it is {settings.label_column!r} now",
-             "unlabelled": "check --label-column: it names a column with no values",
-             "columns": f"check prepare_file in {domain.source.name} and --model-name: the "
-                        "production model takes other columns than every file has",
-             "label kind": "check --label-column, or register a model trained on such labels",
-             "prepare_file": f"fix prepare_file in {domain.source.name}"}
-    fix = next(text for prefix, text in fixes.items() if first.kind.startswith(prefix))
-    raise UsageError(f"{where} fail the same way, so the cause is a setting, not the files; "
-                     f"the first: {first.cause}", fix=f"{fix}; no file was moved")
 
 
 # --- 2. monitor ----------------------------------------------------------------------------
@@ -387,7 +359,7 @@ OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_fi
            "min_improvement", "holdout_fraction", "seed", "min_heldout_files",
            "min_heldout_rows", "max_file_regression", "confidence_level", "bootstrap_resamples",
            "require_significance", "training_windows", "recent_files", "recency_half_life",
-           "validation_fraction", "window_sample_rows", "dry_run", "json"]
+           "validation_fraction", "window_sample_rows", "strict_history", "dry_run", "json"]
 
 
 def main(argv=None) -> int:

@@ -18,20 +18,22 @@ from retraining.cli import ArgumentParser, exit_process, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.errors import UsageError
 
-OPTIONS = ["model_dir", "used_dir", "domain_file", "tracking_uri", "store_timeout", "experiment",
-           "model_name", "alias", "label_column", "force", "no_alias", "json"]
+OPTIONS = ["model_dir", "used_dir", "quarantine_dir", "domain_file", "tracking_uri",
+           "store_timeout", "experiment", "model_name", "alias", "label_column",
+           "strict_history", "force", "no_alias", "json"]
 
 
 def register_first_model(settings: Settings, model_file: Path | None,
                          allow_version_mismatch: bool = False) -> dict[str, Any]:
-    from retraining.datafiles import (batch_key, check_columns, concat_files, list_data_files,
-                                      label_kind, labels_read_kind, load_files)
+    from retraining.datafiles import (batch_key, concat_files, label_kind, labels_read_kind,
+                                      list_data_files)
     from retraining.domain import load_domain
     from retraining.evaluation import error_on
     from retraining.lineage import describe, lineage_tags
     from retraining.modelfile import (check_version, checked_predictions, find_model_file,
                                       load_model_file)
     from retraining.registry import REGISTRATION_RUN, Registry
+    from retraining.screening import read_history
 
     model_path = model_file or find_model_file(settings.model_dir)
     if not model_path.is_file():
@@ -50,8 +52,9 @@ def register_first_model(settings: Settings, model_file: Path | None,
     if not history_paths:
         raise UsageError(f"no CSV files in {settings.used_dir} to evaluate the model on",
                          fix="put the labelled history in used_gts/ first")
-    history = load_files(history_paths, settings.label_column, domain.prepare_file)
-    columns = check_columns(history)
+    # Checked like new files: an unusable history file is set aside with its reason.
+    checked = read_history(settings, domain, settings.used_dir)
+    history, columns = checked.files, checked.columns
     # After the domain is loaded: a model holding classes defined there needs them to load.
     saved = load_model_file(model_path)
     check_version(saved, allow_version_mismatch)
@@ -81,10 +84,12 @@ def register_first_model(settings: Settings, model_file: Path | None,
                               | lineage, description=f"{reason}. {describe(lineage)}")
     if not settings.no_alias:
         registry.set_alias(version)
+    if checked.quarantined:
+        registry.record_quarantine(checked.quarantined)
     return {"model_name": settings.model_name, "version": version,
             "alias": None if settings.no_alias else settings.alias,
             "previous_production_version": current, "history_error": error,
-            "history_files": len(history),
+            "history_files": len(history), "quarantined_files": checked.quarantined,
             "saved_with_other_sklearn": saved.version_note or None}
 
 

@@ -85,26 +85,30 @@ def main(argv=None) -> int:
     parser.add_argument("data_dir", type=Path, help="folder of labelled CSV files")
     parser.add_argument("--output", type=Path, required=True,
                         help="where to write the pickle (required)")
-    add_options(parser, ["label_column", "seed", "domain_file", "json"])
+    add_options(parser, ["label_column", "seed", "domain_file", "quarantine_dir",
+                         "strict_history", "json"])
 
     def train(settings, args):
-        from retraining.datafiles import check_columns, concat_files, list_data_files, load_files
+        from retraining.datafiles import concat_files, list_data_files
         from retraining.domain import load_domain
         from retraining.errors import UsageError
+        from retraining.screening import read_history
         from retraining.statefiles import write_atomically
 
         domain = load_domain(settings.domain_file)
-        paths = list_data_files(args.data_dir.resolve())
-        if not paths:
+        data_dir = args.data_dir.resolve()
+        if not list_data_files(data_dir):
             raise UsageError(f"no CSV files in {args.data_dir}",
                              fix="point DATA_DIR at a folder of labelled CSV files")
-        files = load_files(paths, settings.label_column, domain.prepare_file)
-        features, labels = concat_files(files, check_columns(files))
+        # Unusable files are moved to the quarantine folder with their reasons.
+        history = read_history(settings, domain, data_dir)
+        features, labels = concat_files(history.files, history.columns)
         model = domain.train(features, labels, random_state=settings.seed)
         args.output.parent.mkdir(parents=True, exist_ok=True)
         # Written then renamed, never through a link planted at the partial's name.
         write_atomically(args.output, pickle.dumps(model))
-        return {"model_file": str(args.output), "files": len(files), "rows": len(labels)}
+        return {"model_file": str(args.output), "files": len(history.files),
+                "rows": len(labels), "quarantined_files": history.quarantined}
 
     return run_entry_point(parser, argv, train)
 

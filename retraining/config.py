@@ -53,6 +53,7 @@ class Settings:
     recency_half_life: float
     validation_fraction: float
     window_sample_rows: int
+    strict_history: bool
     dry_run: bool
     json: bool
     force: bool
@@ -223,6 +224,9 @@ _OPTIONS = {
                 "candidate windows are compared by models trained on the same seeded share of "
                 "their rows, so that the largest trains on at most this many; the chosen one "
                 "is then trained on all its rows"),
+        _Option("strict_history", _flag,
+                "stop, listing every unusable history file with its reason, instead of moving "
+                "them to the quarantine folder", is_flag=True),
         _Option("dry_run", _flag, "decide and report, change nothing", is_flag=True),
         _Option("json", _flag, "print one JSON summary on stdout", is_flag=True),
         _Option("force", _flag, "replace an existing production alias", is_flag=True),
@@ -278,6 +282,7 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         # extra (three fits of at most this many rows) and the larger window keeps its lead
         # in rows. The challenger itself always trains on every row of its window.
         "window_sample_rows": 25_000,
+        "strict_history": False,
         "dry_run": False,
         "json": False,
         "force": False,

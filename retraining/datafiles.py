@@ -9,12 +9,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Collection, Iterable, Sequence
 
 from retraining.errors import DataError, UsageError
+
+log = logging.getLogger(__name__)
 
 # Names a writer uses while a file is still being written (see README: safe writer protocol).
 _IN_PROGRESS_SUFFIXES = (".tmp", ".part")
@@ -100,6 +103,8 @@ class LoadedFile:
     # Whether each row's index is its data row in the file (0 = the line after the header).
     # False when prepare_file made rows of its own (aggregated them, set an index).
     file_rows: bool = True
+    # Header names read as another, expected name (see normalised_header): found -> used.
+    renamed_columns: dict = dataclasses.field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -120,18 +125,22 @@ class LoadedFile:
         self.features = self.labels = None
 
     def manifest_entry(self, role: str) -> dict[str, Any]:
-        return {"name": self.name, "sha256": self.sha256, "rows": self.rows,
-                "dropped_rows": self.dropped_rows, "role": role}
+        entry = {"name": self.name, "sha256": self.sha256, "rows": self.rows,
+                 "dropped_rows": self.dropped_rows, "role": role}
+        return entry | ({"renamed_columns": self.renamed_columns} if self.renamed_columns
+                        else {})
 
 
 def load_file(path: Path, label_column: str, prepare_file: Callable,
-              labels_required: bool = True) -> LoadedFile:
+              labels_required: bool = True, known_columns: Collection[str] = ()) -> LoadedFile:
     """Read, hash and prepare one CSV from a single read of its bytes.
 
     Booleans become 0.0/1.0 (NaN where missing) so that a column has one type whether or
     not a file happens to have a gap in it. Rows with a missing label are dropped and counted.
     With `labels_required` False (files to predict on), every row is kept and the label
-    column may be absent; `labels` is then all missing where there is none.
+    column may be absent; `labels` is then all missing where there is none. A header name
+    that is the label column or one of `known_columns` but for stray spaces or a UTF-7
+    escape is read as that name (see normalised_header), and the rename is logged.
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -144,7 +153,12 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
     sha256 = hashlib.sha256(payload).hexdigest()
     name = shown_name(path)
     try:
-        table = pcsv.read_csv(pa.BufferReader(payload))
+        table = pcsv.read_csv(pa.BufferReader(payload))  # a UTF-8 BOM is skipped here
+        header, renamed = normalised_header(table.column_names, {label_column, *known_columns})
+        if renamed:
+            table = table.rename_columns(header)
+            log.warning("%s: read the column%s %s", name, "s" * (len(renamed) > 1),
+                        ", ".join(f"{found!r} as {used!r}" for found, used in renamed.items()))
         repeated = sorted({column for column in table.column_names
                            if table.column_names.count(column) > 1})
         if repeated:
@@ -164,7 +178,9 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
         # Column names are decoded only here: a header that is not UTF-8 fails late.
         frame = table.to_pandas()
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
-        raise DataError(f"{name} is not a readable CSV file ({_first_line(error)})",
+        where = _parse_error_place(payload) if "parse error" in str(error) else None
+        raise DataError(f"{name} is not a readable CSV file ({_first_line(error)}"
+                        f"{'; ' + where if where else ''})",
                         fix=f"fix or remove {path}", kind="unreadable") from None
     read_rows = len(frame)
     try:
@@ -180,7 +196,7 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
         frame = frame.reset_index(drop=True)
     facts = {"path": path, "sha256": sha256, "identity": identity,
              "content_sha256": content_sha256(payload), "label_read_kind": label_read_kind,
-             "file_rows": file_rows}
+             "file_rows": file_rows, "renamed_columns": renamed}
     if not labels_required:
         import pandas as pd
 
@@ -203,6 +219,40 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
                         kind="unlabelled")
     features = frame.drop(columns=[label_column])
     return LoadedFile(features=features, labels=labels, dropped_rows=dropped_rows, **facts)
+
+
+def normalised_header(names: Sequence[str], known: Collection[str]
+                      ) -> tuple[list[str], dict[str, str]]:
+    """The header with each name that is unambiguously a known name written another way
+    read as that name; and the renames (found -> used).
+
+    Two ways a tool mangles a header are undone: stray spaces (and a BOM that was not at the
+    file's start), and UTF-7, which writes `ground_truth` as `ground+AF8-truth`. Only
+    towards a known name that the header does not already hold, and that no other name of
+    it would become: anything else stays as it is, for the checks to name.
+    """
+    candidates = {}
+    for name in names:
+        if name in known:
+            continue
+        for candidate in (name.replace("\ufeff", "").strip(), _utf7_decoded(name)):
+            if candidate in known and candidate != name:
+                candidates[name] = candidate
+                break
+    targets = list(candidates.values())
+    renamed = {found: used for found, used in candidates.items()
+               if used not in names and targets.count(used) == 1}
+    return [renamed.get(name, name) for name in names], renamed
+
+
+def _utf7_decoded(name: str) -> str | None:
+    if "+" not in name or not name.isascii():
+        return None
+    try:
+        decoded = name.encode("ascii").decode("utf-7")
+    except UnicodeDecodeError:
+        return None
+    return decoded.strip() if decoded.isprintable() else None
 
 
 def _keeps_file_rows(index, read_rows: int) -> bool:
@@ -237,6 +287,25 @@ def _restore_integer_labels(labels):
     if labels.dtype.kind == "f" and (labels % 1 == 0).all():
         return labels.astype("int64")
     return labels
+
+
+def _parse_error_place(payload: bytes) -> str | None:
+    """The line a CSV parse error is on, found with the standard library's reader: pyarrow
+    names the row's text but not where it is."""
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(payload.decode("utf-8", "replace"), newline=""),
+                        strict=True)
+    try:
+        header = next(reader, None)
+        for fields in reader:
+            if fields and header is not None and len(fields) != len(header):
+                return (f"line {reader.line_num} has {len(fields)} fields where the header "
+                        f"has {len(header)}")
+    except csv.Error as error:
+        return f"line {reader.line_num}: {error}"
+    return None
 
 
 def _first_line(error: Exception) -> str:
@@ -288,62 +357,98 @@ def check_columns(files: Sequence[LoadedFile], expected: Sequence[str] | None = 
     return reference
 
 
-def column_problem(loaded: LoadedFile, reference: Sequence[str]) -> str | None:
+def column_problem(loaded: LoadedFile, reference: Sequence[str],
+                   source: str = "expected") -> str | None:
     """What is wrong with a file's feature columns against `reference`, or None."""
     columns = set(loaded.features.columns)
     if columns == set(reference):
         return None
-    return (f"has different feature columns (missing {sorted(set(reference) - columns)}, "
-            f"unexpected {sorted(columns - set(reference))})")
+    missing, unexpected = sorted(set(reference) - columns), sorted(columns - set(reference))
+    differences = ", ".join([*([f"missing {missing}"] if missing else []),
+                             *([f"unexpected {unexpected}"] if unexpected else [])])
+    return (f"has other feature columns than {source} ({differences}; header found: "
+            f"{_quoted_list(loaded.features.columns)})")
 
 
-def check_new_file(loaded: LoadedFile, production, taken: dict[str, str]) -> None:
-    """Raise DataError when a new file cannot join the batch; may fix what is unambiguous.
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """What a file must hold to be used, and who says so: the production model, or most of
+    the history files (see retraining/screening.py)."""
 
-    `production` is the loaded production model (its input columns and their kinds, its
-    classes, the kind of labels it was trained on), `taken` maps the content already
-    consumed or in the batch to where it is. A column the model takes as text but that this
-    file happens to hold as numbers is turned into text, and one it takes as numbers but
-    that was read as text with no value that is not a number is turned into numbers.
-    """
-    import pandas as pd
+    source: str  # "the production model" or "40 of 44 history files", for the reasons
+    columns: list[str] | None  # feature columns; None: not known
+    kinds: dict[str, str] | None  # column -> "number" or "text"
+    classes: list | None  # labels outside them are refused; None: not checked
+    class_kind: str | None  # the labels' kind once read: integer, number or text
+    label_kind: str | None  # as the CSVs held them (boolean, for TRUE/FALSE); None: unknown
+    labels_shown: str = ""  # how the reasons show the expected labels
+    by_model: bool = False  # the production model says so, rather than most files
 
-    name, fix = loaded.shown_name, f"fix or remove {loaded.path}"
-    columns = production.input_columns
-    if columns is not None and (problem := column_problem(loaded, columns)):
-        raise DataError(f"{name} {problem}", fix=fix, kind=f"columns: {problem}")
-    for column, kind in (production.input_kinds or {}).items():
-        if column in loaded.features.columns:
-            _check_cell_kinds(loaded, column, kind)
-    classes = getattr(production.model, "classes_", None)
-    if classes is not None:
+    @property
+    def takes_numbers(self) -> str:
+        return f"{self.source} takes a number" if self.by_model \
+            else f"{self.source} hold numbers"
+
+    @classmethod
+    def of_production(cls, production) -> Expected:
+        import pandas as pd
+
+        classes = getattr(production.model, "classes_", None)
+        if classes is None:
+            return cls("the production model", production.input_columns,
+                       production.input_kinds, None, None, production.label_kind, by_model=True)
         class_kind = label_kind(pd.Series(classes))
-        kind, read = loaded.label_read_kind or label_kind(loaded.labels), label_kind(loaded.labels)
-        # TRUE/FALSE arrive as 0/1, so they must be refused by what the CSV held: only a
-        # model with classes 0 and 1 trained on booleans (or whose training kind was not
-        # recorded) takes them; one whose classes are 0, 1, 2 never can.
-        boolean_refused = kind == "boolean" and (
-            not set(classes.tolist()) <= {0, 1} or production.label_kind not in (None, "boolean"))
-        if read != class_kind or boolean_refused:
-            raise DataError(f"{name} has {kind} labels ({_label_counts(loaded.labels, kind)}) "
-                            f"where the production model's classes are "
-                            f"{production.label_kind or class_kind} ({_classes_shown(classes)})",
-                            fix=f"fix the label values in {loaded.path}",
-                            kind=f"label kind: {kind}")
-        unseen = sorted(set(loaded.labels.unique().tolist()) - set(classes.tolist()), key=str)
+        return cls("the production model", production.input_columns, production.input_kinds,
+                   classes.tolist(), class_kind, production.label_kind,
+                   f"the production model's classes are {production.label_kind or class_kind} "
+                   f"({_classes_shown(classes)})", by_model=True)
+
+
+def check_file(loaded: LoadedFile, expected: Expected) -> None:
+    """Raise DataError when a file does not hold what `expected` says; may fix what is
+    unambiguous: a column taken as text that this file happens to hold as numbers is turned
+    into text, and one taken as numbers but read as text with no value that is not a number
+    is turned into numbers."""
+    name, fix = loaded.shown_name, f"fix or remove {loaded.path}"
+    if expected.columns is not None and (
+            problem := column_problem(loaded, expected.columns, expected.source)):
+        raise DataError(f"{name} {problem}", fix=fix, kind=f"columns: {problem}")
+    for column, kind in (expected.kinds or {}).items():
+        if column in loaded.features.columns:
+            _check_cell_kinds(loaded, column, kind, expected.takes_numbers)
+    if expected.class_kind is None:
+        return
+    kind, read = loaded.label_read_kind or label_kind(loaded.labels), label_kind(loaded.labels)
+    # TRUE/FALSE arrive as 0/1, so they must be refused by what the CSV held: only labels 0
+    # and 1 learnt from booleans (or whose kind was not recorded) take them; 0, 1, 2 never.
+    boolean_refused = kind == "boolean" and (
+        expected.classes is not None and not set(expected.classes) <= {0, 1}
+        or expected.label_kind not in (None, "boolean"))
+    if read != expected.class_kind or boolean_refused:
+        raise DataError(f"{name} has {kind} labels ({_label_counts(loaded.labels, kind)}) "
+                        f"where {expected.labels_shown}",
+                        fix=f"fix the label values in {loaded.path}", kind=f"label kind: {kind}")
+    if expected.classes is not None:
+        unseen = sorted(set(loaded.labels.unique().tolist()) - set(expected.classes), key=str)
         if unseen:
             # Scored as errors, a new class would look like drift; trained on, it would be
             # promoted unchecked. A person decides whether it is a typo or a new class.
             raise DataError(f"{name} has labels the production model has never seen: "
                             f"{unseen[:5]} ({_label_counts(loaded.labels, kind)}; a typo, or a "
                             "new class: then register a model that knows it)", fix=fix)
+
+
+def check_new_file(loaded: LoadedFile, expected: Expected, taken: dict[str, str]) -> None:
+    """Raise DataError when a new file cannot join the batch (see check_file); `taken` maps
+    the content already consumed or in the batch to where it is."""
+    check_file(loaded, expected)
     if loaded.content_sha256 in taken:
-        raise DataError(f"{name} has the same content as {taken[loaded.content_sha256]}, "
-                        "already taken", fix=f"remove {loaded.path} if it is a re-delivery",
-                        kind="redelivery")
+        raise DataError(f"{loaded.shown_name} has the same content as "
+                        f"{taken[loaded.content_sha256]}, already taken",
+                        fix=f"remove {loaded.path} if it is a re-delivery", kind="redelivery")
 
 
-def _check_cell_kinds(loaded: LoadedFile, column: str, kind: str) -> None:
+def _check_cell_kinds(loaded: LoadedFile, column: str, kind: str, takes_numbers: str) -> None:
     """Every cell of `column` is of the kind the model takes: a number, finite, or text."""
     import numpy as np
     import pandas as pd
@@ -360,8 +465,8 @@ def _check_cell_kinds(loaded: LoadedFile, column: str, kind: str) -> None:
         if odd.any():
             where = values.index[odd.to_numpy()]
             raise DataError(f"{loaded.shown_name} has the value {values[where[0]]!r} in column "
-                            f"{column!r} on {_row(loaded, where[0])}, where the production "
-                            f"model takes a number ({int(odd.sum())} such cells)", fix=fix,
+                            f"{column!r} on {_row(loaded, where[0])}, where {takes_numbers} "
+                            f"({int(odd.sum())} such cells)", fix=fix,
                             kind="cell")
         loaded.features[column] = values = numbers
     infinite = np.isinf(values.to_numpy(dtype=float, na_value=np.nan))

@@ -35,23 +35,22 @@ class Challenger:
 def train_challenger(context: CycleContext, monitoring: Monitoring) -> Challenger:
     """Train the challenger on the window that validates best, holding out new files; or
     take the one a killed cycle registered for this very batch (`resume_challenger`)."""
-    from retraining.datafiles import (batch_key, check_columns, choose_heldout,
-                                      label_kind, labels_read_kind, list_data_files,
-                                      load_file, release_rows, write_manifest)
+    from retraining.datafiles import (batch_key, check_columns, choose_heldout, label_kind,
+                                      labels_read_kind, release_rows, write_manifest)
     from retraining.lineage import describe, lineage_tags
     from retraining.progress import heartbeat
     from retraining.registry import RETRAINING_RUN
+    from retraining.screening import read_history
     from retraining.windows import choose_window
 
     settings, domain, registry = context.settings, context.domain, context.registry
     started = time.perf_counter()
-    history_paths = list_data_files(settings.used_dir)
-    history: list = []
-    # Years of history can take minutes to read: each line says how far it is.
-    with heartbeat(log, lambda: f"reading history: {len(history):,} of "
-                                f"{len(history_paths):,} files"):
-        for path in history_paths:
-            history.append(load_file(path, settings.label_column, domain.prepare_file))
+    # Checked like new files: an unusable history file is set aside, never a stop.
+    checked = read_history(settings, domain, settings.used_dir, context.production)
+    history = checked.files
+    if checked.quarantined:
+        context.quarantined.extend(checked.quarantined)
+        registry.record_quarantine(checked.quarantined)
     check_columns(history + context.new_files, context.columns)
     # Held-out content is unique in the batch and absent from history, so neither model can
     # have been trained on it, whatever the files are called.
