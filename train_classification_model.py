@@ -1,27 +1,59 @@
 """Your domain: the one file you edit to bring your own data and model.
 
-The retraining cycle calls exactly what is defined here and nothing else of yours:
+The retraining cycle calls exactly what is defined here and nothing else of yours. Every rule
+your code meets is below; examples/object_tracking/ is a complete domain that uses them all.
 
     prepare_file(frame, path) -> frame
-        Optional. Turn one CSV file (already parsed, label column included) into rows.
-        Use it for feature engineering that needs the whole file. Default: the file as is.
-        Raise an exception to reject a file; the cycle reports it with your message.
+        Optional. Turn one CSV file into rows; for feature engineering that needs the whole
+        file (per-object counts, a file's own median). Default: the file as is.
+        - Called on every file the product reads: history, new files, and the files
+          `registry_tool.py predict` scores, which may have no label column at all.
+        - `frame` is the file as read: booleans (TRUE/FALSE) as 0.0/1.0, missing values as
+          NaN, header names with stray spaces or UTF-7 escapes (ground+AF8-truth) read as
+          the expected name. The label column is included when the file has it.
+        - The label column is looked for in what you return, so you may rename or derive
+          it. Rows whose label is missing are dropped (and counted) after you return.
+        - Keep the index the rows came with: it is each row's data row in the file (from 0),
+          used in reasons and predictions. An index you set (an object id) is replaced by
+          row positions; put such keys in a column.
+        - Raise an exception to reject a file: it is moved to quarantine/ with your message.
+          When every file raises the same way, nothing moves: the cause is your code.
 
     train_model(features, labels[, random_state][, sample_weight]) -> fitted estimator
-        Required. Fit and return an object with scikit-learn's `predict`. Declare
-        `random_state` if you want the cycle's seed. Only the keywords you declare are passed.
-        Declare `sample_weight` (one weight per row, or None) to let the cycle try a training
-        window that weighs recent files more; without it that window is skipped.
+        Required. Fit and return an object with scikit-learn's `predict` (and
+        `predict_proba`, for the probabilities `predict` writes). Only the keywords you
+        declare are passed: `random_state` is the cycle's seed; `sample_weight` (one weight
+        per row, or None) lets the cycle try a window that weighs recent files more, and
+        without it that window is skipped.
+        - `features` is every column you return except the label, in every file alike: the
+          first model's signature fixes them, and a file with others is quarantined. A key
+          column you keep for error_metric (object_id) reaches the model too: drop it in
+          your pipeline.
+        - Labels are of one kind in every file (integers, numbers or text; 1.0 reads as 1).
+          A new file with labels the production model has never seen is quarantined: a
+          person decides whether it is a typo or a new class.
+        - The model is logged with skops: build it from scikit-learn (or other skops-
+          serialisable) objects, and it loads in MLflow without unpickling code.
 
-    error_metric(labels, predictions) -> float
-        Required. The error the cycle monitors and compares.
+    error_metric(labels, predictions[, rows]) -> float
+        Required. The error the cycle monitors and compares; must return a finite number.
+        Declare `rows` to receive the prepared rows being scored (your columns, label left
+        out, aligned with `labels`), so a grouping column such as object_id is visible.
+        - Pooled over all rows of the files scored, unless ERROR_PER_FILE.
+        - A mean over rows (the misclassification rate) is also scored on slices of each
+          held-out file, which makes the significance test see rows, not just files; a
+          metric that is not such a mean is detected and judged by whole files.
 
-    ERROR_METRIC_NAME    the name the metric carries in MLflow
-    ERROR_PER_FILE       True: compute error_metric per file, then average over files
-                         (for errors that only make sense per file, e.g. a counting error)
+    ERROR_METRIC_NAME      the name the metric carries in MLflow
+    ERROR_PER_FILE         True: compute error_metric per file, then average over files
+                           (for errors that only make sense per file, e.g. a counting error).
+                           The test then resamples whole files: at the default
+                           --confidence-level 0.95 it needs at least 6 held-out files, so
+                           raise --min-new-files or --holdout-fraction to hold out that many.
     LOWER_ERROR_IS_BETTER  False if your metric is a score where higher is better
 
-Standalone, it trains the first model from a folder of CSV files:
+Standalone, it trains the first model from a folder of CSV files (unusable files are moved to
+quarantine/ with their reasons; --strict-history stops instead, listing them):
 
     python train_classification_model.py used_gts/ --output model/initial_model.pkl
 """
