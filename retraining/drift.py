@@ -62,7 +62,7 @@ class DriftReport:
 
 
 def reference_sample(history_paths: Sequence[Path], label_column: str, prepare_file: Callable,
-                     seed: int):
+                     seed: int, columns: Sequence[str] = ()):
     """Features of a seeded sample of history files, at most REFERENCE_MAX_ROWS rows.
 
     Returns (features, number of files read). Read with the project's reader and the
@@ -82,7 +82,8 @@ def reference_sample(history_paths: Sequence[Path], label_column: str, prepare_f
     files = []
     for path in chosen:
         try:
-            files.append(load_file(path, label_column, prepare_file))
+            # Knowing the columns, a mangled header is read as the retrain reads it.
+            files.append(load_file(path, label_column, prepare_file, known_columns=columns))
         except DataError as error:
             # Drift only informs the decision: a history file the reader now rejects (a
             # changed prepare_file) must not stop every healthy cycle. Retraining reports it.
@@ -150,7 +151,8 @@ def drift_report(history_paths: Sequence[Path], new_features, columns: Sequence[
     import time
 
     started = time.perf_counter()
-    reference, files = reference_sample(history_paths, label_column, prepare_file, seed)
+    reference, files = reference_sample(history_paths, label_column, prepare_file, seed,
+                                        columns)
     features = measure_drift(reference, new_features, columns, p_value, min_effect) \
         if files else []
     return DriftReport(features, files, len(reference), time.perf_counter() - started)
