@@ -14,8 +14,9 @@ your code meets is below; examples/object_tracking/ is a complete domain that us
         - The label column is looked for in what you return, so you may rename or derive
           it. Rows whose label is missing are dropped (and counted) after you return.
         - Keep the index the rows came with: it is each row's data row in the file (from 0),
-          used in reasons and predictions. An index you set (an object id) is replaced by
-          row positions; put such keys in a column.
+          used in reasons and predictions. An index you set (an object id) is dropped: with
+          one row per line of the file, kept in order, the rows are still those lines;
+          otherwise they are rows of your own, without a line. Put such keys in a column.
         - Raise an exception to reject a file: it is moved to quarantine/ with your message.
           When every file raises the same way, nothing moves: the cause is your code.
 

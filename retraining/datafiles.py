@@ -192,7 +192,9 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
     file_rows = _keeps_file_rows(frame.index, read_rows)
     if not file_rows:
         # An index the domain set (an object id, a group key) must not pass for row numbers
-        # in reasons or in predictions: the rows are counted from 0 in their prepared order.
+        # in reasons or in predictions. With one row per line of the file they are those
+        # lines, in order; otherwise they are rows of its own, counted in prepared order.
+        file_rows = len(frame) == read_rows
         frame = frame.reset_index(drop=True)
     facts = {"path": path, "sha256": sha256, "identity": identity,
              "content_sha256": content_sha256(payload), "label_read_kind": label_read_kind,
@@ -257,8 +259,16 @@ def _utf7_decoded(name: str) -> str | None:
 
 def _keeps_file_rows(index, read_rows: int) -> bool:
     """Whether prepare_file kept the reader's index: unnamed, unique whole numbers that are
-    data rows of the file (any subset, in any order)."""
+    data rows of the file (any subset, in any order).
+
+    A fresh 0, 1, 2... shorter than the file (an aggregate's reset_index) is a numbering of
+    its own, however much it looks like the file's first rows.
+    """
+    import pandas as pd
+
     if index.name is not None or index.dtype.kind not in "iu" or not index.is_unique:
+        return False
+    if isinstance(index, pd.RangeIndex) and len(index) != read_rows:
         return False
     return len(index) == 0 or (index.min() >= 0 and index.max() < read_rows)
 
