@@ -259,7 +259,7 @@ def read_new_files(settings: Settings, domain, paths: list[Path],
         good.append(loaded)
         taken[loaded.content_sha256] = f"{loaded.shown_name} in this batch"
     refuse_if_a_setting(settings, domain, settings.new_dir, [error for _, error in failures],
-                        total=len(paths))
+                        usable=len(good))
     quarantined = set_aside(settings, settings.new_dir, failures)
     columns = production.input_columns or (list(good[0].features.columns) if good else [])
     return good, quarantined, columns

@@ -105,6 +105,8 @@ class LoadedFile:
     file_rows: bool = True
     # Header names read as another, expected name (see normalised_header): found -> used.
     renamed_columns: dict = dataclasses.field(default_factory=dict)
+    # The header as the file has it, label included: the evidence reasons quote.
+    header: list = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -154,6 +156,7 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
     name = shown_name(path)
     try:
         table = pcsv.read_csv(pa.BufferReader(payload))  # a UTF-8 BOM is skipped here
+        found_header = list(table.column_names)
         header, renamed = normalised_header(table.column_names, {label_column, *known_columns})
         if renamed:
             table = table.rename_columns(header)
@@ -165,7 +168,8 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
             raise DataError(f"{name} has the column {repeated[0]!r} "
                             f"{table.column_names.count(repeated[0])} times (header: "
                             f"{_quoted_list(table.column_names)})",
-                            fix=f"give each column of {path} its own name", kind="columns")
+                            fix=f"give each column of {path} its own name",
+                            kind="repeated_column")
         label_read_kind = None
         if label_column in table.column_names:
             label_read_kind = _arrow_kind(table.schema.field(label_column).type)
@@ -198,7 +202,7 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
         frame = frame.reset_index(drop=True)
     facts = {"path": path, "sha256": sha256, "identity": identity,
              "content_sha256": content_sha256(payload), "label_read_kind": label_read_kind,
-             "file_rows": file_rows, "renamed_columns": renamed}
+             "file_rows": file_rows, "renamed_columns": renamed, "header": found_header}
     if not labels_required:
         import pandas as pd
 
@@ -208,7 +212,7 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
                           labels=labels, dropped_rows=0, **facts)
     if label_column not in frame.columns:
         raise DataError(f"{name} has no label column {label_column!r} (header: "
-                        f"{_quoted_list(frame.columns)})",
+                        f"{_quoted_list(found_header)})",
                         fix="add the column or set --label-column to the right name",
                         kind="no_label_column")
     labelled = frame[label_column].notna()
@@ -377,7 +381,7 @@ def column_problem(loaded: LoadedFile, reference: Sequence[str],
     differences = ", ".join([*([f"missing {missing}"] if missing else []),
                              *([f"unexpected {unexpected}"] if unexpected else [])])
     return (f"has other feature columns than {source} ({differences}; header found: "
-            f"{_quoted_list(loaded.features.columns)})")
+            f"{_quoted_list(loaded.header or loaded.features.columns)})")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -82,9 +82,8 @@ def read_history(settings: Settings, domain, folder: Path, production=None) -> H
             continue
         usable.append(history_file)
     failures.sort(key=lambda failure: failure[0])
-    if failures:
-        refuse_if_a_setting(settings, domain, folder, [error for _, error in failures],
-                            total=len(paths))
+    refuse_if_a_setting(settings, domain, folder, [error for _, error in failures],
+                        usable=len(usable))
     if failures and settings.strict_history:
         listed = "; ".join(error.cause for _, error in failures)
         raise DataError(f"{len(failures)} of {len(paths)} files in {folder} are unusable: "
@@ -194,11 +193,15 @@ def set_aside(settings: Settings, folder: Path,
 
 
 def refuse_if_a_setting(settings: Settings, domain, folder: Path,
-                        errors: Sequence[DataError], total: int) -> None:
-    """Raise UsageError when every file failed the same check that a setting decides."""
-    kinds = {error.kind for error in errors}
-    if len(errors) < 2 or len(errors) < total or len(kinds) != 1 \
-            or not kinds.pop().startswith(_SETTING_KINDS):
+                        errors: Sequence[DataError], usable: int) -> None:
+    """Raise UsageError when no file is usable and every file that a setting could have
+    failed (two or more) failed the same such check.
+
+    Files that fail on their own (empty, not UTF-8, a bad cell) do not count either way:
+    one empty file must not let a wrong --label-column quarantine every good file.
+    """
+    errors = [error for error in errors if error.kind.startswith(_SETTING_KINDS)]
+    if usable or len(errors) < 2 or len({error.kind for error in errors}) != 1:
         return
     first = errors[0]
     fixes = {"no_label_column": f"set --label-column (or RETRAIN_LABEL_COLUMN) to the column "
@@ -209,6 +212,6 @@ def refuse_if_a_setting(settings: Settings, domain, folder: Path,
              "label kind": "check --label-column, or register a model trained on such labels",
              "prepare_file": f"fix prepare_file in {domain.source.name}"}
     fix = next(text for prefix, text in fixes.items() if first.kind.startswith(prefix))
-    raise UsageError(f"all {len(errors)} files in {folder} fail the same way, so the cause is "
-                     f"a setting, not the files; the first: {first.cause}",
+    raise UsageError(f"all {len(errors)} readable files in {folder} fail the same way, so the "
+                     f"cause is a setting, not the files; the first: {first.cause}",
                      fix=f"{fix}; no file was moved")

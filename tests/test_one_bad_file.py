@@ -126,8 +126,12 @@ def test_history_saved_again_by_another_tool_is_recognised_as_redelivered(produc
     assert "export.csv" not in summary["archived_files"]
 
 
-def test_a_wrong_label_column_is_a_setting_error_and_moves_nothing(production):
+@pytest.mark.parametrize("with_empty_file", [False, True])
+def test_a_wrong_label_column_is_a_setting_error_and_moves_nothing(production, with_empty_file):
     write_csvs(production.new_dir, "batch", machine_files(5, drift=0.0, seed=98))
+    if with_empty_file:
+        # A file bad on its own must not make the setting look like the files' fault.
+        (production.new_dir / "empty.csv").write_bytes(b"")
     before = snapshot(production.new_dir), snapshot(production.used_dir)
 
     done = run_script("pipeline_orchestrator.py", [*production.flags, "--min-new-files", "5",
@@ -135,7 +139,8 @@ def test_a_wrong_label_column_is_a_setting_error_and_moves_nothing(production):
 
     assert done.returncode == 2, done.stderr[-2000:]
     line = done.stderr.strip().splitlines()[-1]
-    assert "all 5 files in" in line and "fail the same way, so the cause is a setting" in line
+    assert "all 5 readable files in" in line
+    assert "fail the same way, so the cause is a setting" in line
     assert "has no label column 'lable' (header: ['temperature', 'vibration'," in line
     assert "'label'] (7 columns)" in line
     assert "Fix: set --label-column (or RETRAIN_LABEL_COLUMN)" in line
