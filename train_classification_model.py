@@ -13,10 +13,11 @@ your code meets is below; examples/object_tracking/ is a complete domain that us
           the expected name. The label column is included when the file has it.
         - The label column is looked for in what you return, so you may rename or derive
           it. Rows whose label is missing are dropped (and counted) after you return.
-        - Keep the index the rows came with: it is each row's data row in the file (from 0),
-          used in reasons and predictions. An index you set (an object id) is dropped: with
-          one row per line of the file, kept in order, the rows are still those lines;
-          otherwise they are rows of your own, without a line. Put such keys in a column.
+        - Keep the index the rows came with (named `data_row`): it is each row's data row in
+          the file (from 0), used in reasons and predictions; filters, sorts and
+          groupby().transform keep it. An index you set (an object id) is dropped: rows
+          still holding the file's values, one per line in order, keep their lines; any
+          others are rows of your own, without a line. Put such keys in a column.
         - Raise an exception to reject a file: it is moved to quarantine/ with your message.
           When every file raises the same way, nothing moves: the cause is your code.
 

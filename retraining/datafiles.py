@@ -175,31 +175,31 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
             label_read_kind = _arrow_kind(table.schema.field(label_column).type)
         for index, field in enumerate(table.schema):
             if pa.types.is_binary(field.type):  # what pyarrow makes of text that is not UTF-8
-                raise pa.ArrowInvalid(f"column {field.name!r} has text that is not UTF-8")
+                raise pa.ArrowInvalid(f"column {field.name!r} has text that is not UTF-8"
+                                      f"{_first_non_utf8(payload)}")
             if pa.types.is_boolean(field.type) or pa.types.is_null(field.type):
                 table = table.set_column(index, field.name,
                                          pc.cast(table[field.name], pa.float64()))
         # Column names are decoded only here: a header that is not UTF-8 fails late.
         frame = table.to_pandas()
+        frame.index.name = _READER_INDEX
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
         where = _parse_error_place(payload) if "parse error" in str(error) else None
         raise DataError(f"{name} is not a readable CSV file ({_first_line(error)}"
                         f"{'; ' + where if where else ''})",
                         fix=f"fix or remove {path}", kind="unreadable") from None
-    read_rows = len(frame)
     try:
         frame = prepare_file(frame, path)
     except Exception as error:  # the user's hook: report its own message, whatever it raised
         raise DataError(f"prepare_file rejected {name}: {type(error).__name__}: {error}",
                         fix=f"fix {path} or the prepare_file hook",
                         kind=f"prepare_file: {type(error).__name__}: {error}") from error
-    file_rows = _keeps_file_rows(frame.index, read_rows)
-    if not file_rows:
-        # An index the domain set (an object id, a group key) must not pass for row numbers
-        # in reasons or in predictions. With one row per line of the file they are those
-        # lines, in order; otherwise they are rows of its own, counted in prepared order.
-        file_rows = len(frame) == read_rows
-        frame = frame.reset_index(drop=True)
+    # Against the table, not the frame given to prepare_file, which it may have changed.
+    data_rows = _data_rows(frame, table)
+    file_rows = data_rows is not None
+    # An index the domain set (an object id, a group key) must not pass for row numbers in
+    # reasons or in predictions: rows it made are counted from 0 in their prepared order.
+    frame = frame.set_axis(data_rows if file_rows else range(len(frame)))
     facts = {"path": path, "sha256": sha256, "identity": identity,
              "content_sha256": content_sha256(payload), "label_read_kind": label_read_kind,
              "file_rows": file_rows, "renamed_columns": renamed, "header": found_header}
@@ -221,7 +221,9 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
         frame = frame[labelled]
     labels = _restore_integer_labels(frame[label_column])
     if len(labels) == 0:
-        raise DataError(f"{name} has no labelled rows", fix=f"fix or remove {path}",
+        what = (f"only a header ({_quoted_list(found_header)})" if dropped_rows == 0 else
+                f"{dropped_rows} data rows, none with a value in {label_column!r}")
+        raise DataError(f"{name} has no labelled rows: {what}", fix=f"fix or remove {path}",
                         kind="unlabelled")
     features = frame.drop(columns=[label_column])
     return LoadedFile(features=features, labels=labels, dropped_rows=dropped_rows, **facts)
@@ -261,20 +263,38 @@ def _utf7_decoded(name: str) -> str | None:
     return decoded.strip() if decoded.isprintable() else None
 
 
-def _keeps_file_rows(index, read_rows: int) -> bool:
-    """Whether prepare_file kept the reader's index: unnamed, unique whole numbers that are
-    data rows of the file (any subset, in any order).
+# The name of the index the reader gives prepare_file. A filter, a sort, a new column or
+# groupby().transform keep it; an aggregate renumbered from 0, which an unnamed 0, 1, 2...
+# cannot tell from the file's first rows, does not.
+_READER_INDEX = "data_row"
 
-    A fresh 0, 1, 2... shorter than the file (an aggregate's reset_index) is a numbering of
-    its own, however much it looks like the file's first rows.
+
+def _data_rows(prepared, table):
+    """The file's data row (0 = the line after the header) of each row prepare_file
+    returned, or None where it made rows of its own (aggregated them).
+
+    They are the reader's index where prepare_file kept it. An index of the domain's own
+    (an object id) on all the file's rows, in their order and with the file's values in
+    every column it kept, leaves their positions as the data rows.
     """
     import pandas as pd
 
-    if index.name is not None or index.dtype.kind not in "iu" or not index.is_unique:
-        return False
-    if isinstance(index, pd.RangeIndex) and len(index) != read_rows:
-        return False
-    return len(index) == 0 or (index.min() >= 0 and index.max() < read_rows)
+    index, read_rows = prepared.index, table.num_rows
+    if index.name == _READER_INDEX and index.dtype.kind in "iu" and index.is_unique \
+            and (len(index) == 0 or (index.min() >= 0 and index.max() < read_rows)):
+        return index.rename(None)
+    if len(prepared) == read_rows and _holds_file_values(prepared, table):
+        return pd.RangeIndex(read_rows)
+    return None
+
+
+def _holds_file_values(prepared, table) -> bool:
+    """Whether every column `prepared` shares with the file holds the file's values, row
+    for row (and there is such a column)."""
+    shared = [column for column in prepared.columns if column in table.column_names]
+    return bool(shared) and all(
+        prepared[column].reset_index(drop=True).equals(table.column(column).to_pandas())
+        for column in shared)
 
 
 def _arrow_kind(arrow_type) -> str:
@@ -301,6 +321,17 @@ def _restore_integer_labels(labels):
     if labels.dtype.kind == "f" and (labels % 1 == 0).all():
         return labels.astype("int64")
     return labels
+
+
+def _first_non_utf8(payload: bytes) -> str:
+    """Where the first bytes that are not UTF-8 are: the line, and the bytes around them."""
+    for number, line in enumerate(payload.splitlines(), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            around = line[max(0, error.start - 10):error.end + 10]
+            return f", first on line {number}: {around!r}"
+    return ""
 
 
 def _parse_error_place(payload: bytes) -> str | None:

@@ -46,12 +46,15 @@ def test_string_labels_and_a_custom_label_column(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     ("x,other\n1,a\n", "no label column 'label'"),
-    ("x,label\n1,\n2,\n", "no labelled rows"),
+    ("x,label\n1,\n2,\n", "no labelled rows: 2 data rows, none with a value in 'label'"),
+    ("x,label\n", r"no labelled rows: only a header \(\['x', 'label'\]"),
     ("", "not a readable CSV"),
+    (b"x,camera,label\n1,ok,0\n2,caf\xe9 one,1\n".decode("latin-1"),
+     r"'camera' has text that is not UTF-8, first on line 3: b'2,caf\\xe9 one,1'"),
 ])
 def test_unusable_file_raises_a_data_error_naming_it(tmp_path, content, message):
     path = tmp_path / "bad file.csv"
-    path.write_text(content)
+    path.write_bytes(content.encode("latin-1"))
     with pytest.raises(DataError, match=message) as raised:
         load_file(path, "label", IDENTITY)
     assert "bad file.csv" in raised.value.one_line()

@@ -179,8 +179,9 @@ def test_error_metric_is_given_the_prepared_rows_beside_their_labels(workspace, 
 
 
 # prepare_file making rows with an index of its own: `frame.set_index` keeps one row per
-# detection, in file order; a summary file is aggregated to one row per object, once with
-# the grouping key as index and once renumbered from 0.
+# detection, in file order, or after sorting them; a summary file is aggregated to one row
+# per object, once with the grouping key as index and once renumbered from 0. And one that
+# keeps the reader's index on the first frames only (the files are in frame order).
 INDEXING_DOMAIN = """
 from train_classification_model import error_metric, train_model
 
@@ -189,6 +190,10 @@ def prepare_file(frame, path):
         return frame.groupby("object_id").mean()
     if path.name.startswith("renumbered_summary"):
         return frame.groupby("object_id").mean().reset_index(drop=True)
+    if path.name.startswith("first_frames"):
+        return frame[frame["frame"] < 20].drop(columns=["object_id"])
+    if path.name.startswith("sorted"):
+        return frame.sort_values("score").set_index("object_id")
     return frame.set_index("object_id")
 """
 
@@ -212,11 +217,12 @@ def predicted_rows(tmp_path_factory) -> dict[str, tuple[pd.DataFrame, pd.Series]
         [str(used_dir), "--output", str(model_file), *history]) == 0
     assert register_first_model.main(
         ["--used-dir", str(used_dir), "--model-file", str(model_file), *store, *history]) == 0
-    detections, keyed, renumbered = sequences(3, changed=True, seed=6)
+    detections, keyed, renumbered, first_frames = sequences(4, changed=True, seed=6)
     # Object ids from 100, so that none can pass for a data row of these short files.
     detections["object_id"] += 100
     files = {"detections_000.csv": detections.drop(columns=["ground_truth"]),
-             "keyed_summary_000.csv": keyed, "renumbered_summary_000.csv": renumbered}
+             "keyed_summary_000.csv": keyed, "renumbered_summary_000.csv": renumbered,
+             "first_frames_000.csv": first_frames, "sorted_000.csv": detections}
     for name, frame in files.items():
         frame.to_csv(inputs / name, index=False)
     output = root / "predictions.csv"
@@ -245,3 +251,16 @@ def test_predict_leaves_row_empty_for_objects_aggregated_and_renumbered(predicte
     renumbered, rows = predicted_rows["renumbered_summary_000.csv"]
 
     assert len(rows) == renumbered["object_id"].nunique() and rows.isna().all()
+
+
+def test_predict_never_names_a_line_a_sorted_row_did_not_come_from(predicted_rows):
+    detections, rows = predicted_rows["sorted_000.csv"]
+    lines = detections.sort_values("score").index.tolist()
+
+    assert rows.isna().all() or rows.tolist() == lines
+
+
+def test_predict_names_the_lines_a_filter_kept_at_the_start_of_the_file(predicted_rows):
+    first_frames, rows = predicted_rows["first_frames_000.csv"]
+
+    assert rows.fillna(-1).tolist() == first_frames.index[first_frames["frame"] < 20].tolist()
