@@ -1,6 +1,7 @@
 """One retraining cycle, as cron runs it every night.
 
-    trigger -> monitor -> decide -> retrain -> compare -> promote -> archive
+    trigger -> probation -> monitor -> decide -> retrain -> compare -> promote -> archive
+                                         `-> deferred: too few files to judge, kept for more
 
 `run_cycle` below is the whole cycle. Opening, monitoring and archiving are further down; the
 retrain step is retraining/training.py, compare and promote are retraining/decision.py.
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from retraining.archive import archive_interrupted, check_one_filesystem, finish_archive
-from retraining import decision, training
+from retraining import decision, probation, training
 from retraining.cli import ArgumentParser, exit_process, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.context import CycleContext, Monitoring, phase
@@ -73,25 +74,35 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
                                               f"{settings.min_new_files} needed")
         summary["production_version_before"] = context.production.version
 
-        # 2. Monitor the production model on the new files.
+        # 2. Probation: the first cycle after a promotion judges it against the version it
+        # replaced, and moves the alias back if that one is significantly better.
+        with phase(timings, "probation"):
+            trial = probation.hold_probation(context)
+        summary["probation"] = trial and trial.summary()
+        if trial is not None and trial.rolled_back:
+            context = reopen_after_rollback(context)
+
+        # 3. Monitor the production model on the new files.
         with phase(timings, "monitor"):
             monitoring = monitor(context)
         summary["monitoring_error"] = monitoring.error
         summary["monitoring_run_id"] = monitoring.run_id
         summary["drift_share"] = monitoring.drift_share
 
-        # 3. Decide.
+        # 4. Decide; a batch too small for the gate to judge waits whole for the next one.
         if not monitoring.retrain:
             outcome, reason = "healthy", monitoring.reason
+        elif (plan := training.plan_retraining(context)).lacks:
+            outcome, reason = "deferred", decision.defer(context, monitoring, plan.lacks)
         else:
-            # 4. Retrain on the training window that validates best; hold out new files.
-            challenger = training.train_challenger(context, monitoring)
+            # 5. Retrain on the training window that validates best; hold out new files.
+            challenger = training.train_challenger(context, monitoring, plan)
             summary.update(challenger_version=challenger.version,
                            training_window=challenger.training_window,
                            heldout_files=sorted(challenger.heldout_names),
                            retraining_run_id=challenger.run_id)
 
-            # 5. Compare both models on the same held-out files; promote if better, unless a
+            # 6. Compare both models on the same held-out files; promote if better, unless a
             # person moved the alias meanwhile.
             with phase(timings, "compare"):
                 comparison = decision.compare(context, monitoring, challenger)
@@ -103,10 +114,13 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
         # Read back from the registry: what the alias points at now, whatever happened.
         summary["production_version_after"] = context.registry.production_version()
 
-        # 6. Archive what this completed cycle consumed: the last step, with no store call
+        # 7. Archive what this completed cycle consumed: the last step, with no store call
         # after it, so a store fault never leaves a completed cycle reported as failed.
-        with phase(timings, "archive"):
-            summary["archived_files"] = archive(context)
+        if outcome != "deferred":
+            with phase(timings, "archive"):
+                summary["archived_files"] = archive(context)
+        if trial is not None and trial.rolled_back:
+            reason = f"{trial.reason}; alias moved back to version {trial.replaced}; then: {reason}"
         return finish(summary, outcome, reason)
 
 
@@ -128,7 +142,7 @@ def empty_summary(settings: Settings) -> dict[str, Any]:
             "production_version_after", "challenger_version", "production_error",
             "challenger_error", "archived_files", "heldout_files", "monitoring_run_id",
             "retraining_run_id", "quarantined_files", "resumed_archive", "drift_share",
-            "training_window")
+            "training_window", "probation")
     return dict.fromkeys(keys) | {"dry_run": settings.dry_run, "timings": {}}
 
 
@@ -162,6 +176,19 @@ def open_cycle(settings: Settings, new_paths: list[Path],
         registry.record_quarantine(quarantined)
     return CycleContext(settings, domain, registry, production, new_files, columns, quarantined,
                         {} if timings is None else timings, predictions)
+
+
+def reopen_after_rollback(context: CycleContext) -> CycleContext:
+    """The cycle goes on with the version probation restored: loaded again, under the
+    alias, with its own predictions on the new files."""
+    import dataclasses
+
+    from retraining.evaluation import predict_files
+
+    production = context.registry.load_production()
+    # Probation has just predicted with this version on every one of these files.
+    predictions = predict_files(production.model, context.new_files, context.columns)
+    return dataclasses.replace(context, production=production, predictions=predictions)
 
 
 def production_predictions(settings: Settings, production, files: list,
@@ -287,7 +314,11 @@ def monitor(context: CycleContext) -> Monitoring:
         reason += (f"; data drift on {len(drift.drifted_features)}/{len(drift.features)} "
                    f"features ({', '.join(drift.drifted_features)}), share {drift.share:.2f}, "
                    f"passed --drift-trigger {settings.drift_trigger:.2f}")
-    retrain_needed = error_crossed or drift_fires
+    # A rare class can be lost while the overall error stays under the threshold.
+    classes, collapses = watch_classes(context)
+    if collapses:
+        reason += "; a class collapsed: " + "; ".join(map(str, collapses))
+    retrain_needed = error_crossed or drift_fires or bool(collapses)
     log.info(reason)
     with context.registry.run(MONITORING_RUN, {"batch_key": batch_key(context.new_files),
                                                "new_dir": str(settings.new_dir)}) as run:
@@ -298,13 +329,41 @@ def monitor(context: CycleContext) -> Monitoring:
                      "new_files": len(context.new_files),
                      "quarantined_files": len(context.quarantined),
                      "new_rows": sum(loaded.rows for loaded in context.new_files),
-                     "dropped_unlabelled_rows": sum(f.dropped_rows for f in context.new_files)},
+                     "dropped_unlabelled_rows": sum(f.dropped_rows for f in context.new_files),
+                     **classes.metrics()},
             tags={"decision": "retrain" if retrain_needed else "healthy", "reason": reason,
-                  "production_version": context.production.version})
+                  "production_version": context.production.version,
+                  "collapsed_classes": ",".join(c.label for c in collapses) or "none"})
         if run is not None:
             log_drift(context.registry, settings, drift)
     return Monitoring(error, retrain_needed, reason, predictions, run and run.info.run_id,
                       drift.share)
+
+
+def watch_classes(context: CycleContext):
+    """Production's recall and precision of each class on the new files, and the classes
+    whose recall collapsed against its baseline (retraining.classes).
+
+    A version no cycle has judged (the first one registered, say) has no baseline yet: this
+    batch becomes it, recorded on the version, and nothing can have collapsed.
+    """
+    from retraining.classes import collapsed_since_baseline, count_classes, parse_baseline
+    from retraining.evaluation import pooled_labels
+    from retraining.registry import CLASS_BASELINE_TAG
+
+    settings, production = context.settings, context.production
+    labels, predictions = pooled_labels(context.new_files, context.predictions)
+    classes = count_classes(labels, predictions)
+    baseline = parse_baseline(production.class_baseline)
+    if baseline is not None:
+        return classes, collapsed_since_baseline(baseline, classes, settings.max_recall_drop,
+                                                 settings.confidence_level)
+    if not settings.dry_run:
+        context.registry.annotate_version(production.version, {
+            CLASS_BASELINE_TAG: classes.baseline_json(),
+            "class_recall_baseline_from": f"the first batch it monitored "
+                                          f"({len(context.new_files)} files)"})
+    return classes, []
 
 
 def drift_of_new_files(context: CycleContext):
@@ -355,11 +414,12 @@ def archive(context: CycleContext) -> list[str] | None:
 
 OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_file",
            "tracking_uri", "store_timeout", "experiment", "model_name", "alias", "label_column",
-           "min_new_files", "error_threshold", "drift_p_value", "drift_min_effect", "drift_trigger",
-           "min_improvement", "holdout_fraction", "seed", "min_heldout_files",
-           "min_heldout_rows", "max_file_regression", "confidence_level", "bootstrap_resamples",
-           "require_significance", "training_windows", "recent_files", "recency_half_life",
-           "validation_fraction", "window_sample_rows", "strict_history", "dry_run", "json"]
+           "min_new_files", "error_threshold", "drift_p_value", "drift_min_effect",
+           "drift_trigger", "min_improvement", "holdout_fraction", "seed", "min_heldout_files",
+           "min_heldout_rows", "max_file_regression", "max_recall_drop", "confidence_level",
+           "bootstrap_resamples", "require_significance", "auto_rollback", "training_windows",
+           "recent_files", "recency_half_life", "validation_fraction", "window_sample_rows",
+           "strict_history", "dry_run", "json"]
 
 
 def main(argv=None) -> int:

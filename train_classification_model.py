@@ -50,8 +50,8 @@ your code meets is below; examples/object_tracking/ is a complete domain that us
     ERROR_PER_FILE         True: compute error_metric per file, then average over files
                            (for errors that only make sense per file, e.g. a counting error).
                            The test then resamples whole files: at the default
-                           --confidence-level 0.95 it needs at least 6 held-out files, so
-                           raise --min-new-files or --holdout-fraction to hold out that many.
+                           --confidence-level 0.95 it needs at least 6 held-out files, and
+                           the cycle holds out that many when the batch has 12 or more.
     LOWER_ERROR_IS_BETTER  False if your metric is a score where higher is better
 
 Standalone, it trains the first model from a folder of CSV files (unusable files are moved to

@@ -45,9 +45,11 @@ class Settings:
     min_heldout_files: int
     min_heldout_rows: int
     max_file_regression: float
+    max_recall_drop: float
     confidence_level: float
     bootstrap_resamples: int
     require_significance: bool
+    auto_rollback: bool
     training_windows: tuple[str, ...]
     recent_files: int
     recency_half_life: float
@@ -202,6 +204,9 @@ _OPTIONS = {
         _Option("max_file_regression", _nonnegative_float,
                 "how much worse than production the challenger may be on any one held-out "
                 "file, in the metric's units ('inf': no cap)"),
+        _Option("max_recall_drop", _fraction,
+                "share of one class's recall that may be lost, against production's baseline "
+                "or against production on the held-out rows, before it counts as a collapse"),
         _Option("confidence_level", _fraction,
                 "level of the bootstrap interval of the error difference"),
         _Option("bootstrap_resamples", _positive_int,
@@ -210,6 +215,9 @@ _OPTIONS = {
         _Option("require_significance", _flag,
                 "promote only when the whole bootstrap interval favours the challenger",
                 is_flag=True),
+        _Option("auto_rollback", _flag,
+                "move the alias back when the version a promotion replaced is significantly "
+                "better on the next batch", is_flag=True),
         _Option("training_windows", _window_names,
                 "candidate training sets, comma-separated: all, recent, weighted"),
         _Option("recent_files", _positive_int,
@@ -267,9 +275,13 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         # Off by default: a single file's error is noisy, and the right cap depends on the
         # metric's units and the files' sizes. heldout_per_file.csv reports it either way.
         "max_file_regression": float("inf"),
+        # A class recalled at under half its reference, significantly: what monitoring
+        # retrains on and the gate refuses, whatever the overall error says.
+        "max_recall_drop": 0.5,
         "confidence_level": 0.95,
         "bootstrap_resamples": 2000,
         "require_significance": True,
+        "auto_rollback": True,
         # About one default batch (--min-new-files): the recent window is usually the new
         # files alone, so an abrupt change is learnt in one cycle; "all" still wins on
         # validation when nothing changed.

@@ -583,30 +583,5 @@ def batch_key(files: Sequence[LoadedFile]) -> str:
     return digest.hexdigest()
 
 
-def choose_heldout(files: Sequence[LoadedFile], fraction: float, seed: int,
-                   seen_sha256: set[str] = frozenset()) -> set[str]:
-    """Names of the new files held out for the comparison: whole files, at least one.
-
-    Only files whose content neither model can have been trained on are eligible: not in
-    `seen_sha256` (the history's content hashes) and not duplicated within the batch. Seeded
-    by the setting and the batch itself, so a rerun on the same batch holds out the same files.
-    """
-    import numpy as np
-
-    counts: dict[str, int] = {}
-    for loaded in files:
-        counts[loaded.content_sha256] = counts.get(loaded.content_sha256, 0) + 1
-    names = sorted(loaded.name for loaded in files
-                   if loaded.content_sha256 not in seen_sha256
-                   and counts[loaded.content_sha256] == 1)
-    if not names:
-        raise DataError("every new file repeats the content of another file or of history, "
-                        "so no file is left that neither model has seen",
-                        fix="remove the re-delivered files from new_gts/")
-    count = min(len(names), max(1, round(len(files) * fraction)))
-    generator = np.random.default_rng([seed, int(batch_key(files)[:15], 16)])
-    return set(generator.choice(names, size=count, replace=False).tolist())
-
-
 def write_manifest(path: Path, entries: list[dict[str, Any]]) -> None:
     path.write_text(json.dumps({"files": entries}, indent=1, sort_keys=True))

@@ -25,10 +25,13 @@ class Comparison:
     production_error: float
     challenger_error: float
     gate: Any  # retraining.gate.GateVerdict, recorded with the decision
+    # The challenger's recall of each class on the held-out files: its baseline if promoted.
+    class_baseline: str | None = None
 
 
 def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenger) -> Comparison:
     """Both models on the held-out files only: data neither of them was trained on."""
+    from retraining.classes import count_classes
     from retraining.evaluation import predict_files
     from retraining.gate import judge, score_heldout
 
@@ -43,7 +46,8 @@ def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenge
                           {"production": monitoring.predictions,
                            "challenger": challenger_predictions})
     return Comparison(verdict.promote, verdict.reason, scores.production_error,
-                      scores.challenger_error, verdict)
+                      scores.challenger_error, verdict,
+                      count_classes(scores.labels, scores.challenger_predicted).baseline_json())
 
 
 def record_evaluation(context: CycleContext, challenger: Challenger, heldout: list, scores,
@@ -51,6 +55,7 @@ def record_evaluation(context: CycleContext, challenger: Challenger, heldout: li
     """The figures, tables and plots of the comparison, on the retraining run."""
     import numpy as np
 
+    from retraining.classes import count_classes
     from retraining.datafiles import concat_files
     from retraining.report import write_heldout_report
 
@@ -76,8 +81,31 @@ def record_evaluation(context: CycleContext, challenger: Challenger, heldout: li
                                  "confidence_level": interval.level,
                                  "heldout_rows": int(scores.rows.sum()),
                                  "worst_file_regression": verdict.worst_regression,
-                                 **figures},
+                                 **figures,
+                                 **count_classes(scores.labels, scores.production_predicted
+                                                 ).metrics("production_"),
+                                 **count_classes(scores.labels, scores.challenger_predicted
+                                                 ).metrics("challenger_")},
                         tags={"worst_heldout_file": verdict.worst_file})
+
+
+def defer(context: CycleContext, monitoring: Monitoring, lacks: str) -> str:
+    """Leave a batch the gate cannot judge in new_gts/, and say so on the monitoring run.
+
+    Training a challenger that could never be promoted would cost the fit and archive the
+    batch as if it had been judged: its evidence would be lost. Kept, it is judged with the
+    next delivery.
+    """
+    settings = context.settings
+    rows = sum(loaded.rows for loaded in context.new_files)
+    reason = (f"{monitoring.reason}; but the batch cannot be judged yet: {lacks}. Its "
+              f"{len(context.new_files)} files ({rows} rows) stay in {settings.new_dir.name}/ "
+              "and the next cycle judges them together with the files that arrive by then")
+    log.warning(reason)
+    if monitoring.run_id is not None:
+        context.registry.log_to_run(monitoring.run_id, metrics={},
+                                    tags={"decision": "deferred", "reason": reason})
+    return reason
 
 
 def decide(context: CycleContext, challenger: Challenger,
@@ -121,6 +149,7 @@ def record_decision(context: CycleContext, challenger: Challenger, comparison: C
     tagged it.
     """
     from retraining.lineage import describe
+    from retraining.registry import CLASS_BASELINE_TAG
 
     if challenger.run_id is None:
         return
@@ -135,7 +164,11 @@ def record_decision(context: CycleContext, challenger: Challenger, comparison: C
         "challenger_error": comparison.challenger_error,
         "error_difference_interval": f"{interval} of challenger minus production",
         "challenger_version": challenger.version, "compared_with_version": production,
-        "heldout_files": len(challenger.heldout_names)},
+        "heldout_files": len(challenger.heldout_names),
+        # Monitoring compares each batch with this once the version is production.
+        CLASS_BASELINE_TAG: comparison.class_baseline,
+        "class_recall_baseline_from": f"its {len(challenger.heldout_names)} held-out files "
+                                      f"when it was judged"},
         description=f"{decision}: {reason}\n\n{describe(lineage)}")
     if decision == "rejected":
         registry.annotate_version(production,
@@ -148,7 +181,8 @@ def complete_promotion(registry, run_id: str, version: str, replaced: str, reaso
 
     registry.log_to_run(run_id, metrics={}, tags={"decision": "promoted"})
     registry.annotate_version(version, {"decision": "promoted",
-                                        "previous_production_version": replaced},
+                                        "previous_production_version": replaced,
+                                        "probation": "pending"},
                               description=f"promoted: {reason}\n\n"
                                           f"{describe(registry.version_tags(version))}")
     registry.annotate_version(replaced, {"decision": "replaced", "replaced_by": version,

@@ -38,8 +38,7 @@ def error_on(domain: Domain, files: Sequence[LoadedFile], predictions: dict[str,
     else:
         import pandas as pd
 
-        labels = np.concatenate([np.asarray(loaded.labels) for loaded in files])
-        pooled = np.concatenate([np.asarray(predictions[loaded.name]) for loaded in files])
+        labels, pooled = pooled_labels(files, predictions)
         error = float(domain.error(labels, pooled, lambda: pd.concat(
             [loaded.features for loaded in files], ignore_index=True)))
     if not math.isfinite(error):
@@ -47,6 +46,14 @@ def error_on(domain: Domain, files: Sequence[LoadedFile], predictions: dict[str,
                              fix=f"make error_metric in {domain.source.name} return a finite "
                                  "number")
     return error
+
+
+def pooled_labels(files: Sequence[LoadedFile], predictions: dict[str, object]):
+    """The files' labels and a model's predictions on them, each stacked into one array."""
+    import numpy as np
+
+    return (np.concatenate([np.asarray(loaded.labels) for loaded in files]),
+            np.concatenate([np.asarray(predictions[loaded.name]) for loaded in files]))
 
 
 def needs_retraining(domain: Domain, error: float, threshold: float) -> bool:

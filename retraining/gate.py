@@ -3,8 +3,9 @@
 Both models are scored file by file on the same held-out files. The gate then asks, in order:
 are there enough held-out files and rows to judge; is the challenger better by the margin;
 does a paired bootstrap interval of the difference favour it (unless significance is turned
-off); is it no worse than the cap on any single file. The first question answered "no" is the
-reason, one sentence with its figures.
+off); is it no worse than the cap on any single file; does it keep every class production
+recalls (retraining/classes.py). The first question answered "no" is the reason, one
+sentence with its figures.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Sequence
 
 import numpy as np
 
+from retraining.classes import collapsed_against
 from retraining.config import Settings
 from retraining.datafiles import LoadedFile
 from retraining.domain import Domain
 from retraining.errors import NeedsAttention
-from retraining.evaluation import error_on, judge_challenger
+from retraining.evaluation import error_on, judge_challenger, pooled_labels
 
 # Errors are rates computed in floating point: a difference of 1e-17 is no regression.
 _TOLERANCE = 1e-9
@@ -49,6 +51,11 @@ class HeldoutScores:
     # None, and why, when slices cannot stand in for rows (see _score_slices).
     slices: "Slices | None" = None
     no_slices_because: str | None = None
+    # Every held-out row's label and both models' predictions, stacked: for the per-class
+    # check. None where only errors are known.
+    labels: np.ndarray | None = None
+    production_predicted: np.ndarray | None = None
+    challenger_predicted: np.ndarray | None = None
 
     @property
     def weights(self) -> np.ndarray:
@@ -100,13 +107,16 @@ def score_heldout(domain: Domain, heldout: Sequence[LoadedFile], production_pred
             for loaded in heldout])
     slices, no_slices_because = _score_slices(domain, heldout, production_predictions,
                                               challenger_predictions, per_file)
+    labels, production_predicted = pooled_labels(heldout, production_predictions)
+    _, challenger_predicted = pooled_labels(heldout, challenger_predictions)
     return HeldoutScores(
         names=[loaded.name for loaded in heldout],
         rows=np.array([loaded.rows for loaded in heldout]),
         production=per_file["production"], challenger=per_file["challenger"],
         production_error=error_on(domain, heldout, production_predictions),
         challenger_error=error_on(domain, heldout, challenger_predictions),
-        slices=slices, no_slices_because=no_slices_because)
+        slices=slices, no_slices_because=no_slices_because, labels=labels,
+        production_predicted=production_predicted, challenger_predicted=challenger_predicted)
 
 
 def _score_slices(domain: Domain, heldout: Sequence[LoadedFile], production_predictions: dict,
@@ -165,6 +175,20 @@ def _score_slices(domain: Domain, heldout: Sequence[LoadedFile], production_pred
                           f"{per_file[role][worst]:.4f}")
     return Slices(file=file_index, rows=rows, production=errors["production"],
                   challenger=errors["challenger"]), None
+
+
+def units_are_files(domain: Domain, files: Sequence[LoadedFile], predictions: dict) -> bool:
+    """Whether the bootstrap will resample whole files only: for a per-file metric, or one
+    that is not a mean over rows. Found before anything is trained, on production's
+    predictions on the new files, by the check the comparison makes (_score_slices)."""
+    if domain.error_per_file:
+        return True
+    per_file = _finite_errors(domain, "production", [
+        (loaded.name, domain.error(loaded.labels, predictions[loaded.name], loaded.features))
+        for loaded in files])
+    slices, _ = _score_slices(domain, files, predictions, predictions,
+                              {"production": per_file, "challenger": per_file})
+    return slices is None
 
 
 def _rows(labels, start: int, stop: int):
@@ -309,6 +333,13 @@ def judge(domain: Domain, scores: HeldoutScores, settings: Settings) -> GateVerd
                               f"{per_file['production_error']:.4f}, worse by "
                               f"{worst_regression:.4f} where the cap is "
                               f"{settings.max_file_regression:.4f}; " + figures)
+    if scores.labels is not None:
+        lost = collapsed_against(scores.labels, scores.production_predicted,
+                                 scores.challenger_predicted, settings.max_recall_drop,
+                                 settings.confidence_level)
+        if lost:
+            return verdict(False, "challenger loses a class that production recalls: "
+                                  + "; ".join(map(str, lost)) + "; " + figures)
     return verdict(True, "challenger is better: " + figures)
 
 

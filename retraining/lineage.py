@@ -16,8 +16,9 @@ from retraining.config import Settings
 # The settings that shape a model or the decision about it; paths and output switches do not.
 _LINEAGE_SETTINGS = ("label_column", "seed", "holdout_fraction", "error_threshold",
                      "min_improvement", "min_heldout_files", "min_heldout_rows",
-                     "max_file_regression", "confidence_level", "bootstrap_resamples",
-                     "require_significance", "training_windows", "recent_files",
+                     "max_file_regression", "max_recall_drop", "confidence_level",
+                     "bootstrap_resamples", "require_significance", "training_windows",
+                     "recent_files",
                      "recency_half_life", "validation_fraction", "window_sample_rows")
 
 

@@ -450,14 +450,15 @@ def move_alias(registry, settings: Settings, alias: str, version: str, action: s
         registry.client.set_registered_model_alias(name, alias, version)
         summary["run_id"] = run.info.run_id
         note = f"{action} by {by}: {reason} ({alias_move_words(summary)})"
+        back = action in ("rollback", "auto_rollback")
         if alias == settings.alias:  # a production move: tagged like a promotion
             registry.annotate_version(version, {
-                "decision": "restored" if action == "rollback" else "set_by_hand",
+                "decision": "restored" if back else "set_by_hand",
                 "previous_production_version": current or "none",
                 "alias_changed_by": by, "alias_change_reason": reason}, description=note)
             if current is not None:
                 registry.annotate_version(current, {
-                    "decision": "rolled_back" if action == "rollback" else "replaced_by_hand",
+                    "decision": "rolled_back" if back else "replaced_by_hand",
                     "replaced_by_version": version})
         else:
             registry.annotate_version(version, {f"alias_{alias}_set_by": by,

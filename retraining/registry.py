@@ -35,6 +35,7 @@ HISTORY_RUN = "RegistryHistory"
 BATCH_PREDICTIONS_RUN = "BatchPredictions"
 
 # Passed explicitly because inferring requirements costs seconds per logged model.
+CLASS_BASELINE_TAG = "class_recall_baseline"
 _MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skops")
 
 
@@ -217,6 +218,10 @@ class ProductionModel:
     # The AliasChange runs (moves by hand) recorded when it was loaded: one recorded later
     # means a person moved the alias during the cycle (see Registry.moved_by_hand_since).
     hand_moves_seen: frozenset = frozenset()
+    # Its recall of each class when it was judged (tag class_recall_baseline, JSON), the
+    # reference monitoring compares each batch with (retraining/classes.py).
+    class_baseline: str | None = None
+    tags: dict = dataclasses.field(default_factory=dict)  # the version's tags when loaded
 
 
 class Registry:
@@ -288,10 +293,12 @@ class Registry:
         # The model first: its files missing is said by load_version, in one line.
         model = self.load_version(version)
         columns, kinds = self.input_schema(version)
+        tags = self.version_tags(version)
         return ProductionModel(version=version, model=model,
                                input_columns=columns, input_kinds=kinds,
-                               label_kind=self.version_tags(version).get("label_kind"),
-                               hand_moves_seen=hand_moves)
+                               label_kind=tags.get("label_kind"),
+                               hand_moves_seen=hand_moves,
+                               class_baseline=tags.get(CLASS_BASELINE_TAG), tags=tags)
 
     def load_version(self, version: str):
         """The version's model; its files missing from the artifact store is NeedsAttention."""
@@ -353,6 +360,16 @@ class Registry:
             f"attributes.run_name = '{ALIAS_CHANGE_RUN}' and "
             f"tags.model_name = '{_quoted(self.model_name)}' and "
             f"tags.alias = '{_quoted(self._settings.alias)}'", max_results=50000)
+
+    def turned_away_from(self, version: str) -> str | None:
+        """How the alias was moved away from `version` by a person or by probation, if it
+        ever was: such a version is never promoted again automatically."""
+        for run in self.hand_moves():
+            tags = run.data.tags
+            if tags.get("from_version") == version and run.info.status == "FINISHED":
+                return (f"{tags.get('action', 'a move')} to version {tags.get('to_version')} "
+                        f"by {tags.get('changed_by', '?')}: {tags.get('reason', '')!r}")
+        return None
 
     def moved_by_hand_since(self, production: ProductionModel) -> str | None:
         """Why the alias may not be moved from `production` now, or None when it may.

@@ -32,30 +32,56 @@ class Challenger:
     training_window: str | None = None  # the candidate training set it was trained on
 
 
-def train_challenger(context: CycleContext, monitoring: Monitoring) -> Challenger:
-    """Train the challenger on the window that validates best, holding out new files; or
-    take the one a killed cycle registered for this very batch (`resume_challenger`)."""
-    from retraining.datafiles import (batch_key, check_columns, choose_heldout, label_kind,
-                                      labels_read_kind, release_rows, write_manifest)
-    from retraining.lineage import describe, lineage_tags
-    from retraining.progress import heartbeat
-    from retraining.registry import RETRAINING_RUN
-    from retraining.screening import read_history
-    from retraining.windows import choose_window
+@dataclasses.dataclass
+class Plan:
+    """What a retrain starts from: the checked history and the held-out files."""
 
-    settings, domain, registry = context.settings, context.domain, context.registry
+    history: list
+    heldout: Any  # retraining.heldout.Heldout
+
+    @property
+    def lacks(self) -> str | None:
+        return self.heldout.lacks
+
+
+def plan_retraining(context: CycleContext) -> Plan:
+    """Read and check the history; choose the held-out files, as many as the gate needs."""
+    from retraining.datafiles import check_columns
+    from retraining.gate import units_are_files
+    from retraining.heldout import choose_heldout
+    from retraining.screening import read_history
+
+    settings, registry = context.settings, context.registry
     started = time.perf_counter()
     # Checked like new files: an unusable history file is set aside, never a stop.
-    checked = read_history(settings, domain, settings.used_dir, context.production)
-    history = checked.files
+    checked = read_history(settings, context.domain, settings.used_dir, context.production)
     if checked.quarantined:
         context.quarantined.extend(checked.quarantined)
         registry.record_quarantine(checked.quarantined)
-    check_columns(history + context.new_files, context.columns)
+    check_columns(checked.files + context.new_files, context.columns)
     # Held-out content is unique in the batch and absent from history, so neither model can
     # have been trained on it, whatever the files are called.
-    heldout_names = choose_heldout(context.new_files, settings.holdout_fraction, settings.seed,
-                                   seen_sha256={f.content_sha256 for f in history})
+    heldout = choose_heldout(context.new_files, settings,
+                             seen_sha256={f.content_sha256 for f in checked.files},
+                             units_are_files=units_are_files(context.domain, context.new_files,
+                                                             context.predictions))
+    context.timings["train"] = round(time.perf_counter() - started, 3)
+    return Plan(checked.files, heldout)
+
+
+def train_challenger(context: CycleContext, monitoring: Monitoring, plan: Plan) -> Challenger:
+    """Train the challenger on the window that validates best, holding out new files; or
+    take the one a killed cycle registered for this very batch (`resume_challenger`)."""
+    from retraining.datafiles import (batch_key, label_kind, labels_read_kind, release_rows,
+                                      write_manifest)
+    from retraining.lineage import describe, lineage_tags
+    from retraining.progress import heartbeat
+    from retraining.registry import RETRAINING_RUN
+    from retraining.windows import choose_window
+
+    settings, domain, registry = context.settings, context.domain, context.registry
+    started = time.perf_counter() - context.timings.get("train", 0.0)
+    history, heldout_names = plan.history, plan.heldout.names
     new_training = [f for f in context.new_files if f.name not in heldout_names]
     training_files = history + new_training
     if not training_files:

@@ -18,32 +18,11 @@ from retraining.datafiles import list_data_files
 from retraining.ledger import arrival_order
 from tests.conftest import PROJECT_DIR, cycle, machine_files, run_script, snapshot, write_csvs
 
-# error_metric is called once by monitoring, once per training window tried on the validation
-# files (two in this test: with 8 history files "recent" holds the same files as "all" and
-# is skipped), then by the comparison, which runs after the challenger is registered: dying
-# on the fourth call is dying between registration and the alias move.
-KILLING_DOMAIN = """
-import os, signal
-from pathlib import Path
-from train_classification_model import train_model, ERROR_METRIC_NAME
-from train_classification_model import error_metric as _error_metric
-
-def error_metric(labels, predictions):
-    counter = Path(os.environ["CALLS_FILE"])
-    calls = int(counter.read_text() or 0) + 1 if counter.exists() else 1
-    counter.write_text(str(calls))
-    if calls == int(os.environ["KILL_ON_CALL"]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return _error_metric(labels, predictions)
-"""
-
-
 def _killed_after_registration(production, *extra) -> dict[str, bytes]:
     """A cycle on a drifted batch, killed between registering its challenger and judging it."""
     write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=31))
     batch = snapshot(production.new_dir)
-    (production.root / "killing_domain.py").write_text(KILLING_DOMAIN)
-    killed = _killing_cycle(production, 4, *extra)
+    killed = _killed_at(production, "retraining.decision.compare", "before", 1, *extra)
     assert killed.returncode == -9, killed.stderr[-2000:]
     client = production.client()
     assert sorted(str(v.version) for v in client.search_model_versions("")) == ["1", "2"]
@@ -51,19 +30,15 @@ def _killed_after_registration(production, *extra) -> dict[str, bytes]:
     return batch
 
 
-def _killing_cycle(production, kill_on_call: int, *extra):
+def _rerun(production, *extra):
     return run_script("pipeline_orchestrator.py",
-                      [*production.flags, "--min-new-files", "5", "--domain-file",
-                       str(production.root / "killing_domain.py"), "--json", *extra],
-                      env_extra={"CALLS_FILE": str(production.root / "calls"),
-                                 "KILL_ON_CALL": str(kill_on_call),
-                                 "PYTHONPATH": str(PROJECT_DIR)})
+                      [*production.flags, "--min-new-files", "5", "--json", *extra])
 
 
 def test_killed_after_registration_resumes_with_the_same_challenger(production):
     batch = _killed_after_registration(production)
 
-    rerun = _killing_cycle(production, 0)  # the same settings; nothing kills it now
+    rerun = _rerun(production)  # the same settings; nothing kills it now
 
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     summary = json.loads(rerun.stdout)
@@ -98,7 +73,7 @@ def test_a_rerun_with_other_settings_trains_a_new_challenger(production):
     """Another seed holds out other files: the old challenger was trained on some of them."""
     _killed_after_registration(production)
 
-    rerun = _killing_cycle(production, 0, "--seed", "7")
+    rerun = _rerun(production, "--seed", "7")
 
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     summary = json.loads(rerun.stdout)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from retraining.config import add_options, build_settings
-from retraining.datafiles import (choose_heldout, list_data_files, load_file, load_files,
-                                  release_rows)
+from retraining.datafiles import list_data_files, load_file, load_files, release_rows
 from retraining.errors import DataError, UsageError
 
 IDENTITY = lambda frame, path: frame  # noqa: E731
@@ -72,15 +72,21 @@ def test_prepare_hook_error_names_the_file_and_the_hook(tmp_path):
 
 
 def test_heldout_is_whole_files_reproducible_and_never_empty(tmp_path):
+    from retraining.heldout import choose_heldout
+
     for index in range(10):
         (tmp_path / f"f{index}.csv").write_text(f"x,label\n{index},a\n")
     files = load_files(list_data_files(tmp_path), "label", IDENTITY)
+    # The gate's needs switched off: the share alone sizes the held-out set.
+    settings = SimpleNamespace(holdout_fraction=0.2, seed=1, min_heldout_files=1,
+                               min_heldout_rows=0, require_significance=False)
 
-    first = choose_heldout(files, 0.2, seed=1)
-    assert first == choose_heldout(files, 0.2, seed=1)
+    first = choose_heldout(files, settings).names
+    assert first == choose_heldout(files, settings).names
     assert len(first) == 2 and first <= {f.name for f in files}
-    assert len(choose_heldout(files, 0.01, seed=1)) == 1
-    assert len({frozenset(choose_heldout(files, 0.2, seed=s)) for s in range(10)}) > 1
+    assert len(choose_heldout(files, settings, fraction=0.01).names) == 1
+    assert len({frozenset(choose_heldout(files, SimpleNamespace(**vars(settings) | {"seed": s})
+                                         ).names) for s in range(10)}) > 1
 
 
 def test_released_files_keep_their_facts_and_free_their_rows(tmp_path):

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from retraining.config import Settings, build_settings
-from retraining.datafiles import choose_heldout, list_data_files, load_file, load_files
+from retraining.datafiles import list_data_files, load_file, load_files
 from retraining.domain import Domain
 from retraining.gate import HeldoutScores, bootstrap_difference, judge
 from tests.conftest import (PROJECT_DIR, cycle, machine_files, train_on_folder,
@@ -263,7 +263,7 @@ def test_noisy_equal_challenger_is_refused_by_default(production, capsys):
     # Same regime as history, no drift: both models are equally good, and the challenger's
     # lead on three small held-out files is a single row. A negative threshold forces
     # retraining.
-    write_csvs(production.new_dir, "batch", machine_files(6, drift=0.0, seed=109, rows=100))
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=0.0, seed=116, rows=100))
     flags = ("--error-threshold=-1", "--holdout-fraction", "0.5")
 
     code, point_only = cycle(production, capsys, *flags, "--no-require-significance",
@@ -334,7 +334,12 @@ def hold_out_a_file_production_gets_right(workspace) -> str:
     file alone. File contents decide which files are held out, so seeds are tried until
     this file is among them.
     """
+    from retraining.heldout import choose_heldout
+
     model = train_on_folder(workspace.used_dir)  # production: same data, same seed
+    settings = build_settings(PROJECT_DIR, argparse.Namespace(
+        used_dir=str(workspace.used_dir), new_dir=str(workspace.new_dir), holdout_fraction=0.3,
+        require_significance=False), {})
     history = {loaded.sha256 for loaded in load_files(list_data_files(workspace.used_dir),
                                                       "label", lambda frame, path: frame)}
     for seed in range(50, 80):
@@ -347,23 +352,21 @@ def hold_out_a_file_production_gets_right(workspace) -> str:
         frame = loaded.features.assign(label=model.predict(loaded.features))
         frame.to_csv(odd, index=False)
         files = load_files(list_data_files(workspace.new_dir), "label", lambda frame, path: frame)
-        if odd.name in choose_heldout(files, 0.3, 42, seen_sha256=history):
+        if odd.name in choose_heldout(files, settings, seen_sha256=history).names:
             return odd.name
     raise AssertionError("no seed holds out the odd file")
 
 
-def test_too_few_heldout_rows_blocks_promotion_and_says_why(production, capsys):
+def test_the_heldout_share_grows_to_the_rows_the_gate_needs(production, capsys):
     write_csvs(production.new_dir, "batch", machine_files(10, drift=1.0, seed=6))
 
     code, summary = cycle(production, capsys, "--min-heldout-rows", "1000",
                           "--min-heldout-files", "2")
 
-    assert code == 0 and summary["outcome"] == "rejected", summary["reason"]
-    assert summary["reason"].startswith("too few held-out data to judge: 2 files and 600 rows, "
-                                        "where promotion needs at least 2 files and 1000 rows")
-    # Judged unfit on its data, not on its merit: the better challenger's figures are there.
-    assert summary["challenger_error"] < summary["production_error"]
-    assert production.alias_version() == "1"
+    # A fifth of the batch is 2 files, 600 rows: the share grows to 4 files, 1200 rows.
+    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+    assert len(summary["heldout_files"]) == 4
+    assert "on the same 4 held-out files, 1200 rows" in summary["reason"]
     assert len(summary["archived_files"]) == 10
 
 

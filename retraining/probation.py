@@ -1,0 +1,116 @@
+"""Probation: the first cycle after a promotion checks it against the version it replaced.
+
+The held-out files that promoted a challenger are a sample, and a promotion can be wrong, or
+become wrong when a concept returns. The new files of the next cycle are data neither model
+was trained on, so both are scored on them, paired, with the gate itself: if the replaced
+version would pass the gate against the new production (better, significantly, losing no
+class), the alias goes back to it by itself, recorded like a rollback (an AliasChange run,
+`rolled_back` on the version that failed, `restored` on the other), with the figures in the
+reason. Significance is required here whatever --require-significance says: undoing a
+promotion on noise would undo a good one half the time. Only cycle promotions are on
+probation: a version a person set is that person's decision, and a version a person (or an
+earlier probation) moved the alias away from is never restored automatically.
+`--no-auto-rollback` still scores and records, and moves nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from retraining.context import CycleContext
+
+log = logging.getLogger("retraining.cycle")
+
+PROBATION_TAG = "probation"
+CHANGED_BY = "pipeline_orchestrator.py (probation)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    version: str  # the production version on probation
+    replaced: str  # the version it replaced
+    verdict: str  # passed, failed, or not judged
+    reason: str
+    rolled_back: bool = False
+
+    def summary(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def replaced_version(context: CycleContext) -> str | None:
+    """The version production replaced, when production is a cycle's promotion whose
+    probation has not been held yet."""
+    tags = context.production.tags
+    # "pending" from the promotion; absent on versions promoted before probation existed.
+    if tags.get("decision") != "promoted" or tags.get(PROBATION_TAG, "pending") != "pending":
+        return None
+    return tags.get("previous_production_version")
+
+
+def hold_probation(context: CycleContext) -> Trial | None:
+    """Judge the new production against the version it replaced, on the new files; move the
+    alias back when the replaced one is significantly better and auto-rollback is on."""
+    from retraining.evaluation import predict_files
+    from retraining.gate import judge, score_heldout
+
+    replaced = replaced_version(context)
+    if replaced is None:
+        return None
+    settings, registry, production = context.settings, context.registry, context.production
+    current = production.version
+    refused = registry.turned_away_from(replaced)
+    if refused is not None:
+        return _record(context, Trial(current, replaced, "not judged",
+                                      f"version {replaced} is not a candidate: the alias was "
+                                      f"moved away from it ({refused})"))
+    try:
+        model = registry.load_version(replaced)
+        predictions = predict_files(model, context.new_files, context.columns)
+    # The replaced version's model or its fit to today's files: whatever keeps it from
+    # predicting, it cannot be judged, and production stays.
+    except Exception as error:
+        return _record(context, Trial(current, replaced, "not judged",
+                                      f"version {replaced} cannot predict on the new files "
+                                      f"({type(error).__name__}: "
+                                      f"{' '.join(str(error).split())[:200]})"))
+    scores = score_heldout(context.domain, context.new_files, context.predictions, predictions)
+    strict = dataclasses.replace(settings, require_significance=True, min_improvement=0.0)
+    verdict = judge(context.domain, scores, strict)
+    name, interval = context.domain.error_metric_name, verdict.interval
+    figures = (f"{name} {scores.challenger_error:.4f} for version {replaced} vs "
+               f"{scores.production_error:.4f} for version {current} on the "
+               f"{len(scores.names)} new files, {int(scores.rows.sum())} rows, that neither "
+               f"was trained on ({interval} of version {replaced} minus version {current})")
+    if not verdict.promote:
+        return _record(context, Trial(current, replaced, "passed",
+                                      f"version {current} keeps production on probation: "
+                                      f"version {replaced} is not significantly better: "
+                                      f"{figures}"))
+    reason = (f"version {current} failed probation: the version it replaced, {replaced}, is "
+              f"significantly better on the next batch: {figures}")
+    if not settings.auto_rollback:
+        return _record(context, Trial(current, replaced, "failed",
+                                      reason + "; --no-auto-rollback: the alias stays"))
+    if settings.dry_run:
+        return Trial(current, replaced, "failed", reason + "; dry run: the alias stays")
+    from retraining.operations import move_alias
+
+    with registry.alias_lock():
+        # Compare-and-set, as for a promotion: a person's move since the cycle began wins.
+        overruled = registry.moved_by_hand_since(production)
+        if overruled:
+            return _record(context, Trial(current, replaced, "failed",
+                                          f"{reason}; not rolled back: {overruled}"))
+        move_alias(registry, settings, settings.alias, replaced, "auto_rollback", reason,
+                   CHANGED_BY)
+    log.warning("%s: alias %r moved back to version %s", reason, settings.alias, replaced)
+    return _record(context, Trial(current, replaced, "failed", reason, rolled_back=True))
+
+
+def _record(context: CycleContext, trial: Trial) -> Trial:
+    log.info("probation of version %s: %s", trial.version, trial.reason)
+    if not context.settings.dry_run:
+        context.registry.annotate_version(trial.version,
+                                          {PROBATION_TAG: f"{trial.verdict}: {trial.reason}"})
+    return trial

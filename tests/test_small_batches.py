@@ -1,0 +1,84 @@
+"""No batch size blocks a decision forever: the held-out share grows to what the gate needs,
+and a batch that cannot be judged even then waits whole for the next delivery."""
+
+from __future__ import annotations
+
+import json
+
+from examples.object_tracking.generate import sequences
+from tests.conftest import (PROJECT_DIR, cycle, machine_files, run_script, snapshot,
+                            write_csvs)
+
+EXAMPLE = PROJECT_DIR / "examples" / "object_tracking" / "train_classification_model.py"
+
+
+def test_fifteen_files_of_forty_rows_are_judged_and_a_better_challenger_promoted(production,
+                                                                              capsys):
+    # A fifth of 15 files is 3 files and 120 rows: under the 200-row floor, and 3 row slices
+    # where a difference at 95% needs 6. Six files of 40 rows meet both.
+    write_csvs(production.new_dir, "small", machine_files(15, drift=1.0, seed=7, rows=40))
+
+    code, summary = cycle(production, capsys, "--min-new-files", "15")
+
+    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+    assert len(summary["heldout_files"]) == 6
+    assert "on the same 6 held-out files, 240 rows" in summary["reason"]
+    assert len(summary["archived_files"]) == 15
+
+
+def test_a_per_file_metric_with_the_default_fifteen_files_can_promote(workspace):
+    write_csvs(workspace.used_dir, "history", sequences(16, changed=False, seed=1))
+    model_file = workspace.model_dir / "initial_model.pkl"
+    domain = ["--domain-file", str(EXAMPLE), "--label-column", "ground_truth"]
+    trained = run_script("train_classification_model.py",
+                         [str(workspace.used_dir), "--output", str(model_file), *domain],
+                         cwd=workspace.root)
+    assert trained.returncode == 0, trained.stderr
+    registered = run_script("register_first_model.py",
+                            ["--used-dir", str(workspace.used_dir), "--model-file",
+                             str(model_file), "--tracking-uri", workspace.tracking_uri,
+                             *domain], cwd=workspace.root)
+    assert registered.returncode == 0, registered.stderr
+    write_csvs(workspace.new_dir, "sequence", sequences(15, changed=True, seed=2))
+
+    # Every setting at its default, the trigger of 15 files included.
+    done = run_script("pipeline_orchestrator.py", [*workspace.flags, *domain, "--json"],
+                      cwd=workspace.root)
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["outcome"] == "promoted", summary["reason"]
+    # Six whole files: the fewest whose bootstrap can show a difference at 95%.
+    assert len(summary["heldout_files"]) == 6
+    assert workspace.alias_version() == "2"
+
+
+def test_a_batch_too_small_to_judge_waits_and_is_judged_with_the_next(production, capsys):
+    write_csvs(production.new_dir, "first", machine_files(10, drift=1.0, seed=8))
+    first_batch = snapshot(production.new_dir)
+    flags = ("--min-new-files", "10", "--min-heldout-rows", "2000")
+
+    code, summary = cycle(production, capsys, *flags)
+
+    # Half of 10 files of 300 rows is 1500 rows: no share of this batch reaches 2000.
+    assert code == 0 and summary["outcome"] == "deferred", summary["reason"]
+    assert ("but the batch cannot be judged yet: with 5 of its 10 files held out, the most "
+            "a batch may, 1500 rows where the gate needs 2000. Its 10 files (3000 rows) stay "
+            "in new_gts/ and the next cycle judges them together with the files that arrive "
+            "by then") in summary["reason"]
+    assert summary["challenger_version"] is None and summary["archived_files"] is None
+    assert snapshot(production.new_dir) == first_batch
+    assert len(production.client().search_model_versions("name='classifier'")) == 1
+    monitoring = production.client().get_run(summary["monitoring_run_id"])
+    assert monitoring.data.tags["decision"] == "deferred"
+    assert monitoring.data.tags["reason"] == summary["reason"]
+
+    write_csvs(production.new_dir, "second", machine_files(6, drift=1.0, seed=9))
+    code, summary = cycle(production, capsys, *flags)
+
+    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+    assert len(summary["heldout_files"]) == 7  # 2100 rows of 16 files
+    assert len(summary["archived_files"]) == 16
+    history = snapshot(production.used_dir)
+    assert {name: history[name] for name in first_batch} == first_batch
+    assert snapshot(production.new_dir) == {}
