@@ -11,6 +11,7 @@ Exit codes: 0 the cycle completed (any outcome), 1 failure, 2 bad usage, 75 try 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -76,8 +77,10 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
 
         # 2. Probation: the first cycle after a promotion judges it against the version it
         # replaced, and moves the alias back if that one is significantly better.
-        with phase(timings, "probation"):
-            trial = probation.hold_probation(context)
+        trial = None
+        if probation.replaced_version(context) is not None:
+            with phase(timings, "probation"):
+                trial = probation.hold_probation(context)
         summary["probation"] = trial and trial.summary()
         if trial is not None and trial.rolled_back:
             context = reopen_after_rollback(context)
@@ -107,7 +110,8 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
             with phase(timings, "compare"):
                 comparison = decision.compare(context, monitoring, challenger)
             summary.update(production_error=comparison.production_error,
-                           challenger_error=comparison.challenger_error)
+                           challenger_error=comparison.challenger_error,
+                           earlier_versions=[c.summary() for c in comparison.earlier])
             with phase(timings, "promote"):
                 outcome, reason = decision.decide(context, challenger, comparison)
 
@@ -142,7 +146,7 @@ def empty_summary(settings: Settings) -> dict[str, Any]:
             "production_version_after", "challenger_version", "production_error",
             "challenger_error", "archived_files", "heldout_files", "monitoring_run_id",
             "retraining_run_id", "quarantined_files", "resumed_archive", "drift_share",
-            "training_window", "probation")
+            "training_window", "probation", "earlier_versions")
     return dict.fromkeys(keys) | {"dry_run": settings.dry_run, "timings": {}}
 
 
@@ -181,8 +185,6 @@ def open_cycle(settings: Settings, new_paths: list[Path],
 def reopen_after_rollback(context: CycleContext) -> CycleContext:
     """The cycle goes on with the version probation restored: loaded again, under the
     alias, with its own predictions on the new files."""
-    import dataclasses
-
     from retraining.evaluation import predict_files
 
     production = context.registry.load_production()
@@ -314,11 +316,16 @@ def monitor(context: CycleContext) -> Monitoring:
         reason += (f"; data drift on {len(drift.drifted_features)}/{len(drift.features)} "
                    f"features ({', '.join(drift.drifted_features)}), share {drift.share:.2f}, "
                    f"passed --drift-trigger {settings.drift_trigger:.2f}")
-    # A rare class can be lost while the overall error stays under the threshold.
-    classes, collapses = watch_classes(context)
-    if collapses:
-        reason += "; a class collapsed: " + "; ".join(map(str, collapses))
-    retrain_needed = error_crossed or drift_fires or bool(collapses)
+    # A rare class can be lost while the overall error stays under the threshold, and a
+    # slow drift crosses it late: both are measured against production's own baseline.
+    found = against_baseline(context)
+    if found.collapses:
+        reason += "; a class collapsed: " + "; ".join(map(str, found.collapses))
+    rose = settings.rise_trigger and found.significant_rise is not None
+    if rose:
+        reason += (f"; its {domain.error_metric_name} rose significantly since it was judged "
+                   f"({found.error_before:.4f}; {found.rise} of the rise)")
+    retrain_needed = error_crossed or drift_fires or bool(found.collapses) or rose
     log.info(reason)
     with context.registry.run(MONITORING_RUN, {"batch_key": batch_key(context.new_files),
                                                "new_dir": str(settings.new_dir)}) as run:
@@ -330,40 +337,62 @@ def monitor(context: CycleContext) -> Monitoring:
                      "quarantined_files": len(context.quarantined),
                      "new_rows": sum(loaded.rows for loaded in context.new_files),
                      "dropped_unlabelled_rows": sum(f.dropped_rows for f in context.new_files),
-                     **classes.metrics()},
+                     **found.classes.metrics(),
+                     **({} if found.rise is None else {
+                         "baseline_error": found.error_before,
+                         "error_rise": found.rise.estimate,
+                         "error_rise_low": found.rise.low, "error_rise_high": found.rise.high})},
             tags={"decision": "retrain" if retrain_needed else "healthy", "reason": reason,
                   "production_version": context.production.version,
-                  "collapsed_classes": ",".join(c.label for c in collapses) or "none"})
+                  "collapsed_classes": ",".join(c.label for c in found.collapses) or "none"})
         if run is not None:
             log_drift(context.registry, settings, drift)
     return Monitoring(error, retrain_needed, reason, predictions, run and run.info.run_id,
                       drift.share)
 
 
-def watch_classes(context: CycleContext):
-    """Production's recall and precision of each class on the new files, and the classes
-    whose recall collapsed against its baseline (retraining.classes).
+def against_baseline(context: CycleContext):
+    """Production's recall and precision of each class on the new files; the classes whose
+    recall collapsed against its baseline; and the rise of its error since then, with
+    whether it is significant (retraining/baseline.py, retraining/classes.py).
 
     A version no cycle has judged (the first one registered, say) has no baseline yet: this
-    batch becomes it, recorded on the version, and nothing can have collapsed.
+    batch becomes it, recorded on the version, and nothing can have collapsed or risen.
     """
+    from retraining.baseline import (CLASS_BASELINE_TAG, ERROR_BASELINE_TAG, baseline_tags,
+                                     parse_units)
     from retraining.classes import collapsed_since_baseline, count_classes, parse_baseline
     from retraining.evaluation import pooled_labels
-    from retraining.registry import CLASS_BASELINE_TAG
+    from retraining.gate import error_units, rise_interval
 
-    settings, production = context.settings, context.production
+    settings, production, domain = context.settings, context.production, context.domain
     labels, predictions = pooled_labels(context.new_files, context.predictions)
     classes = count_classes(labels, predictions)
-    baseline = parse_baseline(production.class_baseline)
-    if baseline is not None:
-        return classes, collapsed_since_baseline(baseline, classes, settings.max_recall_drop,
-                                                 settings.confidence_level)
-    if not settings.dry_run:
-        context.registry.annotate_version(production.version, {
-            CLASS_BASELINE_TAG: classes.baseline_json(),
-            "class_recall_baseline_from": f"the first batch it monitored "
-                                          f"({len(context.new_files)} files)"})
-    return classes, []
+    now = error_units(domain, context.new_files, context.predictions)
+    classes_before = parse_baseline(production.tags.get(CLASS_BASELINE_TAG))
+    error_before = parse_units(production.tags.get(ERROR_BASELINE_TAG))
+    if classes_before is None or error_before is None:
+        if not settings.dry_run:
+            context.registry.annotate_version(production.version, baseline_tags(
+                now, classes.baseline_json(),
+                f"the first batch it monitored ({len(context.new_files)} files)"))
+        return Baseline(classes, [], None, None)
+    collapses = collapsed_since_baseline(classes_before, classes, settings.max_recall_drop,
+                                         settings.confidence_level)
+    rise = rise_interval(domain, error_before, now, settings)
+    significant = rise.low > 0 if domain.lower_error_is_better else rise.high < 0
+    return Baseline(classes, collapses, rise if significant else None, error_before.mean, rise)
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """What monitoring found against production's baseline."""
+
+    classes: Any  # retraining.classes.ClassCounts on the new files
+    collapses: list
+    significant_rise: Any  # retraining.gate.Interval of the rise, when it is significant
+    error_before: float | None
+    rise: Any = None  # the interval, significant or not
 
 
 def drift_of_new_files(context: CycleContext):
@@ -417,9 +446,9 @@ OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_fi
            "min_new_files", "error_threshold", "drift_p_value", "drift_min_effect",
            "drift_trigger", "min_improvement", "holdout_fraction", "seed", "min_heldout_files",
            "min_heldout_rows", "max_file_regression", "max_recall_drop", "confidence_level",
-           "bootstrap_resamples", "require_significance", "auto_rollback", "training_windows",
-           "recent_files", "recency_half_life", "validation_fraction", "window_sample_rows",
-           "strict_history", "dry_run", "json"]
+           "bootstrap_resamples", "require_significance", "rise_trigger", "auto_rollback",
+           "earlier_versions", "training_windows", "recent_files", "recency_half_life",
+           "validation_fraction", "window_sample_rows", "strict_history", "dry_run", "json"]
 
 
 def main(argv=None) -> int:

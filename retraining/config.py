@@ -49,7 +49,9 @@ class Settings:
     confidence_level: float
     bootstrap_resamples: int
     require_significance: bool
+    rise_trigger: bool
     auto_rollback: bool
+    earlier_versions: int
     training_windows: tuple[str, ...]
     recent_files: int
     recency_half_life: float
@@ -215,9 +217,15 @@ _OPTIONS = {
         _Option("require_significance", _flag,
                 "promote only when the whole bootstrap interval favours the challenger",
                 is_flag=True),
+        _Option("rise_trigger", _flag,
+                "retrain when production's error on the new files is significantly above its "
+                "error when it was judged, whatever the threshold", is_flag=True),
         _Option("auto_rollback", _flag,
                 "move the alias back when the version a promotion replaced is significantly "
                 "better on the next batch", is_flag=True),
+        _Option("earlier_versions", _nonnegative_int,
+                "registered versions before the challenger, newest first, judged beside it on "
+                "the held-out files; the best that passes the gate is promoted (0: none)"),
         _Option("training_windows", _window_names,
                 "candidate training sets, comma-separated: all, recent, weighted"),
         _Option("recent_files", _positive_int,
@@ -281,7 +289,11 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "confidence_level": 0.95,
         "bootstrap_resamples": 2000,
         "require_significance": True,
+        "rise_trigger": True,
         "auto_rollback": True,
+        # A returning concept's model is usually among the last few; each one more costs a
+        # model load and a prediction on the held-out files.
+        "earlier_versions": 3,
         # About one default batch (--min-new-files): the recent window is usually the new
         # files alone, so an abrupt change is learnt in one cycle; "all" still wins on
         # validation when nothing changed.

@@ -7,6 +7,7 @@ run; the decision goes on both versions; the alias moves by compare-and-set.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -16,6 +17,8 @@ from retraining.context import CycleContext, Monitoring, phase
 from retraining.training import Challenger
 
 log = logging.getLogger("retraining.cycle")
+# MLflow keeps at most this many characters of a tag's value.
+MAX_TAG_LENGTH = 5000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,15 +28,23 @@ class Comparison:
     production_error: float
     challenger_error: float
     gate: Any  # retraining.gate.GateVerdict, recorded with the decision
-    # The challenger's recall of each class on the held-out files: its baseline if promoted.
-    class_baseline: str | None = None
+    # The challenger's error and recall of each class on the held-out files: the baseline
+    # tags it keeps (retraining/baseline.py).
+    baseline: dict = dataclasses.field(default_factory=dict)
+    # The earlier versions judged beside it (retraining/candidates.py), and the one to
+    # promote instead of the challenger, if any.
+    earlier: list = dataclasses.field(default_factory=list)
+    winner: Any = None
 
 
 def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenger) -> Comparison:
     """Both models on the held-out files only: data neither of them was trained on."""
+    from retraining.baseline import baseline_tags
+    from retraining.candidates import best, candidate_versions, judge_earlier
     from retraining.classes import count_classes
+    from retraining.datafiles import batch_key
     from retraining.evaluation import predict_files
-    from retraining.gate import judge, score_heldout
+    from retraining.gate import heldout_units, judge, score_heldout
 
     heldout = [f for f in context.new_files if f.name in challenger.heldout_names]
     challenger_predictions = predict_files(challenger.model, heldout, context.columns)
@@ -41,17 +52,28 @@ def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenge
                            challenger_predictions)
     verdict = judge(context.domain, scores, context.settings)
     log.info(verdict.reason)
+    exclude = {context.production.version, challenger.version}
+    earlier = judge_earlier(context, heldout, monitoring.predictions,
+                            candidate_versions(context, exclude, batch_key(context.new_files)))
+    winner = best(context.domain.lower_error_is_better, scores.challenger_error,
+                  verdict.promote, earlier)
+    reason = verdict.reason if winner is None else (
+        f"{winner.note}; of the candidates that pass the gate it has the lowest error "
+        f"(the challenger: {verdict.reason})")
     if challenger.run_id is not None:
         record_evaluation(context, challenger, heldout, scores, verdict,
                           {"production": monitoring.predictions,
-                           "challenger": challenger_predictions})
-    return Comparison(verdict.promote, verdict.reason, scores.production_error,
-                      scores.challenger_error, verdict,
-                      count_classes(scores.labels, scores.challenger_predicted).baseline_json())
+                           "challenger": challenger_predictions}, earlier)
+    baseline = baseline_tags(heldout_units(context.domain, scores, "challenger"),
+                             count_classes(scores.labels, scores.challenger_predicted
+                                           ).baseline_json(),
+                             f"its {len(heldout)} held-out files when it was judged")
+    return Comparison(verdict.promote or winner is not None, reason, scores.production_error,
+                      scores.challenger_error, verdict, baseline, earlier, winner)
 
 
 def record_evaluation(context: CycleContext, challenger: Challenger, heldout: list, scores,
-                      verdict, predictions_by_file: dict) -> None:
+                      verdict, predictions_by_file: dict, earlier: list) -> None:
     """The figures, tables and plots of the comparison, on the retraining run."""
     import numpy as np
 
@@ -85,8 +107,12 @@ def record_evaluation(context: CycleContext, challenger: Challenger, heldout: li
                                  **count_classes(scores.labels, scores.production_predicted
                                                  ).metrics("production_"),
                                  **count_classes(scores.labels, scores.challenger_predicted
-                                                 ).metrics("challenger_")},
-                        tags={"worst_heldout_file": verdict.worst_file})
+                                                 ).metrics("challenger_"),
+                                 **{f"earlier_v{c.version}_error": c.error for c in earlier
+                                    if c.error is not None}},
+                        tags={"worst_heldout_file": verdict.worst_file,
+                              "earlier_versions": json.dumps([c.summary() for c in earlier])
+                              [:MAX_TAG_LENGTH]})
 
 
 def defer(context: CycleContext, monitoring: Monitoring, lacks: str) -> str:
@@ -132,10 +158,22 @@ def decide(context: CycleContext, challenger: Challenger,
             log.warning(overruled)
             record_decision(context, challenger, comparison, "alias_moved", reason)
             return "alias_moved", reason
-        record_decision(context, challenger, comparison, "promoting", comparison.reason)
-        promote(context, challenger)
-        complete_promotion(registry, challenger.run_id, challenger.version, production,
-                           comparison.reason)
+        if comparison.winner is None:
+            record_decision(context, challenger, comparison, "promoting", comparison.reason)
+            promote(context, challenger.version)
+            complete_promotion(registry, challenger.run_id, challenger.version, production,
+                               comparison.reason)
+        else:
+            winner = comparison.winner
+            record_decision(context, challenger, comparison, "passed_over",
+                            f"version {winner.version} was promoted instead: "
+                            f"{comparison.reason}")
+            registry.log_to_run(challenger.run_id, metrics={},
+                                tags={"decision": "promoting", "reason": comparison.reason,
+                                      "promoted_version": winner.version})
+            promote(context, winner.version)
+            complete_promotion(registry, challenger.run_id, winner.version, production,
+                               comparison.reason, winner.baseline)
     return "promoted", comparison.reason
 
 
@@ -149,7 +187,6 @@ def record_decision(context: CycleContext, challenger: Challenger, comparison: C
     tagged it.
     """
     from retraining.lineage import describe
-    from retraining.registry import CLASS_BASELINE_TAG
 
     if challenger.run_id is None:
         return
@@ -166,23 +203,25 @@ def record_decision(context: CycleContext, challenger: Challenger, comparison: C
         "challenger_version": challenger.version, "compared_with_version": production,
         "heldout_files": len(challenger.heldout_names),
         # Monitoring compares each batch with this once the version is production.
-        CLASS_BASELINE_TAG: comparison.class_baseline,
-        "class_recall_baseline_from": f"its {len(challenger.heldout_names)} held-out files "
-                                      f"when it was judged"},
+        **comparison.baseline},
         description=f"{decision}: {reason}\n\n{describe(lineage)}")
     if decision == "rejected":
         registry.annotate_version(production,
                                   {f"challenge.v{challenger.version}": f"kept: {reason}"})
 
 
-def complete_promotion(registry, run_id: str, version: str, replaced: str, reason: str) -> None:
-    """Record a promotion whose alias move is done: on the run and on both versions."""
+def complete_promotion(registry, run_id: str, version: str, replaced: str, reason: str,
+                       baseline: dict | None = None) -> None:
+    """Record a promotion whose alias move is done: on the run and on both versions.
+
+    An earlier version promoted again gets its figures on these held-out files as its new
+    baseline, and a new probation."""
     from retraining.lineage import describe
 
     registry.log_to_run(run_id, metrics={}, tags={"decision": "promoted"})
     registry.annotate_version(version, {"decision": "promoted",
                                         "previous_production_version": replaced,
-                                        "probation": "pending"},
+                                        "probation": "pending", **(baseline or {})},
                               description=f"promoted: {reason}\n\n"
                                           f"{describe(registry.version_tags(version))}")
     registry.annotate_version(replaced, {"decision": "replaced", "replaced_by": version,
@@ -199,7 +238,9 @@ def finish_interrupted_promotions(registry, new_dir: str) -> None:
         current = registry.production_version()
         for run in deciding:
             tags = run.data.tags
-            version, replaced = tags.get("challenger_version"), tags.get("compared_with_version")
+            # An earlier version chosen over the challenger is named apart.
+            version = tags.get("promoted_version") or tags.get("challenger_version")
+            replaced = tags.get("compared_with_version")
             if version is not None and version == current:
                 complete_promotion(registry, run.info.run_id, version, replaced,
                                    tags.get("reason", ""))
@@ -210,12 +251,12 @@ def finish_interrupted_promotions(registry, new_dir: str) -> None:
                    "batch decides again")
             registry.log_to_run(run.info.run_id, metrics={},
                                 tags={"decision": "interrupted", "reason": why})
-            if version is not None:
+            if version is not None and version == tags.get("challenger_version"):
                 registry.annotate_version(version, {"decision": "interrupted",
                                                     "interrupted_because": why})
 
 
-def promote(context: CycleContext, challenger: Challenger) -> None:
-    context.registry.set_alias(challenger.version)
+def promote(context: CycleContext, version: str) -> None:
+    context.registry.set_alias(version)
     log.info("alias %r moved from version %s to %s", context.settings.alias,
-             context.production.version, challenger.version)
+             context.production.version, version)

@@ -177,18 +177,66 @@ def _score_slices(domain: Domain, heldout: Sequence[LoadedFile], production_pred
                   challenger=errors["challenger"]), None
 
 
-def units_are_files(domain: Domain, files: Sequence[LoadedFile], predictions: dict) -> bool:
-    """Whether the bootstrap will resample whole files only: for a per-file metric, or one
-    that is not a mean over rows. Found before anything is trained, on production's
-    predictions on the new files, by the check the comparison makes (_score_slices)."""
-    if domain.error_per_file:
-        return True
+@dataclasses.dataclass(frozen=True)
+class ErrorUnits:
+    """One model's error on files as the bootstrap resamples it: row slices of the files
+    for a metric that is a mean over rows, whole files otherwise."""
+
+    groups: np.ndarray  # the file of each unit
+    weights: np.ndarray  # its rows (1 per file for a per-file metric)
+    errors: np.ndarray
+    sliced: bool  # units are row slices; else whole files
+
+    @property
+    def mean(self) -> float:
+        return float(self.weights @ self.errors / self.weights.sum())
+
+
+def error_units(domain: Domain, files: Sequence[LoadedFile], predictions: dict) -> ErrorUnits:
+    """A model's error units on `files`, found by the check the comparison makes
+    (_score_slices): slices where the metric is a mean over rows, files otherwise."""
     per_file = _finite_errors(domain, "production", [
         (loaded.name, domain.error(loaded.labels, predictions[loaded.name], loaded.features))
         for loaded in files])
-    slices, _ = _score_slices(domain, files, predictions, predictions,
-                              {"production": per_file, "challenger": per_file})
-    return slices is None
+    rows = np.array([loaded.rows for loaded in files], dtype=float)
+    if not domain.error_per_file:
+        slices, _ = _score_slices(domain, files, predictions, predictions,
+                                  {"production": per_file, "challenger": per_file})
+        if slices is not None:
+            return ErrorUnits(slices.file, slices.rows.astype(float), slices.production, True)
+    weights = np.ones(len(files)) if domain.error_per_file else rows
+    return ErrorUnits(np.arange(len(files)), weights, per_file, False)
+
+
+def units_are_files(domain: Domain, files: Sequence[LoadedFile], predictions: dict) -> bool:
+    """Whether the bootstrap will resample whole files only: for a per-file metric, or one
+    that is not a mean over rows. Found before anything is trained, on production's
+    predictions on the new files."""
+    return domain.error_per_file or not error_units(domain, files, predictions).sliced
+
+
+def heldout_units(domain: Domain, scores: HeldoutScores, role: str) -> ErrorUnits:
+    """One model's error units on the held-out files, from the comparison's own scores."""
+    if scores.slices is not None:
+        return ErrorUnits(scores.slices.file, scores.slices.rows.astype(float),
+                          getattr(scores.slices, role), True)
+    weights = np.ones(len(scores.names)) if domain.error_per_file else scores.weights
+    return ErrorUnits(np.arange(len(scores.names)), weights, getattr(scores, role), False)
+
+
+def rise_interval(domain: Domain, baseline: ErrorUnits, now: ErrorUnits,
+                  settings: Settings) -> Interval:
+    """A bootstrap interval of the error now minus the baseline error: two independent
+    samples, each resampled two-stage, files then their slices."""
+    generator = np.random.default_rng(settings.seed)
+    rises = (resampled_means(now.errors, now.weights, now.groups,
+                             settings.bootstrap_resamples, generator)
+             - resampled_means(baseline.errors, baseline.weights, baseline.groups,
+                               settings.bootstrap_resamples, generator))
+    tail = (1.0 - settings.confidence_level) / 2.0
+    low, high = np.quantile(rises, [tail, 1.0 - tail])
+    return Interval(now.mean - baseline.mean, float(low), float(high),
+                    settings.confidence_level)
 
 
 def _rows(labels, start: int, stop: int):
@@ -252,9 +300,23 @@ def bootstrap_difference(production: np.ndarray, challenger: np.ndarray, weights
     weights = np.asarray(weights, float)
     groups = np.arange(len(difference)) if groups is None else np.asarray(groups)
     estimate = float(weights @ difference / weights.sum())
+    statistics = resampled_means(difference, weights, groups, resamples,
+                                 np.random.default_rng(seed))
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(statistics, [tail, 1.0 - tail])
+    return Interval(estimate, float(low), float(high), level)
+
+
+def resampled_means(values: np.ndarray, weights: np.ndarray, groups: np.ndarray,
+                    resamples: int, generator: np.random.Generator) -> np.ndarray:
+    """`resamples` two-stage bootstrap draws of the weighted mean of `values`.
+
+    Each draw takes the groups (files) with replacement, then, within each drawn group, its
+    units (row slices) with replacement: the hierarchical bootstrap for rows nested in files.
+    """
+    values, weights = np.asarray(values, float), np.asarray(weights, float)
     members = [np.flatnonzero(groups == group) for group in np.unique(groups)]
-    files, units = len(members), len(difference)
-    generator = np.random.default_rng(seed)
+    files, units = len(members), len(values)
     block = max(1, _BLOCK_CELLS // units)
     statistics = []
     for start in range(0, resamples, block):
@@ -269,10 +331,8 @@ def bootstrap_difference(production: np.ndarray, challenger: np.ndarray, weights
             else:
                 counts[:, unit] = generator.multinomial(drawn[:, file] * len(unit),
                                                         np.full(len(unit), 1.0 / len(unit)))
-        statistics.append((counts @ (weights * difference)) / (counts @ weights))
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(np.concatenate(statistics), [tail, 1.0 - tail])
-    return Interval(estimate, float(low), float(high), level)
+        statistics.append((counts @ (weights * values)) / (counts @ weights))
+    return np.concatenate(statistics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,9 +345,11 @@ class GateVerdict:
     worst_regression: float  # how much worse the challenger is on worst_file (may be < 0)
 
 
-def judge(domain: Domain, scores: HeldoutScores, settings: Settings) -> GateVerdict:
+def judge(domain: Domain, scores: HeldoutScores, settings: Settings,
+          candidate: str = "challenger") -> GateVerdict:
     """Promote only a challenger better by the margin, on enough data, and, as configured,
-    significantly better and not much worse on any single file."""
+    significantly better and not much worse on any single file. `candidate` is what the
+    reason calls the model judged against production ("version 3", say)."""
     interval, units = _interval(domain, scores, settings)
     point = judge_challenger(domain, scores.production_error, scores.challenger_error,
                              settings.min_improvement)
@@ -295,10 +357,10 @@ def judge(domain: Domain, scores: HeldoutScores, settings: Settings) -> GateVerd
     worst = int(np.argmax(regressions))
     worst_file, worst_regression = scores.names[worst], regressions[worst]
     name, files, rows = domain.error_metric_name, len(scores.names), int(scores.rows.sum())
-    figures = (f"challenger {name} {scores.challenger_error:.4f} vs production "
+    figures = (f"{candidate} {name} {scores.challenger_error:.4f} vs production "
                f"{scores.production_error:.4f} on the same {files} held-out files, {rows} rows "
                f"(improvement {point.improvement:+.4f}, at least {settings.min_improvement:.4f} "
-               f"needed; {interval} of challenger minus production"
+               f"needed; {interval} of {candidate} minus production"
                + (f", resampling whole files only: {scores.no_slices_because})"
                   if scores.no_slices_because else ")"))
 
@@ -311,24 +373,24 @@ def judge(domain: Domain, scores: HeldoutScores, settings: Settings) -> GateVerd
                               f"where promotion needs at least {settings.min_heldout_files} "
                               f"files and {settings.min_heldout_rows} rows; " + figures)
     if not point.promote:
-        return verdict(False, "challenger is not better enough: " + figures)
+        return verdict(False, f"{candidate} is not better enough: " + figures)
     if settings.require_significance:
         needed = units_needed(settings.confidence_level)
         if units < needed:
             what = "held-out files" if scores.slices is None else "row slices of held-out files"
-            return verdict(False, f"challenger is not shown significantly better: the bootstrap "
+            return verdict(False, f"{candidate} is not shown significantly better: the bootstrap "
                                   f"has {units} {what} to resample, fewer than the {needed} "
                                   f"that could show a difference at "
                                   f"{settings.confidence_level:.0%}; " + figures)
         favoured = interval.high < -_TOLERANCE if domain.lower_error_is_better \
             else interval.low > _TOLERANCE
         if not favoured:
-            return verdict(False, f"challenger is not significantly better: the {interval} of "
+            return verdict(False, f"{candidate} is not significantly better: the {interval} of "
                                   f"its {name} minus production's reaches zero or "
                                   "worse; " + figures)
     if worst_regression > settings.max_file_regression + _TOLERANCE:
         per_file = scores.per_file_rows(domain.lower_error_is_better)[worst]
-        return verdict(False, f"challenger regresses on held-out file {worst_file}: {name} "
+        return verdict(False, f"{candidate} regresses on held-out file {worst_file}: {name} "
                               f"{per_file['challenger_error']:.4f} vs production "
                               f"{per_file['production_error']:.4f}, worse by "
                               f"{worst_regression:.4f} where the cap is "
@@ -338,9 +400,9 @@ def judge(domain: Domain, scores: HeldoutScores, settings: Settings) -> GateVerd
                                  scores.challenger_predicted, settings.max_recall_drop,
                                  settings.confidence_level)
         if lost:
-            return verdict(False, "challenger loses a class that production recalls: "
+            return verdict(False, f"{candidate} loses a class that production recalls: "
                                   + "; ".join(map(str, lost)) + "; " + figures)
-    return verdict(True, "challenger is better: " + figures)
+    return verdict(True, f"{candidate} is better: " + figures)
 
 
 def _interval(domain: Domain, scores: HeldoutScores, settings: Settings) -> tuple[Interval, int]:

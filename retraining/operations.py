@@ -100,7 +100,8 @@ def alias_moves(registry, alias: str) -> list[AliasMove]:
     for run in _runs(registry, RETRAINING_RUN, "tags.decision = 'promoted'"):
         # A resumed challenger was logged by an earlier run; the run that promoted it
         # names it.
-        version = run.data.tags.get("challenger_version") or version_of_run.get(run.info.run_id)
+        version = (run.data.tags.get("promoted_version") or run.data.tags.get("challenger_version")
+                   or version_of_run.get(run.info.run_id))
         if version:
             moves.append(AliasMove(version, run.data.tags.get("production_version_before"),
                                    "promoted", run.info.end_time or run.info.start_time,

@@ -35,7 +35,6 @@ HISTORY_RUN = "RegistryHistory"
 BATCH_PREDICTIONS_RUN = "BatchPredictions"
 
 # Passed explicitly because inferring requirements costs seconds per logged model.
-CLASS_BASELINE_TAG = "class_recall_baseline"
 _MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skops")
 
 
@@ -218,9 +217,6 @@ class ProductionModel:
     # The AliasChange runs (moves by hand) recorded when it was loaded: one recorded later
     # means a person moved the alias during the cycle (see Registry.moved_by_hand_since).
     hand_moves_seen: frozenset = frozenset()
-    # Its recall of each class when it was judged (tag class_recall_baseline, JSON), the
-    # reference monitoring compares each batch with (retraining/classes.py).
-    class_baseline: str | None = None
     tags: dict = dataclasses.field(default_factory=dict)  # the version's tags when loaded
 
 
@@ -298,7 +294,7 @@ class Registry:
                                input_columns=columns, input_kinds=kinds,
                                label_kind=tags.get("label_kind"),
                                hand_moves_seen=hand_moves,
-                               class_baseline=tags.get(CLASS_BASELINE_TAG), tags=tags)
+                               tags=tags)
 
     def load_version(self, version: str):
         """The version's model; its files missing from the artifact store is NeedsAttention."""
@@ -360,6 +356,13 @@ class Registry:
             f"attributes.run_name = '{ALIAS_CHANGE_RUN}' and "
             f"tags.model_name = '{_quoted(self.model_name)}' and "
             f"tags.alias = '{_quoted(self._settings.alias)}'", max_results=50000)
+
+    def versions_newest_first(self) -> list[tuple[str, dict]]:
+        """(version, tags) of every registered version of the model, newest first."""
+        versions = self._store_call("list the model's versions", self.client.search_model_versions,
+                                    f"name='{_quoted(self.model_name)}'")
+        return sorted(((str(v.version), dict(v.tags)) for v in versions),
+                      key=lambda item: -int(item[0]))
 
     def turned_away_from(self, version: str) -> str | None:
         """How the alias was moved away from `version` by a person or by probation, if it

@@ -36,6 +36,7 @@ def test_a_returning_concept_rolls_the_promotion_back_by_itself(promoted, capsys
 
     assert code == 0, summary["reason"]
     trial = summary["probation"]
+    assert "probation" in summary["timings"]
     assert trial["version"] == "2" and trial["replaced"] == "1"
     assert trial["verdict"] == "failed" and trial["rolled_back"] is True
     assert trial["reason"].startswith(
@@ -86,7 +87,9 @@ def test_a_promotion_that_holds_passes_probation(promoted, capsys):
 def test_no_auto_rollback_records_the_failure_and_moves_nothing(promoted, capsys):
     write_csvs(promoted.new_dir, "old_again", machine_files(10, drift=0.0, seed=42))
 
-    code, summary = cycle(promoted, capsys, "--no-auto-rollback")
+    # Earlier versions off too: judged as a candidate beside the challenger, version 1
+    # would be promoted again by the gate, which is another mechanism.
+    code, summary = cycle(promoted, capsys, "--no-auto-rollback", "--earlier-versions", "0")
 
     assert code == 0
     assert summary["probation"]["verdict"] == "failed"

@@ -51,7 +51,7 @@ def test_a_collapsed_rare_class_retrains_although_the_error_is_under_the_thresho
     tags = workspace.client().get_model_version("classifier", "1").tags
     baseline = parse_baseline(tags["class_recall_baseline"])
     assert baseline["1"][1] > 50 and baseline["1"][0] / baseline["1"][1] > 0.8
-    assert tags["class_recall_baseline_from"] == "the first batch it monitored (15 files)"
+    assert tags["baseline_from"] == "the first batch it monitored (15 files)"
 
     write_csvs(workspace.new_dir, "changed", rare_files(15, seed=3, changed=True))
     code, summary = cycle(workspace, capsys, "--min-new-files", "15")
@@ -78,7 +78,7 @@ def test_a_collapsed_rare_class_retrains_although_the_error_is_under_the_thresho
         "production_recall.1"]
     # The promoted version carries its own baseline, from the held-out files it was judged on.
     tags = workspace.client().get_model_version("classifier", "2").tags
-    assert tags["class_recall_baseline_from"] == (
+    assert tags["baseline_from"] == (
         f"its {len(summary['heldout_files'])} held-out files when it was judged")
 
 

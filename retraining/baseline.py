@@ -1,0 +1,64 @@
+"""A version's baseline: its error, and its recall of each class, when it was judged.
+
+Monitoring compares each batch with it. An absolute threshold sees a slow drift late, or
+never when the threshold sits above the error the model started from; a rise against the
+model's own error when it was judged shows it as soon as it is beyond noise. The baseline is
+what the version scored on the held-out files that promoted it (its error units, as the
+gate's bootstrap resamples them, and hits and rows per class), kept as version tags. A
+version no cycle judged (the first one registered) takes its first monitored batch instead.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from retraining.gate import ErrorUnits
+
+ERROR_BASELINE_TAG = "error_baseline"
+CLASS_BASELINE_TAG = "class_recall_baseline"
+SOURCE_TAG = "baseline_from"
+# MLflow keeps 5,000 characters of a tag: adjacent slices of a file are merged until the
+# units fit, which leaves a row-mean metric's figures exact.
+_MAX_UNITS = 120
+
+
+def baseline_tags(units: ErrorUnits, classes_json: str, source: str) -> dict[str, str]:
+    return {ERROR_BASELINE_TAG: units_json(units), CLASS_BASELINE_TAG: classes_json,
+            SOURCE_TAG: source}
+
+
+def units_json(units: ErrorUnits) -> str:
+    groups, weights, errors = units.groups, units.weights, units.errors
+    while len(groups) > _MAX_UNITS and units.sliced:
+        groups, weights, errors = _merge_neighbours(groups, weights, errors)
+    return json.dumps({"sliced": units.sliced, "groups": [int(g) for g in groups],
+                       "weights": [round(float(w), 6) for w in weights],
+                       "errors": [round(float(e), 6) for e in errors]},
+                      separators=(",", ":"))
+
+
+def parse_units(text: str | None) -> ErrorUnits | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    return ErrorUnits(np.array(data["groups"]), np.array(data["weights"], dtype=float),
+                      np.array(data["errors"], dtype=float), bool(data["sliced"]))
+
+
+def _merge_neighbours(groups, weights, errors):
+    """Each file's slices merged in pairs: the weighted mean of two adjacent slices is the
+    error of the slice they make together, for a metric that is a mean over rows."""
+    merged: dict[tuple[int, int], list[float]] = {}
+    position: dict[int, int] = {}
+    for group, weight, error in zip(groups, weights, errors, strict=True):
+        index = position.get(int(group), 0)
+        position[int(group)] = index + 1
+        total = merged.setdefault((int(group), index // 2), [0.0, 0.0])
+        total[0] += float(weight)
+        total[1] += float(weight) * float(error)
+    keys = list(merged)
+    return (np.array([key[0] for key in keys]),
+            np.array([merged[key][0] for key in keys]),
+            np.array([merged[key][1] / merged[key][0] for key in keys]))

@@ -1,0 +1,80 @@
+"""A slow drift is seen before it crosses the threshold: production's error is compared with
+its own error when it was judged, and a significant rise retrains."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retraining.baseline import parse_units, units_json
+from retraining.gate import ErrorUnits
+from tests.conftest import cycle, machine_files, write_csvs
+
+
+@pytest.fixture
+def baselined(production, capsys):
+    """Version 1 with its first monitored batch, from the history's regime, as baseline."""
+    write_csvs(production.new_dir, "calm", machine_files(15, drift=0.0, seed=61))
+    code, summary = cycle(production, capsys, "--min-new-files", "15")
+    assert code == 0 and summary["outcome"] == "healthy", summary["reason"]
+    tags = production.client().get_model_version("classifier", "1").tags
+    assert tags["baseline_from"] == "the first batch it monitored (15 files)"
+    assert parse_units(tags["error_baseline"]).mean == pytest.approx(summary["monitoring_error"])
+    return production
+
+
+def test_a_significant_rise_under_the_threshold_retrains(baselined, capsys):
+    # Half-way to the drifted regime: the error triples but stays under 0.10.
+    write_csvs(baselined.new_dir, "drifting", machine_files(15, drift=0.5, seed=62))
+
+    code, summary = cycle(baselined, capsys, "--min-new-files", "15")
+
+    assert code == 0 and summary["monitoring_error"] < 0.10
+    monitoring = baselined.client().get_run(summary["monitoring_run_id"])
+    reason = monitoring.data.tags["reason"]
+    assert "within the threshold 0.1000; its misclassification_rate rose significantly since " \
+           "it was judged (0.0" in reason
+    assert "of the rise)" in reason
+    assert monitoring.data.tags["decision"] == "retrain"
+    metrics = monitoring.data.metrics
+    assert 0 < metrics["error_rise_low"] <= metrics["error_rise"] <= metrics["error_rise_high"]
+    assert metrics["baseline_error"] + metrics["error_rise"] == pytest.approx(
+        summary["monitoring_error"])
+    assert summary["outcome"] == "promoted", summary["reason"]
+
+
+def test_without_the_rise_trigger_only_the_threshold_retrains(baselined, capsys):
+    write_csvs(baselined.new_dir, "drifting", machine_files(15, drift=0.5, seed=62))
+
+    code, summary = cycle(baselined, capsys, "--min-new-files", "15", "--no-rise-trigger")
+
+    assert code == 0 and summary["outcome"] == "healthy", summary["reason"]
+    # Measured and recorded all the same.
+    monitoring = baselined.client().get_run(summary["monitoring_run_id"])
+    assert monitoring.data.metrics["error_rise_low"] > 0
+
+
+def test_the_same_regime_does_not_retrain(baselined, capsys):
+    write_csvs(baselined.new_dir, "calm_again", machine_files(15, drift=0.0, seed=63))
+
+    code, summary = cycle(baselined, capsys, "--min-new-files", "15")
+
+    assert code == 0 and summary["outcome"] == "healthy", summary["reason"]
+    monitoring = baselined.client().get_run(summary["monitoring_run_id"])
+    assert monitoring.data.metrics["error_rise_low"] <= 0
+
+
+def test_a_baseline_of_many_slices_fits_a_tag_and_keeps_its_mean():
+    generator = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 25)
+    weights = generator.integers(25, 40, len(groups)).astype(float)
+    errors = generator.uniform(0, 0.2, len(groups))
+    units = ErrorUnits(groups, weights, errors, sliced=True)
+
+    text = units_json(units)
+
+    assert len(text) <= 5000
+    kept = parse_units(text)
+    assert len(kept.errors) <= 120 and kept.sliced
+    assert kept.mean == pytest.approx(units.mean, abs=1e-6)
+    assert sorted(set(kept.groups.tolist())) == list(range(40))
