@@ -323,8 +323,15 @@ def monitor(context: CycleContext) -> Monitoring:
         reason += "; a class collapsed: " + "; ".join(map(str, found.collapses))
     rose = settings.rise_trigger and found.significant_rise is not None
     if rose:
-        reason += (f"; its {domain.error_metric_name} rose significantly since it was judged "
-                   f"({found.error_before:.4f}; {found.rise} of the rise)")
+        # For a score (higher is better) the wrong way is down.
+        sign = 1.0 if domain.lower_error_is_better else -1.0
+        rise = found.rise
+        bound = rise.low if domain.lower_error_is_better else rise.high
+        reason += (f"; its {domain.error_metric_name} "
+                   f"{'rose' if sign > 0 else 'fell'} significantly since it was judged: "
+                   f"{found.error_before:.4f} then, {'up' if sign > 0 else 'down'} "
+                   f"{sign * rise.estimate:.4f}, at least {sign * bound:.4f} at "
+                   f"{rise.level:.0%} confidence")
     retrain_needed = error_crossed or drift_fires or bool(found.collapses) or rose
     log.info(reason)
     with context.registry.run(MONITORING_RUN, {"batch_key": batch_key(context.new_files),
@@ -359,8 +366,8 @@ def against_baseline(context: CycleContext):
     A version no cycle has judged (the first one registered, say) has no baseline yet: this
     batch becomes it, recorded on the version, and nothing can have collapsed or risen.
     """
-    from retraining.baseline import (CLASS_BASELINE_TAG, ERROR_BASELINE_TAG, baseline_tags,
-                                     parse_units)
+    from retraining.baseline import (CLASS_BASELINE_TAG, ERROR_BASELINE_TAG, FIRST_BATCH,
+                                     SOURCE_TAG, baseline_tags, extended, parse_units)
     from retraining.classes import collapsed_since_baseline, count_classes, parse_baseline
     from retraining.evaluation import pooled_labels
     from retraining.gate import error_units, rise_interval
@@ -375,12 +382,21 @@ def against_baseline(context: CycleContext):
         if not settings.dry_run:
             context.registry.annotate_version(production.version, baseline_tags(
                 now, classes.baseline_json(),
-                f"the first batch it monitored ({len(context.new_files)} files)"))
+                f"{FIRST_BATCH} ({len(context.new_files)} files)"))
         return Baseline(classes, [], None, None)
     collapses = collapsed_since_baseline(classes_before, classes, settings.max_recall_drop,
                                          settings.confidence_level)
     rise = rise_interval(domain, error_before, now, settings)
     significant = rise.low > 0 if domain.lower_error_is_better else rise.high < 0
+    source = production.tags.get(SOURCE_TAG, "")
+    if not (settings.dry_run or collapses or significant or FIRST_BATCH in source):
+        # Judged and then unchanged: the first batch it monitors joins its baseline.
+        units, classes_json = extended(error_before, production.tags[CLASS_BASELINE_TAG], now,
+                                       {label: (classes.hits[label], classes.support[label])
+                                        for label in classes.support})
+        context.registry.annotate_version(production.version, baseline_tags(
+            units, classes_json,
+            f"{source} and {FIRST_BATCH} ({len(context.new_files)} files)"))
     return Baseline(classes, collapses, rise if significant else None, error_before.mean, rise)
 
 

@@ -19,6 +19,7 @@ from retraining.gate import ErrorUnits
 ERROR_BASELINE_TAG = "error_baseline"
 CLASS_BASELINE_TAG = "class_recall_baseline"
 SOURCE_TAG = "baseline_from"
+FIRST_BATCH = "the first batch it monitored"
 # MLflow keeps 5,000 characters of a tag: adjacent slices of a file are merged until the
 # units fit, which leaves a row-mean metric's figures exact.
 _MAX_UNITS = 120
@@ -27,6 +28,23 @@ _MAX_UNITS = 120
 def baseline_tags(units: ErrorUnits, classes_json: str, source: str) -> dict[str, str]:
     return {ERROR_BASELINE_TAG: units_json(units), CLASS_BASELINE_TAG: classes_json,
             SOURCE_TAG: source}
+
+
+def extended(units: ErrorUnits, classes_json: str, more: ErrorUnits,
+             more_classes: dict[str, tuple[int, int]]) -> tuple[ErrorUnits, str]:
+    """A baseline pooled with a further sample of the same version: its units, as more
+    files, and its hits and rows per class, added."""
+    units = ErrorUnits(np.concatenate([units.groups, more.groups + units.groups.max() + 1]),
+                       np.concatenate([units.weights, more.weights]),
+                       np.concatenate([units.errors, more.errors]),
+                       units.sliced and more.sliced)
+    counts = {label: list(pair) for label, pair in json.loads(classes_json).items()}
+    for label, (hits, rows) in more_classes.items():
+        total = counts.setdefault(label, [0, 0])
+        total[0] += hits
+        total[1] += rows
+    return units, json.dumps({label: counts[label] for label in sorted(counts)},
+                             separators=(",", ":"))
 
 
 def units_json(units: ErrorUnits) -> str:

@@ -3,6 +3,8 @@ its own error when it was judged, and a significant rise retrains."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -33,14 +35,31 @@ def test_a_significant_rise_under_the_threshold_retrains(baselined, capsys):
     monitoring = baselined.client().get_run(summary["monitoring_run_id"])
     reason = monitoring.data.tags["reason"]
     assert "within the threshold 0.1000; its misclassification_rate rose significantly since " \
-           "it was judged (0.0" in reason
-    assert "of the rise)" in reason
+           "it was judged: 0.0" in reason
+    assert "at 95% confidence" in reason
+    rise = monitoring.data.metrics["error_rise"]
+    assert f"then, up {rise:.4f}, at least {monitoring.data.metrics['error_rise_low']:.4f} " \
+           "at 95% confidence" in reason
     assert monitoring.data.tags["decision"] == "retrain"
     metrics = monitoring.data.metrics
     assert 0 < metrics["error_rise_low"] <= metrics["error_rise"] <= metrics["error_rise_high"]
     assert metrics["baseline_error"] + metrics["error_rise"] == pytest.approx(
         summary["monitoring_error"])
     assert summary["outcome"] == "promoted", summary["reason"]
+    heldout = len(summary["heldout_files"])
+
+    # The promoted version's baseline is its held-out files; its first batch as production,
+    # of the same regime, joins it.
+    write_csvs(baselined.new_dir, "drifting_on", machine_files(15, drift=0.5, seed=64))
+    code, summary = cycle(baselined, capsys, "--min-new-files", "15")
+    assert code == 0 and summary["outcome"] == "healthy", summary["reason"]
+    tags = baselined.client().get_model_version("classifier", "2").tags
+    assert tags["baseline_from"] == (f"its {heldout} held-out files when it was judged and the "
+                                     "first batch it monitored (15 files)")
+    pooled = parse_units(tags["error_baseline"])
+    assert len(set(pooled.groups.tolist())) == heldout + 15
+    classes = json.loads(tags["class_recall_baseline"])
+    assert sum(rows for _, rows in classes.values()) == heldout * 300 + 15 * 300
 
 
 def test_without_the_rise_trigger_only_the_threshold_retrains(baselined, capsys):

@@ -148,4 +148,7 @@ def test_any_files_never_fail_the_night_nor_lose_a_byte(template, tmp_path_facto
     for entry in summary["quarantined_files"]:
         reason = quarantine / (entry["quarantined_as"] + ".reason.txt")
         assert entry["reason"] in reason.read_bytes().decode("utf-8")  # names may hold \r
-    assert summary["outcome"] in ("healthy", "skipped")
+    # The threshold is never crossed; a rise against production's baseline (which the first
+    # examples record in the shared store) may still ask to retrain, and so small a batch is
+    # then deferred before any training: its files wait, counted above.
+    assert summary["outcome"] in ("healthy", "skipped", "deferred")
