@@ -49,7 +49,7 @@ def extended(units: ErrorUnits, classes_json: str, more: ErrorUnits,
 
 def units_json(units: ErrorUnits) -> str:
     groups, weights, errors = units.groups, units.weights, units.errors
-    while len(groups) > _MAX_UNITS and units.sliced:
+    while len(groups) > _MAX_UNITS:
         groups, weights, errors = _merge_neighbours(groups, weights, errors)
     return json.dumps({"sliced": units.sliced, "groups": [int(g) for g in groups],
                        "weights": [round(float(w), 6) for w in weights],
@@ -67,13 +67,23 @@ def parse_units(text: str | None) -> ErrorUnits | None:
 
 def _merge_neighbours(groups, weights, errors):
     """Each file's slices merged in pairs: the weighted mean of two adjacent slices is the
-    error of the slice they make together, for a metric that is a mean over rows."""
+    error of the slice they make together, for a metric that is a mean over rows. When every
+    file is one unit already, neighbouring files are merged in pairs instead: fewer, larger
+    groups, which widen the rise's interval, the safe side."""
+    if len(np.unique(groups)) == len(groups):
+        rank = {group: index for index, group in enumerate(dict.fromkeys(groups.tolist()))}
+        groups = np.array([rank[group] // 2 for group in groups.tolist()])
+        return _merge_neighbours_within(groups, weights, errors, pairs=False)
+    return _merge_neighbours_within(groups, weights, errors, pairs=True)
+
+
+def _merge_neighbours_within(groups, weights, errors, pairs: bool):
     merged: dict[tuple[int, int], list[float]] = {}
     position: dict[int, int] = {}
     for group, weight, error in zip(groups, weights, errors, strict=True):
         index = position.get(int(group), 0)
         position[int(group)] = index + 1
-        total = merged.setdefault((int(group), index // 2), [0.0, 0.0])
+        total = merged.setdefault((int(group), index // 2 if pairs else 0), [0.0, 0.0])
         total[0] += float(weight)
         total[1] += float(weight) * float(error)
     keys = list(merged)

@@ -49,6 +49,10 @@ def candidate_versions(context, exclude: set[str], batch: str) -> list[str]:
             break
         if version in exclude or tags.get("batch_key") == batch:
             continue
+        if tags.get("decision") in (None, "orphaned", "interrupted", "promoting"):
+            # Never judged: a challenger whose cycle was stopped may have trained on files
+            # that are still new, and now held out.
+            continue
         refused = registry.turned_away_from(version)
         if refused is not None:
             log.info("version %s is not a candidate: the alias was moved away from it (%s)",
@@ -63,6 +67,7 @@ def judge_earlier(context, heldout: list, production_predictions: dict,
     """Each earlier version scored on the held-out files and judged against production."""
     from retraining.baseline import baseline_tags
     from retraining.classes import count_classes
+    from retraining.errors import TryLater
     from retraining.evaluation import predict_files
     from retraining.gate import heldout_units, judge, score_heldout
 
@@ -76,6 +81,8 @@ def judge_earlier(context, heldout: list, production_predictions: dict,
         try:
             model = context.registry.load_version(version)
             predictions = predict_files(model, heldout, context.columns)
+        except TryLater:
+            raise  # the store away: the next run judges again
         # An old version may not load any more, or not take today's columns: it is then no
         # candidate, and the reason on the run says why.
         except Exception as error:

@@ -78,8 +78,14 @@ def parse_baseline(text: str | None) -> dict[str, tuple[int, int]] | None:
 
 
 def metric_safe(label: str) -> str:
-    """A class name as MLflow accepts it in a metric name."""
-    return re.sub(r"[^0-9A-Za-z_\-. /]", "_", label)[:200] or "_"
+    """A class name as MLflow accepts it in a metric name, and unique: a name that had to be
+    changed (a slash, an IRI's colon) gets part of its hash, so two classes never share one."""
+    import hashlib
+
+    safe = re.sub(r"[^\w\-. ]", "_", label)[:200]
+    if safe == label and safe.strip(". "):
+        return safe
+    return f"{safe}_{hashlib.sha256(label.encode()).hexdigest()[:8]}"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -111,8 +111,15 @@ def record_evaluation(context: CycleContext, challenger: Challenger, heldout: li
                                  **{f"earlier_v{c.version}_error": c.error for c in earlier
                                     if c.error is not None}},
                         tags={"worst_heldout_file": verdict.worst_file,
-                              "earlier_versions": json.dumps([c.summary() for c in earlier])
-                              [:MAX_TAG_LENGTH]})
+                              "earlier_versions": _fitting_json([c.summary() for c in earlier])
+                              })
+
+
+def _fitting_json(items: list[dict]) -> str:
+    """As many of the items as fit a tag, as valid JSON."""
+    while len(text := json.dumps(items)) > MAX_TAG_LENGTH and items:
+        items = items[:-1]
+    return text
 
 
 def defer(context: CycleContext, monitoring: Monitoring, lacks: str) -> str:

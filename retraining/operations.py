@@ -126,7 +126,7 @@ def production_line(moves: Sequence[AliasMove], current: str | None) -> list[str
     """
     line: list[str] = []
     for move in moves:
-        if move.action == "rollback" and line:
+        if move.action in ("rollback", "auto_rollback") and line:
             line.pop()
         if not line or line[-1] != move.version:
             line.append(move.version)
@@ -422,7 +422,8 @@ def set_alias(settings: Settings, alias: str, version: str, reason: str,
 
 
 def move_alias(registry, settings: Settings, alias: str, version: str, action: str,
-               reason: str, by: str) -> dict[str, Any]:
+               reason: str, by: str, run_tags: Mapping[str, str] | None = None
+               ) -> dict[str, Any]:
     """Check the version loads, move the alias in an AliasChange run, tag both versions.
 
     Call under `registry.alias_lock()`: the version moved from is read here, and a cycle
@@ -447,7 +448,7 @@ def move_alias(registry, settings: Settings, alias: str, version: str, action: s
     with registry.run(ALIAS_CHANGE_RUN, {"model_name": name, "alias": alias, "action": action,
                                          "from_version": current or "",
                                          "to_version": version, "reason": reason,
-                                         "changed_by": by}) as run:
+                                         "changed_by": by, **(run_tags or {})}) as run:
         registry.client.set_registered_model_alias(name, alias, version)
         summary["run_id"] = run.info.run_id
         note = f"{action} by {by}: {reason} ({alias_move_words(summary)})"

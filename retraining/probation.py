@@ -54,11 +54,29 @@ def hold_probation(context: CycleContext) -> Trial | None:
     from retraining.evaluation import predict_files
     from retraining.gate import judge, score_heldout
 
+    from retraining.datafiles import batch_key
+    from retraining.errors import NeedsAttention, TryLater
+    from retraining.gate import units_are_files
+    from retraining.heldout import lacking
+
     replaced = replaced_version(context)
     if replaced is None:
         return None
     settings, registry, production = context.settings, context.registry, context.production
     current = production.version
+    # Probation waits, untagged, for a batch that can judge it: not the batch the version
+    # was trained on (a cycle that promoted and was stopped before archiving reads it
+    # again), nor one too small for the gate.
+    if production.tags.get("batch_key") == batch_key(context.new_files):
+        log.info("probation of version %s waits: these are the files it was trained on",
+                 current)
+        return None
+    too_small = lacking(context.new_files, settings, units_are_files(
+        context.domain, context.new_files, context.predictions))
+    if too_small:
+        log.info("probation of version %s waits for a batch the gate can judge: %s",
+                 current, too_small)
+        return None
     refused = registry.turned_away_from(replaced)
     if refused is not None:
         return _record(context, Trial(current, replaced, "not judged",
@@ -67,8 +85,10 @@ def hold_probation(context: CycleContext) -> Trial | None:
     try:
         model = registry.load_version(replaced)
         predictions = predict_files(model, context.new_files, context.columns)
-    # The replaced version's model or its fit to today's files: whatever keeps it from
-    # predicting, it cannot be judged, and production stays.
+    except (NeedsAttention, TryLater):
+        raise  # its files missing, the store away: a person or the next run, not a verdict
+    # The replaced version's model does not fit today's files: whatever it raises, it cannot
+    # be judged, and production stays.
     except Exception as error:
         return _record(context, Trial(current, replaced, "not judged",
                                       f"version {replaced} cannot predict on the new files "
@@ -102,8 +122,9 @@ def hold_probation(context: CycleContext) -> Trial | None:
         if overruled:
             return _record(context, Trial(current, replaced, "failed",
                                           f"{reason}; not rolled back: {overruled}"))
+        # Tagged with the folder, so a kill mid-move leaves no run RUNNING for good.
         move_alias(registry, settings, settings.alias, replaced, "auto_rollback", reason,
-                   CHANGED_BY)
+                   CHANGED_BY, run_tags={"new_dir": str(settings.new_dir)})
     log.warning("%s: alias %r moved back to version %s", reason, settings.alias, replaced)
     return _record(context, Trial(current, replaced, "failed", reason, rolled_back=True))
 

@@ -366,10 +366,13 @@ class Registry:
 
     def turned_away_from(self, version: str) -> str | None:
         """How the alias was moved away from `version` by a person or by probation, if it
-        ever was: such a version is never promoted again automatically."""
+        ever was: such a version is never promoted again automatically.
+
+        Whatever the move's run status: one stopped after MLflow moved the alias ends FAILED
+        or stays RUNNING, and even one stopped before says what the person wanted."""
         for run in self.hand_moves():
             tags = run.data.tags
-            if tags.get("from_version") == version and run.info.status == "FINISHED":
+            if tags.get("from_version") == version:
                 return (f"{tags.get('action', 'a move')} to version {tags.get('to_version')} "
                         f"by {tags.get('changed_by', '?')}: {tags.get('reason', '')!r}")
         return None
