@@ -225,7 +225,8 @@ def complete_promotion(registry, run_id: str, version: str, replaced: str, reaso
     baseline, and a new probation."""
     from retraining.lineage import describe
 
-    registry.log_to_run(run_id, metrics={}, tags={"decision": "promoted"})
+    # The run last: until it says `promoted`, a stopped cycle's successor finds it
+    # `promoting` and completes all of this again (runs_deciding).
     registry.annotate_version(version, {"decision": "promoted",
                                         "previous_production_version": replaced,
                                         "probation": "pending", **(baseline or {})},
@@ -233,6 +234,7 @@ def complete_promotion(registry, run_id: str, version: str, replaced: str, reaso
                                           f"{describe(registry.version_tags(version))}")
     registry.annotate_version(replaced, {"decision": "replaced", "replaced_by": version,
                                          f"challenge.v{version}": f"replaced: {reason}"})
+    registry.log_to_run(run_id, metrics={}, tags={"decision": "promoted"})
 
 
 def finish_interrupted_promotions(registry, new_dir: str) -> None:

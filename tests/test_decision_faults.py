@@ -247,3 +247,22 @@ def test_probation_is_not_spent_by_a_version_whose_files_are_briefly_missing(pro
     tag = production.client().get_model_version("classifier", "2").tags["probation"]
     assert code == 1 and tag == "pending", tag[:220]
 
+
+
+def test_a_cycle_killed_while_recording_a_promotion_converges(production, capsys):
+    """Killed inside complete_promotion, after the alias moved and before the versions were
+    tagged: the run still reads 'promoting', and the next cycle completes the record."""
+    write_csvs(production.new_dir, "changed", _new_concept(10, seed=51))
+    # describe(): 1st call tags the registered challenger, 2nd its decision, 3rd inside
+    # complete_promotion, before anything of it is recorded.
+    killed = _killed_at(production, "retraining.lineage.describe", "before", 3)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert production.alias_version() == "2"
+
+    code, summary = cycle(production, capsys)
+    assert code == 0, summary["reason"]
+
+    client = production.client()
+    promoted, replaced = (client.get_model_version("classifier", v).tags for v in ("2", "1"))
+    assert (promoted.get("decision"), promoted.get("probation"), replaced.get("decision")) == \
+        ("promoted", "pending", "replaced")
