@@ -33,7 +33,10 @@ from the stream's current concept, with the domain's own error as the cycle comp
 (pooled over rows, or averaged over files for a per-file metric). From that, per stream:
 
 - false promotion: a promoted challenger truly worse than the production it replaced by more
-  than 0.005; false rejection: a rejected challenger truly better by more than 0.01;
+  than 0.005, or any other move of the alias (an earlier version, probation) that left
+  production so much worse; false rejection: a challenger not promoted although truly better
+  by more than 0.01 than production both before and after the cycle (one passed over for an
+  earlier version that is as good is not);
 - production's mean true error over the cycles, beside three policies simulated here on the
   same batches, with the same train function and seed as the cycle, scored on the same fresh
   rows: naive (retrain on all data so far every night and promote whenever the challenger's
@@ -432,7 +435,10 @@ def run_stream(stream: Stream, seed: int, cycles: int, fresh_rows: int) -> dict:
                     "version": version, "compared_with": faced, "promoted": promoted,
                     "true_error": scored["error"], "true_recall": scored["recall"],
                     "true_gain": gain, "false_promotion": promoted and -gain > FALSE_PROMOTION,
-                    "false_rejection": not promoted and gain > FALSE_REJECTION})
+                    # Rejected, or passed over for an earlier version, while truly better
+                    # than what production ended the night as.
+                    "false_rejection": not promoted and gain > FALSE_REJECTION
+                    and true_after["error"] - scored["error"] > FALSE_REJECTION})
             # Why the cycle retrained (or not) is on its monitoring run, not in the summary.
             monitoring_reason = summary.get("monitoring_run_id") and client.get_run(
                 summary["monitoring_run_id"]).data.tags.get("reason")
@@ -669,8 +675,10 @@ def main(argv=None) -> int:
     print(markdown)
     print(f"\noutcomes and promotions count cycles and challengers; a false promotion is a "
           f"promoted challenger truly worse than the production it replaced by more than "
-          f"{FALSE_PROMOTION}, a false rejection a rejected one truly better by more than "
-          f"{FALSE_REJECTION}; product, naive, oracle_latest and oracle_all are the mean true "
+          f"{FALSE_PROMOTION} (or any alias move that left production so much worse), a "
+          f"false rejection a challenger not promoted although truly better by more than "
+          f"{FALSE_REJECTION} than production before and after the cycle; product, naive, "
+          "oracle_latest and oracle_all are the mean true "
           "errors of each one's production over the cycles; wall s is the streams' own time, "
           "truth and simulated policies included.")
     if "rare_class" in names:
