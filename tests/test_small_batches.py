@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 
 from examples.object_tracking.generate import sequences
-from tests.conftest import (PROJECT_DIR, cycle, machine_files, run_script, snapshot,
-                            write_csvs)
-
-EXAMPLE = PROJECT_DIR / "examples" / "object_tracking" / "train_classification_model.py"
+from tests.conftest import cycle, machine_files, run_script, snapshot, write_csvs
+from tests.test_example_domain import EXAMPLE, register_example_model
 
 
 def test_fifteen_files_of_forty_rows_are_judged_and_a_better_challenger_promoted(production,
@@ -27,18 +25,8 @@ def test_fifteen_files_of_forty_rows_are_judged_and_a_better_challenger_promoted
 
 
 def test_a_per_file_metric_with_the_default_fifteen_files_can_promote(workspace):
-    write_csvs(workspace.used_dir, "history", sequences(16, changed=False, seed=1))
-    model_file = workspace.model_dir / "initial_model.pkl"
     domain = ["--domain-file", str(EXAMPLE), "--label-column", "ground_truth"]
-    trained = run_script("train_classification_model.py",
-                         [str(workspace.used_dir), "--output", str(model_file), *domain],
-                         cwd=workspace.root)
-    assert trained.returncode == 0, trained.stderr
-    registered = run_script("register_first_model.py",
-                            ["--used-dir", str(workspace.used_dir), "--model-file",
-                             str(model_file), "--tracking-uri", workspace.tracking_uri,
-                             *domain], cwd=workspace.root)
-    assert registered.returncode == 0, registered.stderr
+    register_example_model(workspace, domain)
     write_csvs(workspace.new_dir, "sequence", sequences(15, changed=True, seed=2))
 
     # Every setting at its default, the trigger of 15 files included.
