@@ -6,7 +6,7 @@ content no history file has, so the held-out files are unseen by all of them: ea
 against production by the gate exactly as the challenger is. Several candidates are several
 chances for noise to pass the gate, so the earlier ones share the gate's error rate among
 them (Bonferroni: each at a level of 1 - (1 - level) / their number); the challenger keeps
-the configured level. Of the candidates that pass, the one with the lowest held-out error
+the configured level. Of the candidates that pass, the one with the best held-out error
 is promoted; a tie goes to the challenger.
 
 Never candidates: production itself, the challengers of this very batch, and any version
@@ -62,6 +62,11 @@ def candidate_versions(context, exclude: set[str], batch: str) -> list[str]:
     return chosen
 
 
+def shared_level(settings, candidates: int) -> float:
+    """The confidence level each of `candidates` earlier versions is judged at (Bonferroni)."""
+    return 1.0 - (1.0 - settings.confidence_level) / candidates
+
+
 def judge_earlier(context, heldout: list, production_predictions: dict,
                   versions: list[str]) -> list[Candidate]:
     """Each earlier version scored on the held-out files and judged against production."""
@@ -74,8 +79,8 @@ def judge_earlier(context, heldout: list, production_predictions: dict,
     if not versions:
         return []
     settings = context.settings
-    shared = dataclasses.replace(
-        settings, confidence_level=1.0 - (1.0 - settings.confidence_level) / len(versions))
+    shared = dataclasses.replace(settings,
+                                 confidence_level=shared_level(settings, len(versions)))
     judged = []
     for version in versions:
         try:

@@ -34,6 +34,18 @@ class CycleContext:
     # Production's predictions per new file, made once when the files are read: monitoring
     # and the comparison both use them.
     predictions: dict = dataclasses.field(default_factory=dict)
+    # Production's error units on the new files, found once on first use: probation,
+    # monitoring and the held-out sizing all need them. Not an init field, so a context
+    # `dataclasses.replace` made for another production finds its own.
+    _production_units: Any = dataclasses.field(default=None, init=False, repr=False)
+
+    def production_units(self):
+        """retraining.gate.error_units of production on the new files."""
+        if self._production_units is None:
+            from retraining.gate import error_units
+            self._production_units = error_units(self.domain, self.new_files,
+                                                 self.predictions)
+        return self._production_units
 
 
 @dataclasses.dataclass(frozen=True)

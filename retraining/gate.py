@@ -208,13 +208,6 @@ def error_units(domain: Domain, files: Sequence[LoadedFile], predictions: dict) 
     return ErrorUnits(np.arange(len(files)), weights, per_file, False)
 
 
-def units_are_files(domain: Domain, files: Sequence[LoadedFile], predictions: dict) -> bool:
-    """Whether the bootstrap will resample whole files only: for a per-file metric, or one
-    that is not a mean over rows. Found before anything is trained, on production's
-    predictions on the new files."""
-    return domain.error_per_file or not error_units(domain, files, predictions).sliced
-
-
 def heldout_units(domain: Domain, scores: HeldoutScores, role: str) -> ErrorUnits:
     """One model's error units on the held-out files, from the comparison's own scores."""
     if scores.slices is not None:

@@ -6,18 +6,23 @@ than a per-file metric's significance test can ever separate. So the share of
 `--holdout-fraction` is where the count starts, and it grows, file by file in a seeded
 order, until the gate's needs are met (the files, the rows, and the units the bootstrap
 resamples), up to half the batch: the other half is what the challenger learns the batch's
-concept from. A batch that even then cannot be judged is not consumed (`Heldout.lacks`): its
-files wait in new_gts/ for the next delivery, and the next cycle judges them all together.
+concept from. When earlier versions are judged beside the challenger, each at a stricter
+level, the files grow on to what that level needs, if the batch allows it. A batch that even
+then cannot be judged is not consumed (`Heldout.lacks`): its files wait in new_gts/ for the
+next delivery, and the next cycle judges them all together.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Sequence
 
 from retraining.config import Settings
 from retraining.datafiles import LoadedFile, batch_key
 from retraining.errors import DataError
+
+log = logging.getLogger("retraining.cycle")
 
 # At most this share of a batch is held out when the gate needs more than
 # --holdout-fraction, so that the challenger still learns from most of what is new.
@@ -33,7 +38,8 @@ class Heldout:
 
 def choose_heldout(files: Sequence[LoadedFile], settings: Settings, *,
                    seen_sha256: set[str] = frozenset(), units_are_files: bool = True,
-                   fraction: float | None = None) -> Heldout:
+                   fraction: float | None = None,
+                   earlier_level: float | None = None) -> Heldout:
     """The held-out files: whole files, at least one, as many as the gate needs if the batch
     allows.
 
@@ -42,6 +48,9 @@ def choose_heldout(files: Sequence[LoadedFile], settings: Settings, *,
     by the setting and the batch itself, so a rerun on the same batch holds out the same
     files. `units_are_files` says whether the bootstrap can resample only whole files (a
     per-file metric, or one that is not a mean over rows) or row slices of them.
+    `earlier_level`: the stricter level earlier versions are judged at beside the
+    challenger; the files grow on to what it needs when the batch allows that, and stay
+    at the challenger's need when it does not.
     """
     import numpy as np
 
@@ -60,9 +69,22 @@ def choose_heldout(files: Sequence[LoadedFile], settings: Settings, *,
     order = [eligible[index] for index in generator.permutation(len(eligible))]
     start = min(len(order), max(1, round(len(files) * fraction)))
     largest = max(start, min(len(order), int(len(files) * MAX_GROWN_SHARE)))
-    count = start
-    while count < largest and lacking(order[:count], settings, units_are_files):
-        count += 1
+
+    def grown(count: int, needs: Settings) -> int:
+        while count < largest and lacking(order[:count], needs, units_are_files):
+            count += 1
+        return count
+
+    count = grown(start, settings)
+    if earlier_level is not None and not lacking(order[:count], settings, units_are_files):
+        stricter = dataclasses.replace(settings, confidence_level=earlier_level)
+        more = grown(count, stricter)
+        if lacking(order[:more], stricter, units_are_files):
+            log.info("earlier versions cannot be judged on this batch: with %d of its %d "
+                     "files held out, the most a batch may, %s", more, len(files),
+                     lacking(order[:more], stricter, units_are_files))
+        else:
+            count = more
     chosen = order[:count]
     lacks = lacking(chosen, settings, units_are_files)
     if lacks:

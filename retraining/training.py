@@ -46,8 +46,8 @@ class Plan:
 
 def plan_retraining(context: CycleContext) -> Plan:
     """Read and check the history; choose the held-out files, as many as the gate needs."""
-    from retraining.datafiles import check_columns
-    from retraining.gate import units_are_files
+    from retraining.candidates import candidate_versions, shared_level
+    from retraining.datafiles import batch_key, check_columns
     from retraining.heldout import choose_heldout
     from retraining.screening import read_history
 
@@ -61,10 +61,14 @@ def plan_retraining(context: CycleContext) -> Plan:
     check_columns(checked.files + context.new_files, context.columns)
     # Held-out content is unique in the batch and absent from history, so neither model can
     # have been trained on it, whatever the files are called.
+    earlier = candidate_versions(context, {context.production.version},
+                                 batch_key(context.new_files))
     heldout = choose_heldout(context.new_files, settings,
                              seen_sha256={f.content_sha256 for f in checked.files},
-                             units_are_files=units_are_files(context.domain, context.new_files,
-                                                             context.predictions))
+                             earlier_level=shared_level(settings, len(earlier)) if earlier
+                             else None,
+                             # Found before anything is trained, on production's predictions.
+                             units_are_files=not context.production_units().sliced)
     context.timings["train"] = round(time.perf_counter() - started, 3)
     return Plan(checked.files, heldout)
 

@@ -3,6 +3,7 @@ and a batch that cannot be judged even then waits whole for the next delivery.""
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from examples.object_tracking.generate import sequences
@@ -39,6 +40,44 @@ def test_a_per_file_metric_with_the_default_fifteen_files_can_promote(workspace)
     # Six whole files: the fewest whose bootstrap can show a difference at 95%.
     assert len(summary["heldout_files"]) == 6
     assert workspace.alias_version() == "2"
+
+    # The old concept returns. Probation only records (it would restore version 1 on its
+    # own), so version 1 must come back as an earlier version, the only one: judged at the
+    # full level, on 6 files.
+    write_csvs(workspace.new_dir, "returned", sequences(15, changed=False, seed=3))
+    done = run_script("pipeline_orchestrator.py", [*workspace.flags, *domain, "--json",
+                                                   "--no-auto-rollback"], cwd=workspace.root)
+
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert len(summary["heldout_files"]) == 6
+    [earlier] = summary["earlier_versions"]
+    assert earlier["version"] == "1" and earlier["passed"] is True, earlier["reason"]
+    assert summary["outcome"] == "promoted" and workspace.alias_version() == "1", \
+        summary["reason"]
+
+
+def test_held_out_files_grow_to_what_earlier_versions_need_when_the_batch_allows(workspace):
+    """Two or more earlier versions are each judged at a Bonferroni share of the 5% error
+    rate (97.5% for two), where whole files need 7 to show a difference, not 6."""
+    from retraining.config import build_settings
+    from retraining.datafiles import list_data_files, load_files
+    from retraining.domain import load_domain
+    from retraining.heldout import choose_heldout
+
+    write_csvs(workspace.new_dir, "sequence", sequences(15, changed=True, seed=2))
+    files = load_files(list_data_files(workspace.new_dir), "ground_truth",
+                       load_domain(EXAMPLE).prepare_file)
+    settings = build_settings(workspace.root, argparse.Namespace(), environ={})
+
+    alone = choose_heldout(files, settings)
+    beside_two = choose_heldout(files, settings, earlier_level=0.975)
+    beside_many = choose_heldout(files, settings, earlier_level=0.999)
+
+    assert len(alone.names) == 6 and alone.lacks is None
+    assert len(beside_two.names) == 7 and beside_two.names > alone.names
+    # 11 files would be needed at 99.9%, more than half the batch: the challenger's 6 stay.
+    assert beside_many.names == alone.names and beside_many.lacks is None
 
 
 def test_a_batch_too_small_to_judge_waits_and_is_judged_with_the_next(production, capsys):
