@@ -83,7 +83,7 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
                 trial = probation.hold_probation(context)
         summary["probation"] = trial and trial.summary()
         if trial is not None and trial.rolled_back:
-            context = reopen_after_rollback(context)
+            context = reopen_after_rollback(context, trial.replaced)
 
         # 3. Monitor the production model on the new files.
         with phase(timings, "monitor"):
@@ -124,7 +124,9 @@ def run_cycle(settings: Settings) -> dict[str, Any]:
             with phase(timings, "archive"):
                 summary["archived_files"] = archive(context)
         if trial is not None and trial.rolled_back:
-            reason = f"{trial.reason}; alias moved back to version {trial.replaced}; then: {reason}"
+            moved = "would move" if settings.dry_run else "moved"
+            reason = (f"{trial.reason}; alias {moved} back to version {trial.replaced}; "
+                      f"then: {reason}")
         return finish(summary, outcome, reason)
 
 
@@ -182,12 +184,14 @@ def open_cycle(settings: Settings, new_paths: list[Path],
                         {} if timings is None else timings, predictions)
 
 
-def reopen_after_rollback(context: CycleContext) -> CycleContext:
+def reopen_after_rollback(context: CycleContext, restored: str) -> CycleContext:
     """The cycle goes on with the version probation restored: loaded again, under the
-    alias, with its own predictions on the new files."""
+    alias (a dry run, which moved nothing, loads `restored`), with its own predictions on
+    the new files."""
     from retraining.evaluation import predict_files
 
-    production = context.registry.load_production()
+    production = context.registry.load_production(
+        restored if context.settings.dry_run else None)
     # Probation has just predicted with this version on every one of these files.
     predictions = predict_files(production.model, context.new_files, context.columns)
     return dataclasses.replace(context, production=production, predictions=predictions)
@@ -321,7 +325,7 @@ def monitor(context: CycleContext) -> Monitoring:
     found = against_baseline(context)
     if found.collapses:
         reason += "; a class collapsed: " + "; ".join(map(str, found.collapses))
-    rose = settings.rise_trigger and found.significant_rise is not None
+    rose = settings.rise_trigger and found.rose
     if rose:
         # For a score (higher is better) the wrong way is down.
         sign = 1.0 if domain.lower_error_is_better else -1.0
@@ -367,15 +371,17 @@ def against_baseline(context: CycleContext):
     batch becomes it, recorded on the version, and nothing can have collapsed or risen.
     """
     from retraining.baseline import (CLASS_BASELINE_TAG, ERROR_BASELINE_TAG, FIRST_BATCH,
-                                     SOURCE_TAG, baseline_tags, extended, parse_units)
+                                     SOURCE_TAG, baseline_tags, decided_on, extended,
+                                     parse_units)
+    from retraining.datafiles import batch_key
     from retraining.classes import collapsed_since_baseline, count_classes, parse_baseline
     from retraining.evaluation import pooled_labels
-    from retraining.gate import error_units, rise_interval
+    from retraining.gate import rise_interval
 
     settings, production, domain = context.settings, context.production, context.domain
     labels, predictions = pooled_labels(context.new_files, context.predictions)
     classes = count_classes(labels, predictions)
-    now = error_units(domain, context.new_files, context.predictions)
+    now = context.production_units()
     classes_before = parse_baseline(production.tags.get(CLASS_BASELINE_TAG))
     error_before = parse_units(production.tags.get(ERROR_BASELINE_TAG))
     if classes_before is None or error_before is None:
@@ -383,21 +389,23 @@ def against_baseline(context: CycleContext):
             context.registry.annotate_version(production.version, baseline_tags(
                 now, classes.baseline_json(),
                 f"{FIRST_BATCH} ({len(context.new_files)} files)"))
-        return Baseline(classes, [], None, None)
+        return Baseline(classes, [])
     collapses = collapsed_since_baseline(classes_before, classes, settings.max_recall_drop,
                                          settings.confidence_level)
     rise = rise_interval(domain, error_before, now, settings)
     significant = rise.low > 0 if domain.lower_error_is_better else rise.high < 0
     source = production.tags.get(SOURCE_TAG, "")
-    if not (settings.dry_run or collapses or significant or FIRST_BATCH in source):
-        # Judged and then unchanged: the first batch it monitors joins its baseline.
+    if not (settings.dry_run or collapses or significant or FIRST_BATCH in source
+            or decided_on(production.tags, batch_key(context.new_files))):
+        # Judged and then unchanged: the first batch it monitors joins its baseline (not
+        # the batch that promoted it, read again after a stop: its files are in it).
         units, classes_json = extended(error_before, production.tags[CLASS_BASELINE_TAG], now,
                                        {label: (classes.hits[label], classes.support[label])
                                         for label in classes.support})
         context.registry.annotate_version(production.version, baseline_tags(
             units, classes_json,
             f"{source} and {FIRST_BATCH} ({len(context.new_files)} files)"))
-    return Baseline(classes, collapses, rise if significant else None, error_before.mean, rise)
+    return Baseline(classes, collapses, error_before.mean, rise, significant)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,9 +414,9 @@ class Baseline:
 
     classes: Any  # retraining.classes.ClassCounts on the new files
     collapses: list
-    significant_rise: Any  # retraining.gate.Interval of the rise, when it is significant
-    error_before: float | None
-    rise: Any = None  # the interval, significant or not
+    error_before: float | None = None  # none before the version has a baseline
+    rise: Any = None  # retraining.gate.Interval of the error now minus error_before
+    rose: bool = False  # significantly, the wrong way
 
 
 def drift_of_new_files(context: CycleContext):

@@ -23,6 +23,9 @@ OPTIONS = ["model_dir", "used_dir", "quarantine_dir", "domain_file", "tracking_u
            "strict_history", "force", "no_alias", "json"]
 
 
+CHANGED_BY = "register_first_model.py --force"
+
+
 def register_first_model(settings: Settings, model_file: Path | None,
                          allow_version_mismatch: bool = False) -> dict[str, Any]:
     from retraining.datafiles import (batch_key, concat_files, label_kind, labels_read_kind,
@@ -63,8 +66,10 @@ def register_first_model(settings: Settings, model_file: Path | None,
     error = error_on(domain, history, predictions)
     features, labels = concat_files(history, columns)
 
-    # The alias tag tells the alias history (registry_tool.py) whether this run moved it.
-    moved_alias = "(none)" if settings.no_alias else settings.alias
+    # The alias tag tells the alias history (registry_tool.py) whether this run set it;
+    # replacing a production version (--force) is a move by hand, recorded as one below.
+    replaces = current is not None and not settings.no_alias
+    moved_alias = "(none)" if settings.no_alias or replaces else settings.alias
     with registry.run(REGISTRATION_RUN, {"model_file": model_path.name, "alias": moved_alias}):
         registry.log_summary(
             params={"model_file": model_path.name, "model_class": type(model).__name__,
@@ -82,7 +87,15 @@ def register_first_model(settings: Settings, model_file: Path | None,
     registry.annotate_version(version, {"decision": "registered_first", "history_error": error,
                                         "previous_production_version": current or "none"}
                               | lineage, description=f"{reason}. {describe(lineage)}")
-    if not settings.no_alias:
+    if replaces:
+        from retraining.operations import move_alias
+
+        # Like registry_tool.py set-alias: under the alias lock, an AliasChange run, the
+        # replaced version tagged, so no cycle promotes it again on its own.
+        with registry.alias_lock():
+            move_alias(registry, settings, settings.alias, version, "set-alias",
+                       f"register_first_model.py --force: {reason}", CHANGED_BY)
+    elif not settings.no_alias:
         registry.set_alias(version)
     if checked.quarantined:
         registry.record_quarantine(checked.quarantined)

@@ -20,9 +20,18 @@ ERROR_BASELINE_TAG = "error_baseline"
 CLASS_BASELINE_TAG = "class_recall_baseline"
 SOURCE_TAG = "baseline_from"
 FIRST_BATCH = "the first batch it monitored"
+# The batch an earlier version was promoted again on (a challenger's is its batch_key tag).
+PROMOTED_ON_TAG = "promoted_again_on_batch"
 # MLflow keeps 5,000 characters of a tag: adjacent slices of a file are merged until the
 # units fit, which leaves a row-mean metric's figures exact.
 _MAX_UNITS = 120
+
+
+def decided_on(version_tags: dict, batch: str) -> bool:
+    """Whether `batch` is the one the version was trained on or promoted again on: a cycle
+    stopped after the promotion and before archiving reads it again, and it can then
+    neither judge the version on probation nor join its baseline."""
+    return batch in (version_tags.get("batch_key"), version_tags.get(PROMOTED_ON_TAG))
 
 
 def baseline_tags(units: ErrorUnits, classes_json: str, source: str) -> dict[str, str]:

@@ -222,7 +222,8 @@ _OPTIONS = {
                 "error when it was judged, whatever the threshold", is_flag=True),
         _Option("auto_rollback", _flag,
                 "move the alias back when the version a promotion replaced is significantly "
-                "better on the next batch", is_flag=True),
+                "better on the next batch (an earlier version can still be promoted beside a "
+                "challenger: see --earlier-versions)", is_flag=True),
         _Option("earlier_versions", _nonnegative_int,
                 "registered versions before the challenger, newest first, judged beside it on "
                 "the held-out files; the best that passes the gate is promoted (0: none)"),

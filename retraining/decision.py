@@ -58,8 +58,9 @@ def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenge
     winner = best(context.domain.lower_error_is_better, scores.challenger_error,
                   verdict.promote, earlier)
     reason = verdict.reason if winner is None else (
-        f"{winner.note}; of the candidates that pass the gate it has the lowest error "
-        f"(the challenger: {verdict.reason})")
+        f"{winner.note}; of the candidates that pass the gate it has the "
+        f"{'lowest' if context.domain.lower_error_is_better else 'highest'} "
+        f"{context.domain.error_metric_name} (the challenger: {verdict.reason})")
     if challenger.run_id is not None:
         record_evaluation(context, challenger, heldout, scores, verdict,
                           {"production": monitoring.predictions,
@@ -152,6 +153,9 @@ def decide(context: CycleContext, challenger: Challenger,
     between leaves no promotion that did not happen, and the next run completes one that
     did (finish_interrupted_promotions).
     """
+    from retraining.baseline import PROMOTED_ON_TAG
+    from retraining.datafiles import batch_key
+
     if not comparison.promote:
         record_decision(context, challenger, comparison, "rejected", comparison.reason)
         return "rejected", comparison.reason
@@ -175,12 +179,18 @@ def decide(context: CycleContext, challenger: Challenger,
             record_decision(context, challenger, comparison, "passed_over",
                             f"version {winner.version} was promoted instead: "
                             f"{comparison.reason}")
+            # Its new baseline, and the batch that promoted it (probation waits for another),
+            # before the alias moves: a cycle stopped after the move then completes the
+            # promotion from the run's tags alone. Stopped before it, the version keeps a
+            # baseline of held-out files it never saw, which it still is.
+            registry.annotate_version(winner.version, {
+                **(winner.baseline or {}), PROMOTED_ON_TAG: batch_key(context.new_files)})
             registry.log_to_run(challenger.run_id, metrics={},
                                 tags={"decision": "promoting", "reason": comparison.reason,
                                       "promoted_version": winner.version})
             promote(context, winner.version)
             complete_promotion(registry, challenger.run_id, winner.version, production,
-                               comparison.reason, winner.baseline)
+                               comparison.reason)
     return "promoted", comparison.reason
 
 
@@ -217,19 +227,19 @@ def record_decision(context: CycleContext, challenger: Challenger, comparison: C
                                   {f"challenge.v{challenger.version}": f"kept: {reason}"})
 
 
-def complete_promotion(registry, run_id: str, version: str, replaced: str, reason: str,
-                       baseline: dict | None = None) -> None:
+def complete_promotion(registry, run_id: str, version: str, replaced: str,
+                       reason: str) -> None:
     """Record a promotion whose alias move is done: on the run and on both versions.
 
-    An earlier version promoted again gets its figures on these held-out files as its new
-    baseline, and a new probation."""
+    An earlier version promoted again starts a new probation (its new baseline was written
+    before the alias moved)."""
     from retraining.lineage import describe
 
     # The run last: until it says `promoted`, a stopped cycle's successor finds it
     # `promoting` and completes all of this again (runs_deciding).
     registry.annotate_version(version, {"decision": "promoted",
                                         "previous_production_version": replaced,
-                                        "probation": "pending", **(baseline or {})},
+                                        "probation": "pending"},
                               description=f"promoted: {reason}\n\n"
                                           f"{describe(registry.version_tags(version))}")
     registry.annotate_version(replaced, {"decision": "replaced", "replaced_by": version,

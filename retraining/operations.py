@@ -107,13 +107,23 @@ def alias_moves(registry, alias: str) -> list[AliasMove]:
                                    "promoted", run.info.end_time or run.info.start_time,
                                    run.data.tags.get("reason", ""), run.info.user_id,
                                    run.info.run_id))
+    unfinished = []
     for run in _runs(registry, ALIAS_CHANGE_RUN,
-                     f"tags.alias = '{_quoted(alias)}' and tags.model_name = '{_quoted(name)}' "
-                     "and attributes.status = 'FINISHED'"):
+                     f"tags.alias = '{_quoted(alias)}' and tags.model_name = '{_quoted(name)}'"):
         tags = run.data.tags
-        moves.append(AliasMove(tags["to_version"], tags.get("from_version") or None,
-                               tags["action"], run.info.start_time, tags.get("reason", ""),
-                               tags.get("changed_by"), run.info.run_id))
+        move = AliasMove(tags["to_version"], tags.get("from_version") or None, tags["action"],
+                         run.info.start_time, tags.get("reason", ""), tags.get("changed_by"),
+                         run.info.run_id)
+        (moves if run.info.status == "FINISHED" else unfinished).append(move)
+    moves.sort(key=lambda move: move.when or 0)
+    # A move whose process was stopped inside its run may or may not have moved the alias:
+    # it did when what came next starts from its version.
+    current = _alias_version(registry, alias)
+    for move in unfinished:
+        later = [m.previous for m in moves if (m.when or 0) > (move.when or 0)]
+        if (later[0] if later else current) == move.version:
+            moves.append(dataclasses.replace(
+                move, reason=f"{move.reason} (its run was stopped after the alias moved)"))
     return sorted(moves, key=lambda move: move.when or 0)
 
 

@@ -55,8 +55,8 @@ def hold_probation(context: CycleContext) -> Trial | None:
     from retraining.gate import judge, score_heldout
 
     from retraining.datafiles import batch_key
+    from retraining.baseline import decided_on
     from retraining.errors import NeedsAttention, TryLater
-    from retraining.gate import units_are_files
     from retraining.heldout import lacking
 
     replaced = replaced_version(context)
@@ -65,14 +65,14 @@ def hold_probation(context: CycleContext) -> Trial | None:
     settings, registry, production = context.settings, context.registry, context.production
     current = production.version
     # Probation waits, untagged, for a batch that can judge it: not the batch the version
-    # was trained on (a cycle that promoted and was stopped before archiving reads it
-    # again), nor one too small for the gate.
-    if production.tags.get("batch_key") == batch_key(context.new_files):
+    # was trained or promoted again on (a cycle that promoted and was stopped before
+    # archiving reads it again), nor one too small for the gate.
+    if decided_on(production.tags, batch_key(context.new_files)):
         log.info("probation of version %s waits: these are the files it was trained on",
                  current)
         return None
-    too_small = lacking(context.new_files, settings, units_are_files(
-        context.domain, context.new_files, context.predictions))
+    too_small = lacking(context.new_files, settings,
+                        units_are_files=not context.production_units().sliced)
     if too_small:
         log.info("probation of version %s waits for a batch the gate can judge: %s",
                  current, too_small)
@@ -112,8 +112,9 @@ def hold_probation(context: CycleContext) -> Trial | None:
     if not settings.auto_rollback:
         return _record(context, Trial(current, replaced, "failed",
                                       reason + "; --no-auto-rollback: the alias stays"))
-    if settings.dry_run:
-        return Trial(current, replaced, "failed", reason + "; dry run: the alias stays")
+    if settings.dry_run:  # the cycle goes on as it would: with the replaced version
+        return Trial(current, replaced, "failed", reason + "; dry run: the alias stays",
+                     rolled_back=True)
     from retraining.operations import move_alias
 
     with registry.alias_lock():

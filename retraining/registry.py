@@ -277,11 +277,14 @@ class Registry:
             raise
         return str(found.version)
 
-    def load_production(self) -> ProductionModel:
-        """Load the version behind the alias once, by number, so a moving alias cannot split it."""
+    def load_production(self, version: str | None = None) -> ProductionModel:
+        """Load the version behind the alias once, by number, so a moving alias cannot split it.
+
+        `version`: load that one as production instead (a dry run that would have moved
+        the alias goes on as if it had)."""
         # Read before the alias: a move by hand in between is then seen as one.
         hand_moves = frozenset(run.info.run_id for run in self.hand_moves())
-        version = self.production_version()
+        version = version or self.production_version()
         if version is None:
             raise NeedsAttention(
                 f"registered model {self.model_name!r} has no alias {self._settings.alias!r}",

@@ -194,6 +194,15 @@ def script_environment(extra: dict[str, str]) -> dict[str, str]:
     return env | {"PYTHONPATH": str(PROJECT_DIR)} | extra
 
 
+def cycle_killed_at(workspace: Workspace, target: str, when: str, nth: int, *extra: str):
+    """Run a cycle through tests/kill_at.py: SIGKILLed at `target`'s `nth` call (`when`)."""
+    return subprocess.run([sys.executable, str(PROJECT_DIR / "tests" / "kill_at.py"), target,
+                           when, str(nth), "--", *workspace.flags, "--min-new-files", "5",
+                           *extra],
+                          env=script_environment({}), capture_output=True, text=True,
+                          timeout=600)
+
+
 def start_cycle_waiting_in_training(workspace: Workspace, *extra):
     """Start a cycle (--json) that stops in its first fit; return it and the file that lets
     it go on. Returns once it is waiting there."""

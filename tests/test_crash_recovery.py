@@ -16,13 +16,14 @@ import pytest
 
 from retraining.datafiles import list_data_files
 from retraining.ledger import arrival_order
-from tests.conftest import PROJECT_DIR, cycle, machine_files, run_script, snapshot, write_csvs
+from tests.conftest import (PROJECT_DIR, cycle, cycle_killed_at, machine_files, run_script,
+                            snapshot, write_csvs)
 
 def _killed_after_registration(production, *extra) -> dict[str, bytes]:
     """A cycle on a drifted batch, killed between registering its challenger and judging it."""
     write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=31))
     batch = snapshot(production.new_dir)
-    killed = _killed_at(production, "retraining.decision.compare", "before", 1, *extra)
+    killed = cycle_killed_at(production, "retraining.decision.compare", "before", 1, *extra)
     assert killed.returncode == -9, killed.stderr[-2000:]
     client = production.client()
     assert sorted(str(v.version) for v in client.search_model_versions("")) == ["1", "2"]
@@ -94,7 +95,7 @@ def test_a_challenger_resumed_after_an_outage_carries_its_whole_lineage(producti
     """Killed after registration but before its tags were written (where a store outage
     stops a cycle), the challenger is promoted with the tags of an uninterrupted one."""
     write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=31))
-    killed = _killed_at(production, "retraining.lineage.describe", "before", 1)
+    killed = cycle_killed_at(production, "retraining.lineage.describe", "before", 1)
     assert killed.returncode == -9, killed.stderr[-2000:]
     client = production.client()
     assert not set(LINEAGE) & set(client.get_model_version("classifier", "2").tags)
@@ -220,7 +221,7 @@ def test_killed_at_any_boundary_the_next_run_converges(production, capsys, bound
                          *snapshot(production.new_dir).values()])
 
     target, when, nth = BOUNDARIES[boundary]
-    killed = _killed_at(production, target, when, nth)
+    killed = cycle_killed_at(production, target, when, nth)
     assert killed.returncode == -9, f"not killed at {boundary}: {killed.stderr[-2000:]}"
 
     code, summary = cycle(production, capsys)
@@ -263,7 +264,7 @@ def test_killed_at_any_boundary_the_next_run_converges(production, capsys, bound
 def test_killed_before_the_alias_moves_leaves_no_promotion_to_roll_back_to(production):
     """A rollback between the kill and the next cycle must not go forward to the challenger."""
     write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=42))
-    killed = _killed_at(production, "retraining.decision.promote", "before", 1)
+    killed = cycle_killed_at(production, "retraining.decision.promote", "before", 1)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert production.alias_version() == "1"
 
@@ -284,7 +285,7 @@ def test_a_person_moving_the_alias_between_a_kill_and_the_rerun_is_not_overruled
     write_csvs(production.new_dir, "second", machine_files(6, drift=1.0, seed=43))
     assert cycle(production, capsys)[1]["outcome"] == "promoted"  # v2 over v1
     write_csvs(production.new_dir, "batch", machine_files(6, drift=2.0, seed=44))
-    killed = _killed_at(production, "retraining.decision.compare", "before", 1,
+    killed = cycle_killed_at(production, "retraining.decision.compare", "before", 1,
                         "--error-threshold", "0", "--no-require-significance")
     assert killed.returncode == -9, killed.stderr[-2000:]
     moved = run_script("registry_tool.py", ["set-alias", "production", "1", "--reason",
@@ -305,24 +306,9 @@ def test_a_person_moving_the_alias_between_a_kill_and_the_rerun_is_not_overruled
         "decision"] in ("set_by_hand", "replaced")
 
 
-def _killed_at(production, target: str, when: str, nth: int, *extra: str):
-    """Run a cycle through tests/kill_at.py: SIGKILLed at `target`'s `nth` call (`when`)."""
-    return subprocess.run([sys.executable, str(PROJECT_DIR / "tests" / "kill_at.py"), target,
-                           when, str(nth), "--", *production.flags, "--min-new-files", "5",
-                           *extra],
-                          env=_without_retrain_settings(), capture_output=True, text=True,
-                          timeout=600)
-
-
-def _without_retrain_settings() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RETRAIN_")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
-
-
 def test_a_resumed_challenger_that_no_longer_loads_is_orphaned_not_a_stall(production, capsys):
     write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=45))
-    killed = _killed_at(production, "retraining.decision.compare", "before", 1)
+    killed = cycle_killed_at(production, "retraining.decision.compare", "before", 1)
     assert killed.returncode == -9, killed.stderr[-2000:]
     newest = max(production.database.parent.rglob("model.skops"),
                  key=lambda path: path.stat().st_mtime_ns)

@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from tests.conftest import (PROJECT_DIR, changed_concept_files, cycle, machine_files,
-                            script_environment, write_csvs)
+import registry_tool
+from tests.conftest import (PROJECT_DIR, changed_concept_files, cycle, cycle_killed_at,
+                            machine_files, script_environment, write_csvs)
 
 
 def test_a_batch_of_many_small_files_does_not_hang_the_first_monitoring(production):
@@ -70,6 +71,13 @@ def test_a_rollback_interrupted_after_the_alias_moved_still_bars_the_version(
         env=script_environment({}), capture_output=True, text=True, timeout=300)
     assert rolled.returncode != 0  # interrupted, as a person sees it
     assert production.alias_version() == "1"  # ... but the alias had moved: v2 rolled back
+    # The history a person reads says so, although the run never finished.
+    assert registry_tool.main(["history", "--json", "--tracking-uri", production.tracking_uri,
+                               "--output", str(production.root / "history.png")]) == 0
+    moves = json.loads(capsys.readouterr().out)["alias_moves"]
+    assert [(move["version"], move["action"], move["by"]) for move in moves] == [
+        ("1", "registered_first", moves[0]["by"]), ("2", "promoted", moves[1]["by"]),
+        ("1", "rollback", "ann")]
     # The batch that would favour version 2 again.
     write_csvs(production.new_dir, "changed_again", _new_concept(10, seed=52))
 
@@ -82,21 +90,13 @@ def test_a_rollback_interrupted_after_the_alias_moved_still_bars_the_version(
         (summary["outcome"], production.alias_version(), summary["reason"][:200])
 
 
-def _killed_at(workspace, target: str, when: str, nth: int, *extra: str):
-    return subprocess.run([sys.executable, str(PROJECT_DIR / "tests" / "kill_at.py"), target,
-                           when, str(nth), "--", *workspace.flags, "--min-new-files", "5",
-                           *extra],
-                          env=script_environment({}), capture_output=True, text=True,
-                          timeout=600)
-
-
 def test_a_promotion_killed_after_the_alias_moved_is_not_put_on_probation_on_its_own_batch(
         production, capsys):
     """Killed between the alias move and archiving, the batch is judged again by the rerun.
     That rerun must not hold version 2's probation on the files version 2 was trained on
     (8 of the 10), and say they are files 'that neither was trained on'."""
     write_csvs(production.new_dir, "changed", _new_concept(10, seed=51))
-    killed = _killed_at(production, "retraining.decision.promote", "after", 1)
+    killed = cycle_killed_at(production, "retraining.decision.promote", "after", 1)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert production.alias_version() == "2"
 
@@ -108,8 +108,10 @@ def test_a_promotion_killed_after_the_alias_moved_is_not_put_on_probation_on_its
     assert heldout == 2  # version 2 learnt from the other 8 files of this batch
     trial = summary["probation"]
     assert trial is None, trial["reason"][:300]
-    assert production.client().get_model_version("classifier", "2").tags["probation"] == \
-        "pending"
+    tags = production.client().get_model_version("classifier", "2").tags
+    assert tags["probation"] == "pending"
+    # Nor do the files it learnt from join its baseline: it stays the held-out files.
+    assert tags["baseline_from"] == "its 2 held-out files when it was judged"
 
 
 def _new_concept_in_production(production, capsys):
@@ -181,7 +183,7 @@ def test_a_challenger_killed_before_judgement_is_no_earlier_candidate_once_files
     next night two more files have arrived, so the batch key differs. v2 was trained on files
     the rerun may hold out: it is no 'earlier version, trained before the batch arrived'."""
     write_csvs(production.new_dir, "changed", _new_concept(10, seed=51))
-    killed = _killed_at(production, "retraining.decision.compare", "before", 1)
+    killed = cycle_killed_at(production, "retraining.decision.compare", "before", 1)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert sorted(v.version for v in production.client().search_model_versions("")) == [1, 2]
     write_csvs(production.new_dir, "later", _new_concept(2, seed=57))
@@ -255,7 +257,7 @@ def test_a_cycle_killed_while_recording_a_promotion_converges(production, capsys
     write_csvs(production.new_dir, "changed", _new_concept(10, seed=51))
     # describe(): 1st call tags the registered challenger, 2nd its decision, 3rd inside
     # complete_promotion, before anything of it is recorded.
-    killed = _killed_at(production, "retraining.lineage.describe", "before", 3)
+    killed = cycle_killed_at(production, "retraining.lineage.describe", "before", 3)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert production.alias_version() == "2"
 

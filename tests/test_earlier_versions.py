@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from demo.generate_stream import readings
-from tests.conftest import cycle, machine_files, run_script, write_csvs
+from tests.conftest import cycle, cycle_killed_at, machine_files, run_script, write_csvs
 
 # Trained on every file, the challenger mixes both concepts: worse on the old one than the
 # version that knew only it.
@@ -52,8 +52,8 @@ def test_a_returning_concept_gets_its_old_version_back(new_concept_in_production
     assert earlier["version"] == "1" and earlier["passed"] is True
     assert earlier["error"] < summary["challenger_error"]
     assert summary["reason"].startswith("version 1 is better: version 1 misclassification_rate ")
-    assert "of the candidates that pass the gate it has the lowest error (the challenger: " \
-        in summary["reason"]
+    assert "of the candidates that pass the gate it has the lowest misclassification_rate " \
+        "(the challenger: " in summary["reason"]
     client = workspace.client()
     challenger = client.get_model_version("classifier", summary["challenger_version"]).tags
     assert challenger["decision"] == "passed_over"
@@ -69,6 +69,25 @@ def test_a_returning_concept_gets_its_old_version_back(new_concept_in_production
     status = json.loads(_tool(workspace, "status").stdout)
     assert status["production"]["version"] == "1"
     assert status["production"]["moved_by"] == "promoted"
+
+
+def test_an_earlier_version_promoted_by_a_killed_cycle_keeps_its_new_baseline(
+        new_concept_in_production, capsys):
+    """Killed the instant the alias moved back to version 1, the next run completes the
+    promotion: version 1's baseline is then the held-out files that judged it again, not
+    the old concept's figures from before version 2."""
+    workspace = new_concept_in_production
+    write_csvs(workspace.new_dir, "old_again", machine_files(10, drift=0.0, seed=53))
+    killed = cycle_killed_at(workspace, "retraining.decision.promote", "after", 1, *ALL)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert workspace.alias_version() == "1"
+
+    code, summary = cycle(workspace, capsys, *ALL)
+
+    assert code == 0, summary["reason"]
+    restored = workspace.client().get_model_version("classifier", "1").tags
+    assert restored["decision"] == "promoted" and restored["probation"] == "pending"
+    assert restored["baseline_from"] == "its 2 held-out files when it was promoted again"
 
 
 def test_a_version_a_person_rolled_back_is_never_a_candidate(production, capsys):

@@ -71,6 +71,27 @@ def test_a_returning_concept_rolls_the_promotion_back_by_itself(promoted, capsys
     assert summary["challenger_version"] == "3"
 
 
+def test_a_dry_run_says_it_would_roll_back_and_goes_on_as_if_it_had(promoted, capsys):
+    write_csvs(promoted.new_dir, "old_again", machine_files(10, drift=0.0, seed=42))
+    batch = snapshot(promoted.new_dir)
+    tags_before = promoted.client().get_model_version("classifier", "2").tags
+
+    code, summary = cycle(promoted, capsys, "--dry-run")
+
+    assert code == 0, summary["reason"]
+    assert summary["probation"]["verdict"] == "failed"
+    assert summary["probation"]["reason"].endswith("; dry run: the alias stays")
+    assert summary["reason"].startswith(summary["probation"]["reason"]
+                                        + "; alias would move back to version 1; then: ")
+    # Monitored as the real cycle would: version 1, right on its old concept, is healthy.
+    assert summary["outcome"] == "healthy", summary["reason"]
+    assert summary["reason"].split("; then: ")[1].startswith("production v1 ")
+    # ... and nothing moved or was written.
+    assert promoted.alias_version() == summary["production_version_after"] == "2"
+    assert promoted.client().get_model_version("classifier", "2").tags == tags_before
+    assert snapshot(promoted.new_dir) == batch
+
+
 def test_a_promotion_that_holds_passes_probation(promoted, capsys):
     write_csvs(promoted.new_dir, "changed_again", changed_concept_files(10, seed=44))
 

@@ -76,6 +76,19 @@ def test_second_registration_refuses_unless_forced(history, capsys):
     code, forced = run_json(register_first_model, [*argv, "--force"], capsys)
     assert code == 0 and forced["version"] == "2" and forced["previous_production_version"] == "1"
     assert history.alias_version() == "2"
+    # Replacing production is a person's move, recorded as one: the alias history shows it,
+    # and version 1 is tagged as replaced, so no cycle promotes it again on its own.
+    client = history.client()
+    [move] = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                "attributes.run_name = 'AliasChange'")
+    assert move.info.status == "FINISHED"
+    assert (move.data.tags["from_version"], move.data.tags["to_version"]) == ("1", "2")
+    assert move.data.tags["changed_by"] == "register_first_model.py --force"
+    assert client.get_model_version("classifier", "1").tags["decision"] == "replaced_by_hand"
+    status = json.loads(run_script("registry_tool.py", [
+        "status", "--tracking-uri", history.tracking_uri, "--json"]).stdout)
+    assert status["production"]["version"] == "2"
+    assert status["production"]["moved_by"] == "set-alias"
 
 
 def test_no_alias_registers_a_version_without_production(history, capsys):
