@@ -470,8 +470,9 @@ OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_fi
            "min_new_files", "error_threshold", "drift_p_value", "drift_min_effect",
            "drift_trigger", "min_improvement", "holdout_fraction", "seed", "min_heldout_files",
            "min_heldout_rows", "max_file_regression", "max_recall_drop", "confidence_level",
-           "bootstrap_resamples", "require_significance", "rise_trigger", "auto_rollback",
-           "earlier_versions", "training_windows", "recent_files", "recency_half_life",
+           "bootstrap_resamples", "require_significance", "non_inferiority_margin",
+           "rise_trigger", "auto_rollback", "earlier_versions", "training_windows",
+           "recent_files", "recency_half_life",
            "validation_fraction", "window_sample_rows", "strict_history", "dry_run", "json"]
 
 

@@ -49,6 +49,7 @@ class Settings:
     confidence_level: float
     bootstrap_resamples: int
     require_significance: bool
+    non_inferiority_margin: float
     rise_trigger: bool
     auto_rollback: bool
     earlier_versions: int
@@ -217,6 +218,11 @@ _OPTIONS = {
         _Option("require_significance", _flag,
                 "promote only when the whole bootstrap interval favours the challenger",
                 is_flag=True),
+        _Option("non_inferiority_margin", _nonnegative_float,
+                "a challenger that learnt from all of production's data and more (the 'all' "
+                "or 'weighted' window) may be promoted without being significantly better, when "
+                "the interval shows it worse by less than this, in the metric's units (0: "
+                "off)"),
         _Option("rise_trigger", _flag,
                 "retrain when production's error on the new files is significantly above its "
                 "error when it was judged, whatever the threshold", is_flag=True),
@@ -290,6 +296,9 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "confidence_level": 0.95,
         "bootstrap_resamples": 2000,
         "require_significance": True,
+        # The most a challenger that learnt from more of the same data may be worse, as far
+        # as its held-out files can tell: the benchmark's tolerance for a false promotion.
+        "non_inferiority_margin": 0.005,
         "rise_trigger": True,
         "auto_rollback": True,
         # A returning concept's model is usually among the last few; each one more costs a

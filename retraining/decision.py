@@ -50,7 +50,12 @@ def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenge
     challenger_predictions = predict_files(challenger.model, heldout, context.columns)
     scores = score_heldout(context.domain, heldout, monitoring.predictions,
                            challenger_predictions)
-    verdict = judge(context.domain, scores, context.settings)
+    # The 'all' and 'weighted' windows learn from every history file, and every file a
+    # version a cycle trained learnt from is in history now; a first registered model's
+    # data are unknown.
+    superset = (challenger.training_window in ("all", "weighted")
+                and context.production.tags.get("training_window") is not None)
+    verdict = judge(context.domain, scores, context.settings, superset=superset)
     log.info(verdict.reason)
     exclude = {context.production.version, challenger.version}
     earlier = judge_earlier(context, heldout, monitoring.predictions,

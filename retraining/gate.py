@@ -341,10 +341,16 @@ class GateVerdict:
 
 
 def judge(domain: Domain, scores: HeldoutScores, settings: Settings,
-          candidate: str = "challenger") -> GateVerdict:
+          candidate: str = "challenger", superset: bool = False) -> GateVerdict:
     """Promote only a challenger better by the margin, on enough data, and, as configured,
     significantly better and not much worse on any single file. `candidate` is what the
-    reason calls the model judged against production ("version 3", say)."""
+    reason calls the model judged against production ("version 3", say).
+
+    `superset`: the candidate learnt, by the same recipe, from all of production's data and
+    more. More data of the same kind rarely makes a model worse, and the small gains it
+    brings are more than a batch's held-out files can show: such a candidate needs only to
+    be shown worse by less than --non-inferiority-margin (a non-inferiority test on the
+    same interval), when its point estimate is no worse."""
     interval, units = _interval(domain, scores, settings)
     point = judge_challenger(domain, scores.production_error, scores.challenger_error,
                              settings.min_improvement)
@@ -358,6 +364,8 @@ def judge(domain: Domain, scores: HeldoutScores, settings: Settings,
                f"needed; {interval} of {candidate} minus production"
                + (f", resampling whole files only: {scores.no_slices_because})"
                   if scores.no_slices_because else ")"))
+
+    found = "better"
 
     def verdict(promote: bool, reason: str) -> GateVerdict:
         return GateVerdict(promote, reason, point.improvement, interval, worst_file,
@@ -379,10 +387,20 @@ def judge(domain: Domain, scores: HeldoutScores, settings: Settings,
                                   f"{settings.confidence_level:.0%}; " + figures)
         favoured = interval.high < -_TOLERANCE if domain.lower_error_is_better \
             else interval.low > _TOLERANCE
-        if not favoured:
+        margin = settings.non_inferiority_margin
+        within = (interval.high < margin - _TOLERANCE if domain.lower_error_is_better
+                  else interval.low > -margin + _TOLERANCE)
+        if not favoured and not (superset and margin > 0 and within):
             return verdict(False, f"{candidate} is not significantly better: the {interval} of "
-                                  f"its {name} minus production's reaches zero or "
-                                  "worse; " + figures)
+                                  f"its {name} minus production's reaches zero or worse"
+                                  + (f", and worse by {margin:g} or more, the "
+                                     "--non-inferiority-margin of a challenger that learnt "
+                                     "from all of production's data and more"
+                                     if superset and margin > 0 else "") + "; " + figures)
+        if not favoured:
+            found = (f"no worse: not significantly better, but it learnt from all of "
+                     f"production's data and more, and is shown worse by less than the "
+                     f"--non-inferiority-margin {margin:g}")
     if worst_regression > settings.max_file_regression + _TOLERANCE:
         per_file = scores.per_file_rows(domain.lower_error_is_better)[worst]
         return verdict(False, f"{candidate} regresses on held-out file {worst_file}: {name} "
@@ -397,7 +415,7 @@ def judge(domain: Domain, scores: HeldoutScores, settings: Settings,
         if lost:
             return verdict(False, f"{candidate} loses a class that production recalls: "
                                   + "; ".join(map(str, lost)) + "; " + figures)
-    return verdict(True, f"{candidate} is better: " + figures)
+    return verdict(True, f"{candidate} is {found}: " + figures)
 
 
 def _interval(domain: Domain, scores: HeldoutScores, settings: Settings) -> tuple[Interval, int]:

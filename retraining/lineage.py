@@ -17,7 +17,8 @@ from retraining.config import Settings
 _LINEAGE_SETTINGS = ("label_column", "seed", "holdout_fraction", "error_threshold",
                      "min_improvement", "min_heldout_files", "min_heldout_rows",
                      "max_file_regression", "max_recall_drop", "confidence_level",
-                     "bootstrap_resamples", "require_significance", "training_windows",
+                     "bootstrap_resamples", "require_significance", "non_inferiority_margin",
+                     "training_windows",
                      "recent_files",
                      "recency_half_life", "validation_fraction", "window_sample_rows")
 

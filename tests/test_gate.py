@@ -244,6 +244,52 @@ def test_a_score_where_higher_is_better_needs_the_whole_interval_above_zero():
     assert not mixed.promote and "not significantly better" in mixed.reason
 
 
+ERROR = Domain(source=Path("d.py"), prepare_file=None, train_model=None, error_metric=None,
+               error_metric_name="error", error_per_file=False, lower_error_is_better=True)
+
+
+PRODUCTION = np.array([0.07, 0.08, 0.06, 0.075, 0.065, 0.07, 0.085, 0.055, 0.07, 0.07])
+
+
+def test_a_superset_challenger_needs_only_to_be_shown_no_worse_than_the_margin():
+    """0.001 better on average, by +-0.004 per file: not significantly better. Learnt from
+    all of production's data and more, it is promoted when the interval's worse end stays
+    under --non-inferiority-margin; no other challenger is, nor with the margin at 0."""
+    better = PRODUCTION + [-0.006, 0.004, -0.005, 0.003, -0.004, 0.002, -0.003, 0.001,
+                           -0.002, 0.0]
+    evidence = scores(PRODUCTION, better)
+    margin = gate_settings(non_inferiority_margin=0.005)
+
+    other = judge(ERROR, evidence, margin)
+    superset = judge(ERROR, evidence, margin, superset=True)
+    off = judge(ERROR, evidence, gate_settings(non_inferiority_margin=0.0), superset=True)
+
+    assert 0 < superset.interval.high < 0.005  # not significant, but within the margin
+    assert not other.promote and "not significantly better" in other.reason
+    assert superset.promote
+    assert superset.reason.startswith(
+        "challenger is no worse: not significantly better, but it learnt from all of "
+        "production's data and more, and is shown worse by less than the "
+        "--non-inferiority-margin 0.005: challenger error ")
+    assert not off.promote and "not significantly better" in off.reason
+
+
+def test_a_superset_challenger_worse_on_the_held_out_files_is_never_promoted():
+    margin = gate_settings(non_inferiority_margin=0.005)
+    # Worse on its point estimate, however close: the margin only excuses uncertainty.
+    slightly_worse = judge(ERROR, scores(PRODUCTION, PRODUCTION + 0.0005), margin,
+                           superset=True)
+    assert not slightly_worse.promote and "not better enough" in slightly_worse.reason
+    # Better on average, but the interval reaches beyond the margin.
+    uncertain = judge(ERROR, scores(PRODUCTION, PRODUCTION + [
+        -0.03, 0.025, -0.02, 0.02, -0.025, 0.03, -0.03, 0.02, -0.02, 0.02]), margin,
+        superset=True)
+    assert uncertain.interval.high > 0.005
+    assert not uncertain.promote
+    assert ("and worse by 0.005 or more, the --non-inferiority-margin of a challenger that "
+            "learnt from all of production's data and more") in uncertain.reason
+
+
 def test_too_few_files_all_in_the_challengers_favour_show_nothing():
     # Five files, each one row better: every resample agrees, so the percentile interval has
     # no width and never reaches zero; a sign test gives p = 0.0625. Six can show it.
@@ -281,6 +327,31 @@ def test_noisy_equal_challenger_is_refused_by_default(production, capsys):
     assert run.data.metrics["error_difference_low"] < 0 <= run.data.metrics[
         "error_difference_high"]
     assert run.data.metrics["confidence_level"] == 0.95
+
+
+def test_a_challenger_that_learnt_from_more_of_the_same_data_needs_only_to_be_no_worse(
+        production, capsys):
+    """Version 2 was trained by a cycle on every file; the next batch is of its concept. The
+    challenger learns from all of version 2's data and this batch: on 600 held-out rows it
+    cannot be shown better, and is promoted when shown worse by less than the margin."""
+    all_files = ("--training-windows", "all")
+    write_csvs(production.new_dir, "drifted", machine_files(10, drift=1.0, seed=6))
+    code, summary = cycle(production, capsys, *all_files)
+    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+    write_csvs(production.new_dir, "same", machine_files(10, drift=1.0, seed=61))
+    flags = (*all_files, "--error-threshold", "0", "--dry-run")
+
+    code, strict = cycle(production, capsys, *flags, "--non-inferiority-margin", "0")
+    assert code == 0 and strict["outcome"] == "rejected", strict["reason"]
+    assert strict["reason"].startswith("challenger is not significantly better: ")
+
+    code, summary = cycle(production, capsys, *flags)
+    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+    assert summary["reason"].startswith(
+        "challenger is no worse: not significantly better, but it learnt from all of "
+        "production's data and more, and is shown worse by less than the "
+        "--non-inferiority-margin 0.005: ")
+    assert summary["challenger_error"] <= summary["production_error"]
 
 
 def test_clearly_better_challenger_is_promoted_with_every_figure_and_plot(production, capsys):
