@@ -165,6 +165,7 @@ def open_cycle(settings: Settings, new_paths: list[Path],
     """Load the domain, the production model (once) and every usable new file (once)."""
     from retraining.domain import load_domain
     from retraining.registry import Registry
+    from retraining.threads import fit_to_machine
 
     domain = load_domain(settings.domain_file)
     registry = Registry(settings)
@@ -174,6 +175,8 @@ def open_cycle(settings: Settings, new_paths: list[Path],
         finish_interrupted_moves(new_paths, settings)
     new_paths = [path for path in new_paths if os.path.lexists(path)]
     production = registry.load_production()
+    # scikit-learn is loaded now: its thread pools can be fitted to the machine.
+    fit_to_machine(settings.threads)
     new_files, quarantined, columns = read_new_files(settings, domain, new_paths, production)
     predictions, unpredictable = production_predictions(settings, production, new_files, columns)
     new_files = [loaded for loaded in new_files if loaded.name in predictions]
@@ -472,8 +475,8 @@ OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_fi
            "min_heldout_rows", "max_file_regression", "max_recall_drop", "confidence_level",
            "bootstrap_resamples", "require_significance", "non_inferiority_margin",
            "rise_trigger", "auto_rollback", "earlier_versions", "training_windows",
-           "recent_files", "recency_half_life",
-           "validation_fraction", "window_sample_rows", "strict_history", "dry_run", "json"]
+           "recent_files", "recency_half_life", "validation_fraction", "window_sample_rows",
+           "strict_history", "threads", "dry_run", "json"]
 
 
 def main(argv=None) -> int:

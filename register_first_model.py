@@ -20,7 +20,7 @@ from retraining.errors import UsageError
 
 OPTIONS = ["model_dir", "used_dir", "quarantine_dir", "domain_file", "tracking_uri",
            "store_timeout", "experiment", "model_name", "alias", "label_column",
-           "strict_history", "force", "no_alias", "json"]
+           "strict_history", "threads", "force", "no_alias", "json"]
 
 
 CHANGED_BY = "register_first_model.py --force"
@@ -37,6 +37,7 @@ def register_first_model(settings: Settings, model_file: Path | None,
                                       load_model_file)
     from retraining.registry import REGISTRATION_RUN, Registry
     from retraining.screening import read_history
+    from retraining.threads import fit_to_machine
 
     model_path = model_file or find_model_file(settings.model_dir)
     if not model_path.is_file():
@@ -62,6 +63,7 @@ def register_first_model(settings: Settings, model_file: Path | None,
     saved = load_model_file(model_path)
     check_version(saved, allow_version_mismatch)
     model = saved.model
+    fit_to_machine(settings.threads)  # scikit-learn is loaded with the model
     predictions = checked_predictions(saved, history, columns)
     error = error_on(domain, history, predictions)
     features, labels = concat_files(history, columns)

@@ -59,6 +59,7 @@ class Settings:
     validation_fraction: float
     window_sample_rows: int
     strict_history: bool
+    threads: int | None  # None: the cores free at each heavy step; 0: OMP_NUM_THREADS decides
     dry_run: bool
     json: bool
     force: bool
@@ -126,6 +127,10 @@ _store_timeout = _checked(float, lambda value: value >= 2.0,
                           "must be a number of seconds, 2 or more")
 _share = _checked(float, lambda value: 0.0 <= value < 1.0,
                   "must be a share from 0 up to (not including) 1, or off")
+
+
+def _threads(text: str) -> int | None:
+    return None if text.strip().lower() == "auto" else _positive_int(text)
 
 
 def _share_or_off(text: str) -> float | None:
@@ -250,6 +255,9 @@ _OPTIONS = {
         _Option("strict_history", _flag,
                 "stop, listing every unusable history file with its reason, instead of moving "
                 "them to the quarantine folder", is_flag=True),
+        _Option("threads", _threads,
+                "threads for the numeric libraries (scikit-learn's OpenMP, BLAS); 'auto': the "
+                "cores other processes leave free, asked before each fit"),
         _Option("dry_run", _flag, "decide and report, change nothing", is_flag=True),
         _Option("json", _flag, "print one JSON summary on stdout", is_flag=True),
         _Option("force", _flag, "replace an existing production alias", is_flag=True),
@@ -317,6 +325,7 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         # in rows. The challenger itself always trains on every row of its window.
         "window_sample_rows": 25_000,
         "strict_history": False,
+        "threads": None,
         "dry_run": False,
         "json": False,
         "force": False,
@@ -351,6 +360,8 @@ def add_options(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
         option = _OPTIONS[name]
         # argparse %-formats help texts: a % in a default must not be read as a format.
         shown = _shown_default(defaults[name]).replace("%", "%%") if name in defaults else None
+        if name == "threads":
+            shown = "auto"  # None here is not "off"
         help_text = (f"{option.help} (default: {shown}; env {option.env_var})" if shown
                      else f"{option.help} (env {option.env_var})")
         if option.is_flag and option.flag.startswith("--no-"):
@@ -401,6 +412,10 @@ def build_settings(project_dir: Path, args: argparse.Namespace,
         except ValueError as error:
             raise UsageError(f"{source}={raw!r} {error}",
                              fix=f"give {source} a valid value ({option.help})") from None
+    if values["threads"] is None and environ.get("OMP_NUM_THREADS"):
+        # Set by the person running it: theirs to decide, as for any OpenMP program.
+        from retraining.threads import LEAVE_ALONE
+        values["threads"] = LEAVE_ALONE
     for name in ("new_dir", "used_dir", "model_dir", "quarantine_dir", "domain_file"):
         path = Path(values[name]).expanduser()
         values[name] = (path if path.is_absolute() else Path.cwd() / path).resolve()

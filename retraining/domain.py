@@ -49,13 +49,18 @@ class Domain:
             return self.error_metric(labels, predictions)
         return self.error_metric(labels, predictions, rows=rows() if callable(rows) else rows)
 
-    def train(self, features, labels, *, random_state: int, sample_weight=None):
+    def train(self, features, labels, *, random_state: int, sample_weight=None,
+              threads: int | None = None):
         """Train through the user's hook, passing only the keywords it declares.
 
         `sample_weight` (one weight per row) is passed only when given; giving it to a hook
         that does not declare it is a bug in the caller, which must ask
-        `accepts_sample_weight` first.
+        `accepts_sample_weight` first. `threads` is Settings.threads: the numeric libraries
+        are limited to it, or to the cores free now, before the fit (retraining/threads.py).
         """
+        from retraining.threads import fit_to_machine
+
+        fit_to_machine(threads)
         keywords = {"random_state": random_state} \
             if _accepts(self.train_model, "random_state") else {}
         if sample_weight is not None:

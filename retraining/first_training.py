@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, required=True,
                         help="where to write the pickle (required)")
     add_options(parser, ["label_column", "seed", "domain_file", "quarantine_dir",
-                         "strict_history", "json"])
+                         "strict_history", "threads", "json"])
     return run_entry_point(parser, argv, train)
 
 
@@ -39,7 +39,8 @@ def train(settings, args) -> dict:
                          fix="point DATA_DIR at a folder of labelled CSV files")
     history = read_history(settings, domain, data_dir)
     features, labels = concat_files(history.files, history.columns)
-    model = domain.train(features, labels, random_state=settings.seed)
+    model = domain.train(features, labels, random_state=settings.seed,
+                         threads=settings.threads)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     # Written then renamed, never through a link planted at the partial's name.
     write_atomically(args.output, pickle.dumps(model))

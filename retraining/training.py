@@ -114,7 +114,7 @@ def train_challenger(context: CycleContext, monitoring: Monitoring, plan: Plan) 
     with heartbeat(log, f"training the challenger on window {window.chosen.name!r}: "
                         f"{len(labels):,} rows"):
         model = domain.train(features, labels, random_state=settings.seed,
-                             sample_weight=weights)
+                             sample_weight=weights, threads=settings.threads)
     training_seconds = time.perf_counter() - fit_started
     manifest = ([f.manifest_entry("history") | window.file_facts(f) for f in history]
                 + [f.manifest_entry("new_training") | window.file_facts(f) for f in new_training]

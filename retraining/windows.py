@@ -286,7 +286,7 @@ def choose_window(settings: Settings, domain: Domain, history: Sequence[LoadedFi
         with heartbeat(log, f"training window {candidate.name!r} to compare it: "
                             f"{len(labels):,} rows"):
             model = domain.train(features, labels, random_state=settings.seed,
-                                 sample_weight=weights)
+                                 sample_weight=weights, threads=settings.threads)
         seconds[candidate.name] = time.perf_counter() - started
         errors[candidate.name] = error_on(domain, validation,
                                           predict_files(model, validation, columns))
