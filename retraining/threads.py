@@ -24,6 +24,7 @@ log = logging.getLogger("retraining.threads")
 # enough to tell a core kept busy from an idle one; and how long that answer is reused.
 _WINDOW_SECONDS, _REUSE_SECONDS = 0.1, 10.0
 _last_busy: tuple[float, float] | None = None  # (monotonic time, busy cores)
+_last_limit: int | None = None
 LEAVE_ALONE = 0  # Settings.threads when OMP_NUM_THREADS is set by the person running it
 
 
@@ -104,12 +105,16 @@ def fit_to_machine(threads: int | None) -> int | None:
         return None
     from threadpoolctl import threadpool_limits
 
+    global _last_limit
     if threads is None:
         cores, busy = usable_cores(), busy_cores()
         limit = max(1, round(cores - busy))
-        log.info("numeric libraries get %d of %d cores: %.1f kept busy by other processes",
-                 limit, cores, busy)
+        # Said when it changes: a cycle fits several times in a row.
+        (log.info if limit != _last_limit else log.debug)(
+            "numeric libraries get %d of %d cores: %.1f kept busy by other processes",
+            limit, cores, busy)
     else:
         limit = threads
     threadpool_limits(limits=limit)
+    _last_limit = limit
     return limit
