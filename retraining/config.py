@@ -397,6 +397,7 @@ def build_settings(project_dir: Path, args: argparse.Namespace,
                    environ: Mapping[str, str]) -> Settings:
     """Merge defaults < environment < flags into Settings; a bad value raises UsageError."""
     values = _defaults(project_dir)
+    given = set()
     for name, option in _OPTIONS.items():
         raw = getattr(args, name, None)
         source = option.flag
@@ -404,6 +405,7 @@ def build_settings(project_dir: Path, args: argparse.Namespace,
             raw, source = environ[option.env_var], option.env_var
         if raw is None:
             continue
+        given.add(name)
         if option.is_flag and isinstance(raw, bool):
             values[name] = raw
             continue
@@ -412,7 +414,7 @@ def build_settings(project_dir: Path, args: argparse.Namespace,
         except ValueError as error:
             raise UsageError(f"{source}={raw!r} {error}",
                              fix=f"give {source} a valid value ({option.help})") from None
-    if values["threads"] is None and environ.get("OMP_NUM_THREADS"):
+    if "threads" not in given and environ.get("OMP_NUM_THREADS"):
         # Set by the person running it: theirs to decide, as for any OpenMP program.
         from retraining.threads import LEAVE_ALONE
         values["threads"] = LEAVE_ALONE

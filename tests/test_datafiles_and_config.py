@@ -150,7 +150,7 @@ def test_released_rows_leave_the_process(tmp_path):
 
 def settings_from(argv, environ=None, names=("new_dir", "used_dir", "tracking_uri",
                                                "min_new_files", "holdout_fraction", "dry_run",
-                                               "seed")):
+                                               "seed", "threads")):
     parser = argparse.ArgumentParser()
     add_options(parser, names)
     return build_settings(Path("/srv/project"), parser.parse_args(argv), environ or {})
@@ -176,12 +176,23 @@ def test_flag_beats_environment_beats_default():
     assert settings_from([], {"RETRAIN_DRY_RUN": "true"}).dry_run is True
 
 
+@pytest.mark.parametrize("argv, environ, threads", [
+    ([], {}, None),  # auto: the cores other processes leave free
+    ([], {"OMP_NUM_THREADS": "4"}, 0),  # the person's OpenMP setting is left to OpenMP
+    (["--threads", "auto"], {"OMP_NUM_THREADS": "4"}, None),  # ... unless they ask for auto
+    ([], {"RETRAIN_THREADS": "3", "OMP_NUM_THREADS": "4"}, 3),
+    (["--threads", "2"], {"RETRAIN_THREADS": "3"}, 2),
+])
+def test_threads_are_auto_unless_a_person_chose(argv, environ, threads):
+    assert settings_from(argv, environ, names=("threads",)).threads == threads
+
+
 def test_no_form_of_a_flag_overrides_its_environment_variable():
     assert settings_from(["--no-dry-run"], {"RETRAIN_DRY_RUN": "1"}).dry_run is False
 
 
 @pytest.mark.parametrize("argv", [["--holdout-fraction", "0"], ["--min-new-files", "-1"],
-                                  ["--seed", "-1"],
+                                  ["--seed", "-1"], ["--threads", "0"], ["--threads", "many"],
                                   ["--new-dir", "/x", "--used-dir", "/x"]])
 def test_invalid_settings_are_usage_errors(argv):
     with pytest.raises(UsageError):
