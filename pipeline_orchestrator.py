@@ -197,7 +197,8 @@ def reopen_after_rollback(context: CycleContext, restored: str) -> CycleContext:
         restored if context.settings.dry_run else None)
     # Probation has just predicted with this version on every one of these files.
     predictions = predict_files(production.model, context.new_files, context.columns)
-    return dataclasses.replace(context, production=production, predictions=predictions)
+    return dataclasses.replace(context, production=production, predictions=predictions,
+                               rolled_back_from=context.production.version)
 
 
 def production_predictions(settings: Settings, production, files: list,

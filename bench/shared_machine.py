@@ -35,6 +35,7 @@ sys.path.insert(0, str(PROJECT_DIR))
 
 from bench.run_bench import (child_env, generate, machine, prepare_workspace,  # noqa: E402
                              run_cycle)
+from retraining.threads import PERSONS_THREAD_SETTINGS, usable_cores  # noqa: E402
 
 WAYS = ("auto", "one", "default")
 
@@ -54,7 +55,11 @@ def busy_neighbours(count: int):
 
 
 def way_env(way: str, cores: int) -> dict:
-    return child_env({"auto": None, "one": "1", "default": str(cores)}[way])
+    env = child_env({"auto": None, "one": "1", "default": str(cores)}[way])
+    if way == "auto":  # as a user runs it, whatever the environment of the one benchmarking
+        for name in PERSONS_THREAD_SETTINGS:
+            env.pop(name, None)
+    return env
 
 
 def bench_size(rows: int, repeats: int, busy: int, work: Path, cores: int) -> dict:
@@ -103,7 +108,6 @@ def main(argv=None) -> int:
     parser.add_argument("--busy", type=int, default=None,
                         help="CPU-bound processes beside the loaded runs (default: the cores)")
     args = parser.parse_args(argv)
-    from retraining.threads import usable_cores
 
     cores = usable_cores()
     busy = cores if args.busy is None else args.busy

@@ -221,11 +221,13 @@ _OPTIONS = {
                 "resamples of the held-out files, and of row slices within them, for the "
                 "bootstrap interval"),
         _Option("require_significance", _flag,
-                "promote only when the whole bootstrap interval favours the challenger",
+                "promote only when the whole bootstrap interval favours the challenger (or, "
+                "for one that learnt from more of the same data, stays within "
+                "--non-inferiority-margin)",
                 is_flag=True),
         _Option("non_inferiority_margin", _nonnegative_float,
                 "a challenger that learnt from all of production's data and more (the 'all' "
-                "or 'weighted' window) may be promoted without being significantly better, when "
+                "window) may be promoted without being significantly better, when "
                 "the interval shows it worse by less than this, in the metric's units (0: "
                 "off)"),
         _Option("rise_trigger", _flag,
@@ -414,9 +416,10 @@ def build_settings(project_dir: Path, args: argparse.Namespace,
         except ValueError as error:
             raise UsageError(f"{source}={raw!r} {error}",
                              fix=f"give {source} a valid value ({option.help})") from None
-    if "threads" not in given and environ.get("OMP_NUM_THREADS"):
+    from retraining.threads import LEAVE_ALONE, PERSONS_THREAD_SETTINGS
+
+    if "threads" not in given and any(environ.get(name) for name in PERSONS_THREAD_SETTINGS):
         # Set by the person running it: theirs to decide, as for any OpenMP program.
-        from retraining.threads import LEAVE_ALONE
         values["threads"] = LEAVE_ALONE
     for name in ("new_dir", "used_dir", "model_dir", "quarantine_dir", "domain_file"):
         path = Path(values[name]).expanduser()

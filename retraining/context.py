@@ -34,6 +34,9 @@ class CycleContext:
     # Production's predictions per new file, made once when the files are read: monitoring
     # and the comparison both use them.
     predictions: dict = dataclasses.field(default_factory=dict)
+    # The version probation moved the alias away from in this cycle (a dry run records no
+    # AliasChange for it, yet it must not come back as an earlier version either).
+    rolled_back_from: str | None = None
     # Production's error units on the new files, found once on first use: probation,
     # monitoring and the held-out sizing all need them. Not an init field, so a context
     # `dataclasses.replace` made for another production finds its own.

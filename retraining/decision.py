@@ -50,14 +50,14 @@ def compare(context: CycleContext, monitoring: Monitoring, challenger: Challenge
     challenger_predictions = predict_files(challenger.model, heldout, context.columns)
     scores = score_heldout(context.domain, heldout, monitoring.predictions,
                            challenger_predictions)
-    # The 'all' and 'weighted' windows learn from every history file, and every file a
+    # The 'all' window learns from every history file, each row once, and every file a
     # version a cycle trained learnt from is in history now; a first registered model's
-    # data are unknown.
-    superset = (challenger.training_window in ("all", "weighted")
+    # data are unknown. ('weighted' holds every file too, but may weigh old rows near 0.)
+    superset = (challenger.training_window == "all"
                 and context.production.tags.get("training_window") is not None)
     verdict = judge(context.domain, scores, context.settings, superset=superset)
     log.info(verdict.reason)
-    exclude = {context.production.version, challenger.version}
+    exclude = {context.production.version, challenger.version, context.rolled_back_from}
     earlier = judge_earlier(context, heldout, monitoring.predictions,
                             candidate_versions(context, exclude, batch_key(context.new_files)))
     winner = best(context.domain.lower_error_is_better, scores.challenger_error,

@@ -50,13 +50,14 @@ class Domain:
         return self.error_metric(labels, predictions, rows=rows() if callable(rows) else rows)
 
     def train(self, features, labels, *, random_state: int, sample_weight=None,
-              threads: int | None = None):
+              threads: int | None = 0):
         """Train through the user's hook, passing only the keywords it declares.
 
         `sample_weight` (one weight per row) is passed only when given; giving it to a hook
         that does not declare it is a bug in the caller, which must ask
         `accepts_sample_weight` first. `threads` is Settings.threads: the numeric libraries
-        are limited to it, or to the cores free now, before the fit (retraining/threads.py).
+        are limited to it, or to the cores free now, before the fit (retraining/threads.py);
+        by default (0) they are left as they are.
         """
         from retraining.threads import fit_to_machine
 

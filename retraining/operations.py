@@ -115,16 +115,24 @@ def alias_moves(registry, alias: str) -> list[AliasMove]:
                          run.info.start_time, tags.get("reason", ""), tags.get("changed_by"),
                          run.info.run_id)
         (moves if run.info.status == "FINISHED" else unfinished).append(move)
-    moves.sort(key=lambda move: move.when or 0)
+    if not unfinished:
+        return sorted(moves, key=lambda move: move.when or 0)
     # A move whose process was stopped inside its run may or may not have moved the alias:
-    # it did when what came next starts from its version.
-    current = _alias_version(registry, alias)
-    for move in unfinished:
-        later = [m.previous for m in moves if (m.when or 0) > (move.when or 0)]
-        if (later[0] if later else current) == move.version:
-            moves.append(dataclasses.replace(
-                move, reason=f"{move.reason} (its run was stopped after the alias moved)"))
-    return sorted(moves, key=lambda move: move.when or 0)
+    # it did when what came next starts from its version. Walked newest first, from the
+    # alias as it is now, so that two such moves in a row are both judged rightly.
+    finished_ids = {move.run_id for move in moves}
+    timeline = sorted(moves + unfinished, key=lambda move: move.when or 0, reverse=True)
+    expected, kept = _alias_version(registry, alias), []
+    for move in timeline:
+        if move.run_id in finished_ids:
+            kept.append(move)
+        elif move.version == expected:
+            kept.append(dataclasses.replace(
+                move, reason=f"{move.reason} (its run did not finish; the alias had moved)"))
+        else:
+            continue
+        expected = move.previous
+    return kept[::-1]
 
 
 def production_line(moves: Sequence[AliasMove], current: str | None) -> list[str]:

@@ -68,8 +68,8 @@ def hold_probation(context: CycleContext) -> Trial | None:
     # was trained or promoted again on (a cycle that promoted and was stopped before
     # archiving reads it again), nor one too small for the gate.
     if decided_on(production.tags, batch_key(context.new_files)):
-        log.info("probation of version %s waits: these are the files it was trained on",
-                 current)
+        log.info("probation of version %s waits: these are the files it was trained or "
+                 "promoted on", current)
         return None
     too_small = lacking(context.new_files, settings,
                         units_are_files=not context.production_units().sliced)

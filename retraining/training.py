@@ -61,7 +61,8 @@ def plan_retraining(context: CycleContext) -> Plan:
     check_columns(checked.files + context.new_files, context.columns)
     # Held-out content is unique in the batch and absent from history, so neither model can
     # have been trained on it, whatever the files are called.
-    earlier = candidate_versions(context, {context.production.version},
+    earlier = candidate_versions(context, {context.production.version,
+                                           context.rolled_back_from},
                                  batch_key(context.new_files))
     heldout = choose_heldout(context.new_files, settings,
                              seen_sha256={f.content_sha256 for f in checked.files},

@@ -57,27 +57,34 @@ def _new_concept(count: int, seed: int):
     return [readings(300, 0.0, generator, worn_after_hours=3_000) for _ in range(count)]
 
 
+def _interrupted_tool(workspace, signal_name: str, *argv: str):
+    return subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_TOOL.format(project=str(PROJECT_DIR),
+                                                       signal=signal_name),
+         *argv, "--tracking-uri", workspace.tracking_uri],
+        env=script_environment({}), capture_output=True, text=True, timeout=300)
+
+
+def _moves(workspace, capsys) -> list[tuple[str, str]]:
+    assert registry_tool.main(["history", "--json", "--tracking-uri", workspace.tracking_uri,
+                               "--output", str(workspace.root / "history.png")]) == 0
+    return [(move["version"], move["action"])
+            for move in json.loads(capsys.readouterr().out)["alias_moves"]]
+
+
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
 def test_a_rollback_interrupted_after_the_alias_moved_still_bars_the_version(
         production, capsys, signal_name):
     write_csvs(production.new_dir, "changed", _new_concept(10, seed=51))
     code, summary = cycle(production, capsys)
     assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
-    rolled = subprocess.run(
-        [sys.executable, "-c", INTERRUPTED_TOOL.format(project=str(PROJECT_DIR),
-                                                       signal=signal_name),
-         "rollback", "--reason", "version 2 misbehaves in the field", "--by", "ann",
-         "--tracking-uri", production.tracking_uri],
-        env=script_environment({}), capture_output=True, text=True, timeout=300)
+    rolled = _interrupted_tool(production, signal_name, "rollback", "--reason",
+                               "version 2 misbehaves in the field", "--by", "ann")
     assert rolled.returncode != 0  # interrupted, as a person sees it
     assert production.alias_version() == "1"  # ... but the alias had moved: v2 rolled back
     # The history a person reads says so, although the run never finished.
-    assert registry_tool.main(["history", "--json", "--tracking-uri", production.tracking_uri,
-                               "--output", str(production.root / "history.png")]) == 0
-    moves = json.loads(capsys.readouterr().out)["alias_moves"]
-    assert [(move["version"], move["action"], move["by"]) for move in moves] == [
-        ("1", "registered_first", moves[0]["by"]), ("2", "promoted", moves[1]["by"]),
-        ("1", "rollback", "ann")]
+    assert _moves(production, capsys) == [("1", "registered_first"), ("2", "promoted"),
+                                          ("1", "rollback")]
     # The batch that would favour version 2 again.
     write_csvs(production.new_dir, "changed_again", _new_concept(10, seed=52))
 
@@ -88,6 +95,19 @@ def test_a_rollback_interrupted_after_the_alias_moved_still_bars_the_version(
     judged = [c["version"] for c in summary["earlier_versions"] or []]
     assert "2" not in judged and production.alias_version() != "2", \
         (summary["outcome"], production.alias_version(), summary["reason"][:200])
+
+
+def test_two_interrupted_moves_in_a_row_are_both_in_the_history(production, capsys):
+    write_csvs(production.new_dir, "changed", _new_concept(10, seed=51))
+    code, summary = cycle(production, capsys)
+    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+    for argv in (("rollback",), ("set-alias", "production", "2")):
+        moved = _interrupted_tool(production, "SIGKILL", *argv, "--reason", "checking",
+                                  "--by", "ann")
+        assert moved.returncode != 0
+    assert production.alias_version() == "2"
+    assert _moves(production, capsys) == [("1", "registered_first"), ("2", "promoted"),
+                                          ("1", "rollback"), ("2", "set-alias")]
 
 
 def test_a_promotion_killed_after_the_alias_moved_is_not_put_on_probation_on_its_own_batch(

@@ -91,6 +91,12 @@ def test_a_dry_run_says_it_would_roll_back_and_goes_on_as_if_it_had(promoted, ca
     assert promoted.client().get_model_version("classifier", "2").tags == tags_before
     assert snapshot(promoted.new_dir) == batch
 
+    # Retraining too, the version it would have rolled back is no earlier version to judge.
+    code, summary = cycle(promoted, capsys, "--dry-run", "--error-threshold", "0")
+    assert code == 0 and summary["probation"]["rolled_back"] is True, summary["reason"]
+    assert "2" not in [c["version"] for c in summary["earlier_versions"] or []]
+    assert promoted.alias_version() == "2" and snapshot(promoted.new_dir) == batch
+
 
 def test_a_promotion_that_holds_passes_probation(promoted, capsys):
     write_csvs(promoted.new_dir, "changed_again", changed_concept_files(10, seed=44))

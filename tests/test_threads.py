@@ -69,9 +69,13 @@ def test_beside_busy_processes_the_fits_take_one_thread_with_no_setting(counting
     assert all(pools == [1] * len(pools) for pools in fits), fits
 
 
+# Counts above the cores: auto could never give them, so only obeying the person can.
+ABOVE = usable_cores() + 1
+
+
 @pytest.mark.parametrize("env, extra, expected", [
-    ({"OMP_NUM_THREADS": "3"}, (), 3),  # the person's environment: left to OpenMP
-    ({}, ("--threads", "2"), 2),
+    ({"OMP_NUM_THREADS": str(ABOVE)}, (), ABOVE),  # the person's environment: left to OpenMP
+    ({}, ("--threads", str(ABOVE + 1)), ABOVE + 1),
 ])
 def test_a_persons_choice_of_threads_is_obeyed(counting, env, extra, expected):
     workspace, domain, seen = counting
