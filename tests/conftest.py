@@ -91,6 +91,23 @@ def changed_concept_files(count: int, seed: int, rows: int = 300):
     return [readings(rows, 1.0, generator, worn_after_hours=3_000) for _ in range(count)]
 
 
+def new_concept_files(count: int, seed: int, rows: int = 300):
+    """The same inputs as history, labelled by a new policy (worn after 3,000 hours)."""
+    generator = np.random.default_rng(seed)
+    return [readings(rows, 0.0, generator, worn_after_hours=3_000) for _ in range(count)]
+
+
+def promote_new_concept(workspace: Workspace, capsys) -> None:
+    """Version 2, promoted for a new concept and confirmed on probation by a second batch."""
+    write_csvs(workspace.new_dir, "changed", new_concept_files(10, seed=51))
+    code, summary = cycle(workspace, capsys)
+    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+    write_csvs(workspace.new_dir, "changed_again", new_concept_files(10, seed=52))
+    code, summary = cycle(workspace, capsys)
+    assert code == 0 and summary["probation"]["verdict"] == "passed", summary["probation"]
+    assert workspace.alias_version() == "2"
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Name -> bytes of every data file in a folder, to prove nothing was lost or changed."""
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())

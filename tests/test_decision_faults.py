@@ -12,7 +12,7 @@ import pytest
 
 import registry_tool
 from tests.conftest import (PROJECT_DIR, changed_concept_files, cycle, cycle_killed_at,
-                            machine_files, script_environment, write_csvs)
+                            machine_files, new_concept_files, script_environment, write_csvs)
 
 
 def test_a_batch_of_many_small_files_does_not_hang_the_first_monitoring(production):
@@ -48,15 +48,6 @@ sys.exit(registry_tool.main(sys.argv[1:]))
 """
 
 
-def _new_concept(count: int, seed: int):
-    import numpy as np
-
-    from demo.generate_stream import readings
-
-    generator = np.random.default_rng(seed)
-    return [readings(300, 0.0, generator, worn_after_hours=3_000) for _ in range(count)]
-
-
 def _interrupted_tool(workspace, signal_name: str, *argv: str):
     return subprocess.run(
         [sys.executable, "-c", INTERRUPTED_TOOL.format(project=str(PROJECT_DIR),
@@ -75,7 +66,7 @@ def _moves(workspace, capsys) -> list[tuple[str, str]]:
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
 def test_a_rollback_interrupted_after_the_alias_moved_still_bars_the_version(
         production, capsys, signal_name):
-    write_csvs(production.new_dir, "changed", _new_concept(10, seed=51))
+    write_csvs(production.new_dir, "changed", new_concept_files(10, seed=51))
     code, summary = cycle(production, capsys)
     assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
     rolled = _interrupted_tool(production, signal_name, "rollback", "--reason",
@@ -86,7 +77,7 @@ def test_a_rollback_interrupted_after_the_alias_moved_still_bars_the_version(
     assert _moves(production, capsys) == [("1", "registered_first"), ("2", "promoted"),
                                           ("1", "rollback")]
     # The batch that would favour version 2 again.
-    write_csvs(production.new_dir, "changed_again", _new_concept(10, seed=52))
+    write_csvs(production.new_dir, "changed_again", new_concept_files(10, seed=52))
 
     code, summary = cycle(production, capsys, "--training-windows", "all")
 
@@ -98,7 +89,7 @@ def test_a_rollback_interrupted_after_the_alias_moved_still_bars_the_version(
 
 
 def test_two_interrupted_moves_in_a_row_are_both_in_the_history(production, capsys):
-    write_csvs(production.new_dir, "changed", _new_concept(10, seed=51))
+    write_csvs(production.new_dir, "changed", new_concept_files(10, seed=51))
     code, summary = cycle(production, capsys)
     assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
     for argv in (("rollback",), ("set-alias", "production", "2")):
@@ -115,7 +106,7 @@ def test_a_promotion_killed_after_the_alias_moved_is_not_put_on_probation_on_its
     """Killed between the alias move and archiving, the batch is judged again by the rerun.
     That rerun must not hold version 2's probation on the files version 2 was trained on
     (8 of the 10), and say they are files 'that neither was trained on'."""
-    write_csvs(production.new_dir, "changed", _new_concept(10, seed=51))
+    write_csvs(production.new_dir, "changed", new_concept_files(10, seed=51))
     killed = cycle_killed_at(production, "retraining.decision.promote", "after", 1)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert production.alias_version() == "2"
@@ -132,16 +123,6 @@ def test_a_promotion_killed_after_the_alias_moved_is_not_put_on_probation_on_its
     assert tags["probation"] == "pending"
     # Nor do the files it learnt from join its baseline: it stays the held-out files.
     assert tags["baseline_from"] == "its 2 held-out files when it was judged"
-
-
-def _new_concept_in_production(production, capsys):
-    write_csvs(production.new_dir, "changed", _new_concept(10, seed=51))
-    code, summary = cycle(production, capsys)
-    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
-    write_csvs(production.new_dir, "changed_again", _new_concept(10, seed=52))
-    code, summary = cycle(production, capsys)
-    assert code == 0 and summary["probation"]["verdict"] == "passed", summary["probation"]
-    assert production.alias_version() == "2"
 
 
 JAPANESE = {"ok": "正常", "worn": "摩耗", "fault": "故障"}
@@ -202,11 +183,11 @@ def test_a_challenger_killed_before_judgement_is_no_earlier_candidate_once_files
     """Killed after registering challenger v2 (trained on 8 of the batch's 10 files); by the
     next night two more files have arrived, so the batch key differs. v2 was trained on files
     the rerun may hold out: it is no 'earlier version, trained before the batch arrived'."""
-    write_csvs(production.new_dir, "changed", _new_concept(10, seed=51))
+    write_csvs(production.new_dir, "changed", new_concept_files(10, seed=51))
     killed = cycle_killed_at(production, "retraining.decision.compare", "before", 1)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert sorted(v.version for v in production.client().search_model_versions("")) == [1, 2]
-    write_csvs(production.new_dir, "later", _new_concept(2, seed=57))
+    write_csvs(production.new_dir, "later", new_concept_files(2, seed=57))
 
     code, summary = cycle(production, capsys)
 
@@ -274,7 +255,7 @@ def test_probation_is_not_spent_by_a_version_whose_files_are_briefly_missing(pro
 def test_a_cycle_killed_while_recording_a_promotion_converges(production, capsys):
     """Killed inside complete_promotion, after the alias moved and before the versions were
     tagged: the run still reads 'promoting', and the next cycle completes the record."""
-    write_csvs(production.new_dir, "changed", _new_concept(10, seed=51))
+    write_csvs(production.new_dir, "changed", new_concept_files(10, seed=51))
     # describe(): 1st call tags the registered challenger, 2nd its decision, 3rd inside
     # complete_promotion, before anything of it is recorded.
     killed = cycle_killed_at(production, "retraining.lineage.describe", "before", 3)

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from demo.generate_stream import readings
-from tests.conftest import cycle, cycle_killed_at, machine_files, run_script, write_csvs
+from tests.conftest import (cycle, cycle_killed_at, machine_files, new_concept_files,
+                            promote_new_concept, run_script, write_csvs)
 
 # Trained on every file, the challenger mixes both concepts: worse on the old one than the
 # version that knew only it.
 ALL = ("--training-windows", "all")
-
-
-def new_concept(count: int, seed: int):
-    """The same inputs as history, labelled by a new policy (worn after 3,000 hours)."""
-    generator = np.random.default_rng(seed)
-    return [readings(300, 0.0, generator, worn_after_hours=3_000) for _ in range(count)]
 
 
 def _tool(workspace, *argv):
@@ -29,14 +22,7 @@ def _tool(workspace, *argv):
 
 @pytest.fixture
 def new_concept_in_production(production, capsys):
-    """Version 2, promoted for a new concept and confirmed by a second batch of it."""
-    write_csvs(production.new_dir, "changed", new_concept(10, seed=51))
-    code, summary = cycle(production, capsys)
-    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
-    write_csvs(production.new_dir, "changed_again", new_concept(10, seed=52))
-    code, summary = cycle(production, capsys)
-    assert code == 0 and summary["probation"]["verdict"] == "passed", summary["probation"]
-    assert production.alias_version() == "2"
+    promote_new_concept(production, capsys)
     return production
 
 
@@ -91,13 +77,13 @@ def test_an_earlier_version_promoted_by_a_killed_cycle_keeps_its_new_baseline(
 
 
 def test_a_version_a_person_rolled_back_is_never_a_candidate(production, capsys):
-    write_csvs(production.new_dir, "changed", new_concept(10, seed=51))
+    write_csvs(production.new_dir, "changed", new_concept_files(10, seed=51))
     code, summary = cycle(production, capsys)
     assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
     rolled = _tool(production, "rollback", "--reason", "version 2 misbehaves in the field")
     assert rolled.returncode == 0, rolled.stderr
     # The batch that would favour version 2 again.
-    write_csvs(production.new_dir, "changed_again", new_concept(10, seed=52))
+    write_csvs(production.new_dir, "changed_again", new_concept_files(10, seed=52))
 
     code, summary = cycle(production, capsys)
 
