@@ -79,10 +79,10 @@ def choose_heldout(files: Sequence[LoadedFile], settings: Settings, *,
     if earlier_level is not None and not lacking(order[:count], settings, units_are_files):
         stricter = dataclasses.replace(settings, confidence_level=earlier_level)
         more = grown(count, stricter)
-        if lacking(order[:more], stricter, units_are_files):
+        still_lacks = lacking(order[:more], stricter, units_are_files)
+        if still_lacks:
             log.info("earlier versions cannot be judged on this batch: with %d of its %d "
-                     "files held out, the most a batch may, %s", more, len(files),
-                     lacking(order[:more], stricter, units_are_files))
+                     "files held out, the most a batch may, %s", more, len(files), still_lacks)
         else:
             count = more
     chosen = order[:count]
