@@ -6,6 +6,7 @@ are imported when files are actually read.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -134,7 +135,8 @@ class LoadedFile:
 
 
 def load_file(path: Path, label_column: str, prepare_file: Callable,
-              labels_required: bool = True, known_columns: Collection[str] = ()) -> LoadedFile:
+              labels_required: bool = True, known_columns: Collection[str] = (),
+              on_parsed: Callable | None = None) -> LoadedFile:
     """Read, hash and prepare one CSV from a single read of its bytes.
 
     Booleans become 0.0/1.0 (NaN where missing) so that a column has one type whether or
@@ -143,51 +145,84 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
     column may be absent; `labels` is then all missing where there is none. A header name
     that is the label column or one of `known_columns` but for stray spaces or a UTF-7
     escape is read as that name (see normalised_header), and the rename is logged.
+    `on_parsed(sha256, table)` is given the table pyarrow parsed, before anything else is
+    done to it (the columnar copy of history keeps it; retraining/columnar.py).
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
     with open(path, "rb") as handle:
         status = os.fstat(handle.fileno())
         payload = handle.read()
-    identity = file_identity(status)
     sha256 = hashlib.sha256(payload).hexdigest()
-    name = shown_name(path)
+    facts = FileFacts(path=path, sha256=sha256, identity=file_identity(status),
+                      content_sha256=content_sha256(payload))
     try:
         table = pcsv.read_csv(pa.BufferReader(payload))  # a UTF-8 BOM is skipped here
-        found_header = list(table.column_names)
-        header, renamed = normalised_header(table.column_names, {label_column, *known_columns})
+    except (pa.ArrowInvalid, UnicodeDecodeError) as error:
+        raise _unreadable(path, error, payload) from None
+    loaded = loaded_from_table(table, facts, label_column, prepare_file, labels_required,
+                               known_columns, payload)
+    if on_parsed is not None:
+        on_parsed(sha256, table)
+    return loaded
+
+
+@dataclasses.dataclass(frozen=True)
+class FileFacts:
+    """What tells one version of a file from another: where the rows of a table came from."""
+
+    path: Path
+    sha256: str
+    identity: tuple  # (inode, size, mtime)
+    content_sha256: str
+
+
+def loaded_from_table(table, facts: FileFacts, label_column: str, prepare_file: Callable,
+                      labels_required: bool = True, known_columns: Collection[str] = (),
+                      payload: bytes | None = None) -> LoadedFile:
+    """The file `facts` describes, from the table pyarrow parsed from its bytes (see load_file).
+
+    `payload`, the CSV's bytes, is what errors quote their evidence from; without it (a
+    table from the columnar copy) an error only names the problem, so a caller that has the
+    CSV should read it again to report one.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    path = facts.path
+    name = shown_name(path)
+    try:
+        found_header = table.column_names
+        header, renamed = normalised_header(found_header, {label_column, *known_columns})
         if renamed:
             table = table.rename_columns(header)
             log.warning("%s: read the column%s %s", name, "s" * (len(renamed) > 1),
                         ", ".join(f"{found!r} as {used!r}" for found, used in renamed.items()))
-        repeated = sorted({column for column in table.column_names
-                           if table.column_names.count(column) > 1})
+        counts = collections.Counter(header)
+        repeated = sorted(column for column, count in counts.items() if count > 1)
         if repeated:
             raise DataError(f"{name} has the column {repeated[0]!r} "
-                            f"{table.column_names.count(repeated[0])} times (header: "
-                            f"{_quoted_list(table.column_names)})",
+                            f"{counts[repeated[0]]} times (header: {_quoted_list(header)})",
                             fix=f"give each column of {path} its own name",
                             kind="repeated_column")
         label_read_kind = None
-        if label_column in table.column_names:
+        if label_column in counts:
             label_read_kind = _arrow_kind(table.schema.field(label_column).type)
         for index, field in enumerate(table.schema):
             if pa.types.is_binary(field.type):  # what pyarrow makes of text that is not UTF-8
                 raise pa.ArrowInvalid(f"column {field.name!r} has text that is not UTF-8"
-                                      f"{_first_non_utf8(payload)}")
+                                      f"{_first_non_utf8(payload or b'')}")
             if pa.types.is_boolean(field.type) or pa.types.is_null(field.type):
                 table = table.set_column(index, field.name,
                                          pc.cast(table[field.name], pa.float64()))
-        # Column names are decoded only here: a header that is not UTF-8 fails late.
-        frame = table.to_pandas()
+        # Column names are decoded only here: a header that is not UTF-8 fails late. Blocks
+        # split, one a column: half the time of consolidating them, here and when files
+        # are stacked.
+        frame = table.to_pandas(split_blocks=True)
         frame.index.name = _READER_INDEX
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
-        where = _parse_error_place(payload) if "parse error" in str(error) else None
-        raise DataError(f"{name} is not a readable CSV file ({_first_line(error)}"
-                        f"{'; ' + where if where else ''})",
-                        fix=f"fix or remove {path}", kind="unreadable") from None
+        raise _unreadable(path, error, payload) from None
     try:
         frame = prepare_file(frame, path)
     except Exception as error:  # the user's hook: report its own message, whatever it raised
@@ -200,8 +235,8 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
     # An index the domain set (an object id, a group key) must not pass for row numbers in
     # reasons or in predictions: rows it made are counted from 0 in their prepared order.
     frame = frame.set_axis(data_rows if file_rows else range(len(frame)))
-    facts = {"path": path, "sha256": sha256, "identity": identity,
-             "content_sha256": content_sha256(payload), "label_read_kind": label_read_kind,
+    facts = {"path": path, "sha256": facts.sha256, "identity": facts.identity,
+             "content_sha256": facts.content_sha256, "label_read_kind": label_read_kind,
              "file_rows": file_rows, "renamed_columns": renamed, "header": found_header}
     if not labels_required:
         import pandas as pd
@@ -225,8 +260,16 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
                 f"{dropped_rows} data rows, none with a value in {label_column!r}")
         raise DataError(f"{name} has no labelled rows: {what}", fix=f"fix or remove {path}",
                         kind="unlabelled")
-    features = frame.drop(columns=[label_column])
+    features = frame.copy(deep=False)  # no column copied: its label column goes
+    del features[label_column]
     return LoadedFile(features=features, labels=labels, dropped_rows=dropped_rows, **facts)
+
+
+def _unreadable(path: Path, error: Exception, payload: bytes | None) -> DataError:
+    where = _parse_error_place(payload) if payload and "parse error" in str(error) else None
+    return DataError(f"{shown_name(path)} is not a readable CSV file ({_first_line(error)}"
+                     f"{'; ' + where if where else ''})",
+                     fix=f"fix or remove {path}", kind="unreadable")
 
 
 def normalised_header(names: Sequence[str], known: Collection[str]
