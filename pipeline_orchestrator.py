@@ -427,13 +427,15 @@ def drift_of_new_files(context: CycleContext):
     """Per-feature drift of the new files against a sample of the history (retraining.drift)."""
     from retraining.datafiles import concat_files, list_data_files
     from retraining.drift import drift_report
+    from retraining.screening import history_loader
 
     settings = context.settings
     new_features, _ = concat_files(context.new_files, context.columns)
     drift = drift_report(list_data_files(settings.used_dir), new_features, context.columns,
                          label_column=settings.label_column,
                          prepare_file=context.domain.prepare_file, seed=settings.seed,
-                         p_value=settings.drift_p_value, min_effect=settings.drift_min_effect)
+                         p_value=settings.drift_p_value, min_effect=settings.drift_min_effect,
+                         load=history_loader(settings, settings.used_dir))
     log.info("drift share %.2f (%s) against %d history rows, in %.2f s", drift.share,
              ", ".join(drift.drifted_features) or "no feature", drift.reference_rows,
              drift.seconds)
@@ -464,7 +466,8 @@ def archive(context: CycleContext) -> list[str] | None:
 
     if context.settings.dry_run:
         return None
-    return archive_files(context.new_files, context.settings.used_dir)
+    return archive_files(context.new_files, context.settings.used_dir,
+                         columnar_history=context.settings.columnar_history)
 
 
 # --- entry point ---------------------------------------------------------------------------
@@ -477,7 +480,7 @@ OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_fi
            "bootstrap_resamples", "require_significance", "non_inferiority_margin",
            "rise_trigger", "auto_rollback", "earlier_versions", "training_windows",
            "recent_files", "recency_half_life", "validation_fraction", "window_sample_rows",
-           "strict_history", "threads", "dry_run", "json"]
+           "strict_history", "columnar_history", "threads", "dry_run", "json"]
 
 
 def main(argv=None) -> int:

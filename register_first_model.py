@@ -20,7 +20,7 @@ from retraining.errors import UsageError
 
 OPTIONS = ["model_dir", "used_dir", "quarantine_dir", "domain_file", "tracking_uri",
            "store_timeout", "experiment", "model_name", "alias", "label_column",
-           "strict_history", "threads", "force", "no_alias", "json"]
+           "strict_history", "columnar_history", "threads", "force", "no_alias", "json"]
 
 
 CHANGED_BY = "register_first_model.py --force"

@@ -115,8 +115,10 @@ def _identity(path: Path) -> tuple | None:
         return None
 
 
-def archive_files(files: Sequence[LoadedFile], used_dir: Path) -> list[str]:
-    """Move each consumed file into `used_dir`, record it in the ledger; return its new names.
+def archive_files(files: Sequence[LoadedFile], used_dir: Path,
+                  columnar_history: bool = True) -> list[str]:
+    """Move each consumed file into `used_dir`, record it in the ledger, write its columnar
+    copy (retraining/columnar.py) unless `columnar_history` is False; return its new names.
 
     The plan is written first (`.archive_in_progress.json` in `used_dir`), so a cycle killed
     halfway through leaves work that the next run finishes rather than a batch half consumed.
@@ -131,6 +133,7 @@ def archive_files(files: Sequence[LoadedFile], used_dir: Path) -> list[str]:
     if not unchanged:
         return []
     plan = {"archive_id": f"{time.time_ns()}-{batch_key(unchanged)[:16]}",
+            "columnar_history": columnar_history,
             "files": [{"path": str(loaded.path), "sha256": loaded.sha256,
                        "content_sha256": loaded.content_sha256,
                        "identity": list(loaded.identity)} for loaded in unchanged]}
@@ -180,6 +183,10 @@ def finish_archive(used_dir: Path) -> list[str]:
                          **stat_fields(os.stat(target))})
     record_batch(used_dir, plan["archive_id"], arrivals)
     os.unlink(used_dir / ARCHIVE_PLAN)
+    if plan.get("columnar_history", True):
+        from retraining.columnar import copy_archived
+
+        copy_archived(used_dir, arrivals)
     return [arrival["name"] for arrival in arrivals]
 
 

@@ -59,6 +59,7 @@ class Settings:
     validation_fraction: float
     window_sample_rows: int
     strict_history: bool
+    columnar_history: bool
     threads: int | None  # None: the cores free at each heavy step; 0: OMP_NUM_THREADS decides
     dry_run: bool
     json: bool
@@ -257,6 +258,9 @@ _OPTIONS = {
         _Option("strict_history", _flag,
                 "stop, listing every unusable history file with its reason, instead of moving "
                 "them to the quarantine folder", is_flag=True),
+        _Option("columnar_history", _flag,
+                "keep a columnar copy of each history file (used_gts/.columnar/), read instead "
+                "of parsing the CSV again while the file is unchanged", is_flag=True),
         _Option("threads", _threads,
                 "threads for the numeric libraries (scikit-learn's OpenMP, BLAS); 'auto': the "
                 "cores other processes leave free, asked before each fit"),
@@ -327,6 +331,7 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         # in rows. The challenger itself always trains on every row of its window.
         "window_sample_rows": 25_000,
         "strict_history": False,
+        "columnar_history": True,
         "threads": None,
         "dry_run": False,
         "json": False,

@@ -62,17 +62,20 @@ class DriftReport:
 
 
 def reference_sample(history_paths: Sequence[Path], label_column: str, prepare_file: Callable,
-                     seed: int, columns: Sequence[str] = ()):
+                     seed: int, columns: Sequence[str] = (), load: Callable | None = None):
     """Features of a seeded sample of history files, at most REFERENCE_MAX_ROWS rows.
 
-    Returns (features, number of files read). Read with the project's reader and the
-    domain's hook, so the columns are those the model sees.
+    Returns (features, number of files read). Read with the project's reader (`load`, as
+    datafiles.load_file; the columnar copy's where there is one) and the domain's hook, so
+    the columns are those the model sees.
     """
     import numpy as np
     import pandas as pd
 
     from retraining.datafiles import load_file
     from retraining.errors import DataError
+
+    load = load or load_file
 
     generator = np.random.default_rng(seed)
     chosen = list(history_paths)
@@ -83,7 +86,7 @@ def reference_sample(history_paths: Sequence[Path], label_column: str, prepare_f
     for path in chosen:
         try:
             # Knowing the columns, a mangled header is read as the retrain reads it.
-            files.append(load_file(path, label_column, prepare_file, known_columns=columns))
+            files.append(load(path, label_column, prepare_file, known_columns=columns))
         except DataError as error:
             # Drift only informs the decision: a history file the reader now rejects (a
             # changed prepare_file) must not stop every healthy cycle. Retraining reports it.
@@ -146,13 +149,13 @@ def _untested(name: str, kind: str, test: str, reference_rows: int,
 
 def drift_report(history_paths: Sequence[Path], new_features, columns: Sequence[str], *,
                  label_column: str, prepare_file: Callable, seed: int, p_value: float,
-                 min_effect: float) -> DriftReport:
+                 min_effect: float, load: Callable | None = None) -> DriftReport:
     """Drift of `new_features` against a sample of the history, with the time it took."""
     import time
 
     started = time.perf_counter()
     reference, files = reference_sample(history_paths, label_column, prepare_file, seed,
-                                        columns)
+                                        columns, load)
     features = measure_drift(reference, new_features, columns, p_value, min_effect) \
         if files else []
     return DriftReport(features, files, len(reference), time.perf_counter() - started)

@@ -57,6 +57,8 @@ def read_history(settings: Settings, domain, folder: Path, production=None) -> H
     if not paths:
         return History([], [], Expected("no history files", None, None, None, None, None))
     known = production.input_columns if production is not None else None
+    columnar = columnar_copy(settings, folder)
+    load = columnar.load if columnar is not None else load_file
     loaded: list[LoadedFile] = []
     failures: list[tuple[Path, DataError]] = []
     # Years of history can take minutes to read: each line says how far it is.
@@ -64,15 +66,19 @@ def read_history(settings: Settings, domain, folder: Path, production=None) -> H
                                 f"{len(paths):,} files"):
         for path in paths:
             try:
-                loaded.append(load_file(path, settings.label_column, domain.prepare_file,
-                                        known_columns=known or ()))
+                loaded.append(load(path, settings.label_column, domain.prepare_file,
+                                   known_columns=known or ()))
             except DataError as error:
                 failures.append((path, error))
     expected = _expected(loaded, production)
     if known is None and expected.columns is not None:
         # A file that differs from most may only have a mangled header: read it again,
         # knowing the names most files hold (few files, so little is read twice).
-        loaded = [_read_again(f, settings, domain, expected.columns) for f in loaded]
+        loaded = [_read_again(f, settings, domain, expected.columns, load) for f in loaded]
+    if columnar is not None:
+        pruned = columnar.prune(paths)
+        log.info("history: %d files read, %s%s", len(paths), columnar.summary(),
+                 f", {pruned} copies of files no longer in history removed" if pruned else "")
     usable = []
     for history_file in loaded:
         try:
@@ -95,12 +101,29 @@ def read_history(settings: Settings, domain, folder: Path, production=None) -> H
     return History(usable, set_aside(settings, folder, failures), expected)
 
 
+def columnar_copy(settings: Settings, folder: Path):
+    """The columnar copy of `folder` when it is the history folder (retraining/columnar.py),
+    else None. A dry run reads the copies there are and writes none."""
+    from retraining.columnar import ColumnarHistory
+
+    if not settings.columnar_history or folder.resolve() != settings.used_dir.resolve():
+        return None
+    return ColumnarHistory(folder, writable=not settings.dry_run)
+
+
+def history_loader(settings: Settings, folder: Path) -> Callable:
+    """How to read one file of `folder`, as datafiles.load_file: through the columnar copy
+    where `folder` is history."""
+    columnar = columnar_copy(settings, folder)
+    return columnar.load if columnar is not None else load_file
+
+
 def _read_again(history_file: LoadedFile, settings: Settings, domain,
-                columns: Sequence[str]) -> LoadedFile:
+                columns: Sequence[str], load: Callable) -> LoadedFile:
     if set(history_file.features.columns) == set(columns):
         return history_file
-    again = load_file(history_file.path, settings.label_column, domain.prepare_file,
-                      known_columns=columns)
+    again = load(history_file.path, settings.label_column, domain.prepare_file,
+                 known_columns=columns)
     return again if again.renamed_columns else history_file
 
 

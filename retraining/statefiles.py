@@ -100,3 +100,18 @@ def write_atomically(path: Path, content: str | bytes) -> None:
         os.unlink(partial)
         raise _refused(path, "a folder")
     os.replace(partial, path)
+
+
+def own_folder(path: Path) -> None:
+    """Make sure `path` is a folder of the product's own, creating it if it is missing.
+
+    Refused with one line (NeedsAttention) when the name is a symbolic link or anything but
+    a folder: what is written into it would land wherever the link points.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o755)
+    status = os.lstat(path)
+    if stat.S_ISLNK(status.st_mode):
+        raise _link_refused(path)
+    if not stat.S_ISDIR(status.st_mode):
+        raise _refused(path, "a file, not a folder")
