@@ -501,9 +501,15 @@ def check_file(loaded: LoadedFile, expected: Expected) -> None:
     if expected.columns is not None and (
             problem := column_problem(loaded, expected.columns, expected.source)):
         raise DataError(f"{name} {problem}", fix=fix, kind=f"columns: {problem}")
-    for column, kind in (expected.kinds or {}).items():
-        if column in loaded.features.columns:
-            _check_cell_kinds(loaded, column, kind, expected.takes_numbers)
+    kinds = {column: kind for column, kind in (expected.kinds or {}).items()
+             if column in loaded.features.columns}
+    dtypes = loaded.features.dtypes
+    infinite = _columns_with_infinity(loaded.features, kinds, dtypes)
+    for column, kind in kinds.items():
+        held_as_numbers = dtypes[column].kind in "biufc"
+        if (kind == "number") == held_as_numbers and column not in infinite:
+            continue  # text held as text, or finite numbers: nothing to look at
+        _check_cell_kinds(loaded, column, kind, expected.takes_numbers)
     if expected.class_kind is None:
         return
     kind, read = loaded.label_read_kind or label_kind(loaded.labels), label_kind(loaded.labels)
@@ -534,6 +540,20 @@ def check_new_file(loaded: LoadedFile, expected: Expected, taken: dict[str, str]
         raise DataError(f"{loaded.shown_name} has the same content as "
                         f"{taken[loaded.content_sha256]}, already taken",
                         fix=f"remove {loaded.path} if it is a re-delivery", kind="redelivery")
+
+
+def _columns_with_infinity(features, kinds: dict[str, str], dtypes) -> set[str]:
+    """The columns taken as numbers, and held as numbers, that have an infinite cell: found
+    in one pass over all of them, not a column at a time (years of history are checked)."""
+    import numpy as np
+
+    numeric = [column for column, kind in kinds.items()
+               if kind == "number" and dtypes[column].kind in "biufc"]
+    if not numeric:
+        return set()
+    values = features[numeric].to_numpy(dtype=float, na_value=np.nan)
+    return {column for column, found in zip(numeric, np.isinf(values).any(axis=0),
+                                            strict=True) if found}
 
 
 def _check_cell_kinds(loaded: LoadedFile, column: str, kind: str, takes_numbers: str) -> None:
