@@ -149,7 +149,6 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
     done to it (the columnar copy of history keeps it; retraining/columnar.py).
     """
     import pyarrow as pa
-    import pyarrow.csv as pcsv
 
     with open(path, "rb") as handle:
         status = os.fstat(handle.fileno())
@@ -158,7 +157,7 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
     facts = FileFacts(path=path, sha256=sha256, identity=file_identity(status),
                       content_sha256=content_sha256(payload))
     try:
-        table = pcsv.read_csv(pa.BufferReader(payload))  # a UTF-8 BOM is skipped here
+        table = parsed_csv(payload)
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
         raise _unreadable(path, error, payload) from None
     loaded = loaded_from_table(table, facts, label_column, prepare_file, labels_required,
@@ -166,6 +165,15 @@ def load_file(path: Path, label_column: str, prepare_file: Callable,
     if on_parsed is not None:
         on_parsed(sha256, table)
     return loaded
+
+
+def parsed_csv(payload: bytes):
+    """The pyarrow table a CSV's bytes parse to, with pyarrow's type inference; the one
+    parse every reader of data files (and the columnar copy of history) shares."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    return pcsv.read_csv(pa.BufferReader(payload))  # a UTF-8 BOM is skipped here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,10 +224,10 @@ def loaded_from_table(table, facts: FileFacts, label_column: str, prepare_file: 
             if pa.types.is_boolean(field.type) or pa.types.is_null(field.type):
                 table = table.set_column(index, field.name,
                                          pc.cast(table[field.name], pa.float64()))
-        # Column names are decoded only here: a header that is not UTF-8 fails late. Blocks
-        # split, one a column: half the time of consolidating them, here and when files
-        # are stacked.
-        frame = table.to_pandas(split_blocks=True)
+        # Column names are decoded only here: a header that is not UTF-8 fails late. Not
+        # split_blocks: its columns without gaps would be read-only views of Arrow's buffers,
+        # and prepare_file may change the frame in place.
+        frame = table.to_pandas()
         frame.index.name = _READER_INDEX
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:
         raise _unreadable(path, error, payload) from None

@@ -46,12 +46,15 @@ class History:
         return list(self.expected.columns or [])
 
 
-def read_history(settings: Settings, domain, folder: Path, production=None) -> History:
+def read_history(settings: Settings, domain, folder: Path, production=None,
+                 prune_copies: bool = False) -> History:
     """Read and check every data file of `folder`; set the unusable ones aside.
 
     `production` (the loaded production model) says what files must hold where it has a
-    signature; otherwise most files decide. Raises DataError with every unusable file when
-    `settings.strict_history` is set, and NeedsAttention when no file is usable.
+    signature; otherwise most files decide. `prune_copies`: remove the columnar copies of
+    files that left history, which only the cycle does, under its lock on history. Raises
+    DataError with every unusable file when `settings.strict_history` is set, and
+    NeedsAttention when no file is usable.
     """
     paths = list_data_files(folder)
     if not paths:
@@ -76,7 +79,7 @@ def read_history(settings: Settings, domain, folder: Path, production=None) -> H
         # knowing the names most files hold (few files, so little is read twice).
         loaded = [_read_again(f, settings, domain, expected.columns, load) for f in loaded]
     if columnar is not None:
-        pruned = columnar.prune(paths)
+        pruned = columnar.prune(paths) if prune_copies else 0
         log.info("history: %d files read, %s%s", len(paths), columnar.summary(),
                  f", {pruned} copies of files no longer in history removed" if pruned else "")
     usable = []

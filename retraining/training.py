@@ -56,7 +56,8 @@ def plan_retraining(context: CycleContext) -> Plan:
     # Checked like new files: an unusable history file is set aside, never a stop. Timed
     # apart (inside "train") for the benchmark of years of history.
     with phase(context.timings, "history"):
-        checked = read_history(settings, context.domain, settings.used_dir, context.production)
+        checked = read_history(settings, context.domain, settings.used_dir, context.production,
+                               prune_copies=True)
     if checked.quarantined:
         context.quarantined.extend(checked.quarantined)
         registry.record_quarantine(checked.quarantined)

@@ -8,6 +8,9 @@ import logging
 import os
 import subprocess
 import sys
+import time
+import zlib
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -17,9 +20,10 @@ from hypothesis import strategies as st
 
 from retraining.columnar import COPY_FOLDER, ColumnarHistory
 from retraining.datafiles import list_data_files, load_file
-from retraining.errors import DataError, NeedsAttention
+from retraining.errors import DataError
 from retraining.ledger import history_content
-from tests.conftest import PROJECT_DIR, cycle, machine_files, write_csvs
+from tests.conftest import (PROJECT_DIR, Workspace, cycle, machine_files, register_pickle,
+                            snapshot, train_on_folder, write_csvs)
 
 GOOD = machine_files(1, drift=0.0, seed=7, rows=40)[0].to_csv(index=False).encode()
 
@@ -42,6 +46,24 @@ def _read(folder, known_columns=(), writable=True):
     loaded = [history.load(path, "label", _keep, known_columns=known_columns)
               for path in list_data_files(folder)]
     return history, loaded
+
+
+def _copies(folder) -> list[str]:
+    return sorted(os.listdir(folder / COPY_FOLDER))
+
+
+def _copy_of(folder, sha256: str) -> Path:
+    [copy] = (folder / COPY_FOLDER).glob(f"{sha256}-*.arrow")
+    return copy
+
+
+def _put_copy(folder, sha256: str, payload: bytes) -> Path:
+    """`payload` as the copy of the file with `sha256`, under the name its own CRC-32 gives
+    (what a copy changed by a bug rather than by the disk would look like)."""
+    _copy_of(folder, sha256).unlink()
+    copy = folder / COPY_FOLDER / f"{sha256}-{zlib.crc32(payload):08x}.arrow"
+    copy.write_bytes(payload)
+    return copy
 
 
 def _same_file(read_from_copy, read_from_csv) -> None:
@@ -105,8 +127,8 @@ def test_history_reads_from_copies_the_second_time_and_finds_the_same_rows(tmp_p
     second, from_copies = _read(folder)
 
     assert (first.from_csv, first.written, second.from_copy, second.from_csv) == (3, 3, 3, 0)
-    assert sorted(os.listdir(folder / COPY_FOLDER)) == sorted(
-        f"{loaded.sha256}.arrow" for loaded in from_csv)
+    assert [name.split("-")[0] for name in _copies(folder)] == sorted(
+        loaded.sha256 for loaded in from_csv)
     for copy, csv in zip(from_copies, from_csv, strict=True):
         _same_file(copy, csv)
 
@@ -132,69 +154,222 @@ def test_a_file_changed_in_place_is_read_from_its_csv_not_from_its_old_copy(tmp_
     fresh, [again] = _read(folder)
     assert fresh.from_copy == 1 and set(again.labels) <= {"WORN", "OK"}
     fresh.prune([path])
-    assert os.listdir(folder / COPY_FOLDER) == [f"{again.sha256}.arrow"]
+    assert _copies(folder) == [_copy_of(folder, again.sha256).name]
 
 
 def test_a_damaged_copy_is_read_from_the_csv_and_written_again(tmp_path, caplog):
     folder = tmp_path / "used_gts"
     [path] = _history(folder, {"h.csv": GOOD})
     _, [original] = _read(folder)
-    copy = folder / COPY_FOLDER / f"{original.sha256}.arrow"
-    copy.write_bytes(copy.read_bytes()[:100])
+    copy = _copy_of(folder, original.sha256)
+    intact = copy.read_bytes()
+    # Cut short, and one byte changed anywhere (a value, an offset into the text, the footer).
+    damaged = [intact[:100], *(intact[:at] + bytes([intact[at] ^ 0x10]) + intact[at + 1:]
+                              for at in range(0, len(intact), max(1, len(intact) // 40)))]
+    for content in damaged:
+        copy.write_bytes(content)
+        caplog.clear()
 
-    with caplog.at_level(logging.WARNING, logger="retraining.columnar"):
-        history, [loaded] = _read(folder)
+        with caplog.at_level(logging.WARNING, logger="retraining.columnar"):
+            history, [loaded] = _read(folder)
 
-    assert history.from_csv == 1 and history.written == 1
-    assert "the columnar copy of h.csv cannot be read" in caplog.text
-    _same_file(loaded, original)
-    assert _read(folder)[0].from_copy == 1
+        assert history.from_csv == 1 and history.written == 1
+        assert "the columnar copy of h.csv cannot be used" in caplog.text
+        assert "CRC-32" in caplog.text
+        _same_file(loaded, original)
+        assert copy.read_bytes() == intact and _read(folder)[0].from_copy == 1
+
+
+_BAD_OFFSETS = """
+import json, logging, sys, zlib
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+import pyarrow as pa
+from retraining.columnar import COPY_FOLDER, ColumnarHistory
+from retraining.datafiles import list_data_files
+logging.basicConfig(level=logging.WARNING)
+folder = Path(sys.argv[1])
+[copy] = (folder / COPY_FOLDER).glob("*.arrow")
+source = pa.ipc.open_file(copy.read_bytes())
+table = source.read_all()
+sink = pa.BufferOutputStream()
+with pa.ipc.new_file(sink, source.schema) as writer:
+    writer.write_table(table.combine_chunks())
+payload = sink.getvalue().to_pybytes()
+offsets = table.column("label").combine_chunks().buffers()[1].to_pybytes()
+# The label's offsets into its text, one far past the end (the last kept, so that a reader's
+# quick checks pass): pyarrow reads what they point at unless the table is validated.
+wild = offsets[:4] + (1 << 30).to_bytes(4, "little") + offsets[8:]
+assert payload.count(offsets) == 1
+payload = payload.replace(offsets, wild)
+copy.unlink()
+(copy.parent / f"{copy.name.split('-')[0]}-{zlib.crc32(payload):08x}.arrow").write_bytes(payload)
+history = ColumnarHistory(folder, writable=True)
+[loaded] = [history.load(path, "label", lambda frame, path: frame)
+            for path in list_data_files(folder)]
+print(json.dumps({"from_copy": history.from_copy, "labels": sorted(set(loaded.labels))}))
+"""
+
+
+def test_a_copy_with_wild_offsets_is_refused_not_a_crash(tmp_path):
+    folder = tmp_path / "used_gts"
+    _history(folder, {"h.csv": GOOD})
+    _, [original] = _read(folder)
+
+    done = subprocess.run([sys.executable, "-c", _BAD_OFFSETS, str(folder), str(PROJECT_DIR)],
+                          capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 0, done.stderr  # a segfault is -11
+    assert json.loads(done.stdout) == {"from_copy": 0,
+                                       "labels": sorted(set(original.labels))}
+    assert "the columnar copy of h.csv cannot be used" in done.stderr
+
+
+def test_prepare_file_may_change_the_frame_it_is_given_in_place(tmp_path):
+    folder = tmp_path / "used_gts"
+    [path] = _history(folder, {"h.csv": GOOD})
+
+    def clip_in_place(frame, path):
+        column = frame.columns[0]
+        frame.loc[frame[column] > frame[column].median(), column] = -1.0
+        frame.iloc[0, 0] = 0.0
+        return frame
+
+    from_csv = load_file(path, "label", clip_in_place)
+    history = ColumnarHistory(folder, writable=True)
+    first = history.load(path, "label", clip_in_place)
+    again = ColumnarHistory(folder, writable=True)
+    second = again.load(path, "label", clip_in_place)
+
+    assert (history.from_csv, again.from_copy) == (1, 1)
+    assert (from_csv.features.iloc[:, 0] == -1.0).any()
+    _same_file(first, from_csv)
+    _same_file(second, from_csv)
 
 
 def test_a_copy_made_by_another_pyarrow_or_of_other_bytes_is_not_used(tmp_path):
     folder = tmp_path / "used_gts"
-    [path] = _history(folder, {"h.csv": GOOD})
+    _history(folder, {"h.csv": GOOD})
     _, [original] = _read(folder)
-    copy = folder / COPY_FOLDER / f"{original.sha256}.arrow"
-    table = pa.ipc.open_file(copy.read_bytes()).read_all()
+    table = pa.ipc.open_file(_copy_of(folder, original.sha256).read_bytes()).read_all()
     wrong_rows = table.slice(0, 1)  # what a copy from other bytes would hold
     for metadata in ({**table.schema.metadata, b"columnar.pyarrow": b"0.0.1"},
                      {**table.schema.metadata, b"columnar.source_sha256": b"0" * 64}):
-        with pa.ipc.new_file(copy, wrong_rows.schema.with_metadata(metadata)) as writer:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_file(sink, wrong_rows.schema.with_metadata(metadata)) as writer:
             writer.write_table(wrong_rows.replace_schema_metadata(metadata))
+        _put_copy(folder, original.sha256, sink.getvalue().to_pybytes())
 
         history, [loaded] = _read(folder)
 
         assert history.from_copy == 0 and loaded.rows == original.rows
 
 
-def test_a_link_planted_at_the_copy_folder_is_refused_and_nothing_written_through_it(
-        tmp_path):
+@pytest.mark.parametrize("planted", ["link", "file", "open folder", "another's folder"])
+def test_a_copy_folder_that_is_not_ours_turns_the_copy_off_not_the_reading(tmp_path, caplog,
+                                                                            planted):
     folder, elsewhere = tmp_path / "used_gts", tmp_path / "elsewhere"
-    _history(folder, {"h.csv": GOOD})
+    [path] = _history(folder, {"h.csv": GOOD})
+    copies = folder / COPY_FOLDER
     elsewhere.mkdir()
-    (folder / COPY_FOLDER).symlink_to(elsewhere)
+    if planted == "link":
+        copies.symlink_to(elsewhere)
+    elif planted == "file":
+        copies.write_text("a person's notes")
+    else:
+        copies.mkdir()
+        if planted == "open folder":
+            copies.chmod(0o777)
+        else:
+            os.chown(copies, 65534, 65534)  # nobody's: the tests run as root, as cron may
 
-    for writable in (True, False):
-        with pytest.raises(NeedsAttention, match="is a symbolic link"):
-            ColumnarHistory(folder, writable=writable)
+    with caplog.at_level(logging.WARNING, logger="retraining.columnar"):
+        for writable in (True, False):
+            history, [loaded] = _read(folder, writable=writable)
+            assert history.from_csv == 1 and history.written == 0 and loaded.rows == 40
+            assert history.prune([path]) == 0
 
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 1 and "history's columnar copy is off" in warnings[0], warnings
     assert os.listdir(elsewhere) == []
+    if planted == "file":
+        assert copies.read_text() == "a person's notes"
+    elif planted != "link":
+        assert os.listdir(copies) == []
+
+
+def test_what_is_not_a_copy_of_ours_at_a_copy_name_is_not_read(tmp_path, caplog):
+    """A FIFO (which would hang an open without O_NONBLOCK), a folder, another user's file and
+    one that others may write: each is read from the CSV, with a warning, and nothing hangs."""
+    folder = tmp_path / "used_gts"
+    paths = _history(folder, {f"h{i}.csv": GOOD.replace(b",ok\n", f",ok{i}\n".encode())
+                              for i in range(4)})
+    _, originals = _read(folder)
+    names = [_copy_of(folder, original.sha256) for original in originals]
+    for name in names[:2]:
+        name.unlink()
+    os.mkfifo(names[0])
+    names[1].mkdir()
+    os.chown(names[2], 65534, 65534)
+    names[3].chmod(0o666)
+
+    with caplog.at_level(logging.WARNING, logger="retraining.columnar"):
+        history, loaded = _read(folder)
+
+    assert history.from_copy == 0 and history.from_csv == 4
+    for again, original in zip(loaded, originals, strict=True):
+        _same_file(again, original)
+    assert "not a plain file" in caplog.text and "owned by user id 65534" in caplog.text
+    assert "writable by other users" in caplog.text
+    assert "no columnar copy of h1.csv was made (Is a directory)" in caplog.text
+    # Copies of ours replaced the FIFO, the other's file and the open one; the folder stays.
+    history.prune(paths)
+    assert _read(folder)[0].from_copy == 3 and names[1].is_dir()
 
 
 def test_copies_of_files_gone_from_history_are_removed_and_nothing_else(tmp_path):
     folder = tmp_path / "used_gts"
     paths = _history(folder, {"a.csv": GOOD, "b.csv": GOOD.replace(b",ok\n", b",OK\n")})
     _read(folder)
-    (folder / COPY_FOLDER / "notes.txt").write_text("a person's own file")
-    (folder / COPY_FOLDER / f"{'e' * 64}.arrow.part").write_bytes(b"cut by a kill")
+    copies = folder / COPY_FOLDER
+    (copies / "notes.txt").write_text("a person's own file")
+    (copies / f"{'e' * 64}.arrow").write_bytes(b"a copy of the first format")
+    left = copies / f"{'e' * 64}-0badc0de.arrow.4242-0123abcd.part"
+    writing = copies / f"{'d' * 64}-0badc0de.arrow.4343-4567cdef.part"
+    left.write_bytes(b"cut by a kill, hours ago")
+    writing.write_bytes(b"being written by another process now")
+    two_hours_ago = time.time() - 7200
+    os.utime(left, (two_hours_ago, two_hours_ago))
     paths[1].unlink()  # quarantined, or removed by hand
 
     history, [kept] = _read(folder)
     removed = history.prune(list_data_files(folder))
 
-    assert removed == 2
-    assert sorted(os.listdir(folder / COPY_FOLDER)) == [f"{kept.sha256}.arrow", "notes.txt"]
+    assert removed == 3
+    assert _copies(folder) == sorted([_copy_of(folder, kept.sha256).name, "notes.txt",
+                                      writing.name])
+
+
+def test_only_the_cycle_removes_copies(tmp_path):
+    """register_first_model.py may read history while a cycle runs: it removes nothing."""
+    import argparse
+
+    from retraining.config import build_settings
+    from retraining.domain import load_domain
+    from retraining.screening import read_history
+
+    folder = tmp_path / "used_gts"
+    paths = _history(folder, {"a.csv": GOOD, "b.csv": GOOD.replace(b",ok\n", b",OK\n")})
+    _read(folder)
+    before = _copies(folder)
+    paths[1].unlink()
+    settings = build_settings(PROJECT_DIR, argparse.Namespace(used_dir=str(folder)), {})
+    domain = load_domain(settings.domain_file)
+
+    read_history(settings, domain, folder)
+    assert _copies(folder) == before
+    read_history(settings, domain, folder, prune_copies=True)
+    assert len(_copies(folder)) == 1
 
 
 _FULL_DISK = """
@@ -226,10 +401,10 @@ def test_a_full_disk_costs_the_copies_not_the_history(tmp_path):
     assert json.loads(done.stdout) == {"rows": [200, 200, 200], "from_csv": 3, "written": 0}
     warnings = [line for line in done.stderr.splitlines() if "could not be written" in line]
     assert len(warnings) == 1 and "File too large" in warnings[0], done.stderr
-    history, _ = _read(folder)  # with room again: written, and the partial one cleared
-    history.prune(list_data_files(folder))
-    assert sorted(os.listdir(folder / COPY_FOLDER)) == sorted(
-        f"{entry['sha256']}.arrow" for entry in history.entries.values())
+    assert _copies(folder) == []  # the partial copy that failed did not stay to fill the disk
+    history, _ = _read(folder)  # with room again: written
+    assert [name.split("-")[0] for name in _copies(folder)] == sorted(
+        entry["sha256"] for entry in history.entries.values())
 
 
 def test_a_retraining_reads_history_and_the_archived_batch_from_copies(production, capsys,
@@ -264,3 +439,67 @@ def test_no_columnar_history_and_a_dry_run_write_no_copy(production, capsys):
     code, summary = cycle(production, capsys, "--error-threshold", "0")
     assert code == 0 and summary["outcome"] in ("promoted", "rejected"), summary
     assert len(os.listdir(copies)) == 28
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A filesystem of 1 MB of its own (tmpfs), for data folders that fill up."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs",
+                           str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"a small filesystem cannot be mounted here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def _free(folder) -> int:
+    disk = os.statvfs(folder)
+    return disk.f_bavail * disk.f_frsize
+
+
+def test_copies_never_take_the_last_of_the_disk_nor_fail_the_cycle(small_disk, tmp_path, capsys,
+                                                                   caplog):
+    space = Workspace(root=small_disk, new_dir=small_disk / "new_gts",
+                      used_dir=small_disk / "used_gts", model_dir=tmp_path / "model",
+                      tracking_uri="sqlite:///" + str(tmp_path / "store" / "mlflow.db"))
+    for folder in (space.new_dir, space.used_dir, space.model_dir, space.database.parent):
+        folder.mkdir()
+    write_csvs(space.used_dir, "history", machine_files(8, drift=0.0, seed=1))
+    register_pickle(space, train_on_folder(space.used_dir), capsys)
+    write_csvs(space.new_dir, "drifted", machine_files(10, drift=1.0, seed=21))
+    data = {**snapshot(space.used_dir), **snapshot(space.new_dir)}
+    one_file = max(len(content) for content in data.values())
+    disk = os.statvfs(small_disk)
+    reserve = int(disk.f_blocks * disk.f_frsize * 0.05)
+    # Room for about three copies above the reserve the copies keep for everything else.
+    (small_disk / "filler").write_bytes(b"\0" * (_free(small_disk) - reserve - 4 * one_file))
+
+    with caplog.at_level(logging.WARNING, logger="retraining.columnar"):
+        code, summary = cycle(space, capsys, "--error-threshold", "0")
+
+    assert code == 0 and summary["outcome"] in ("promoted", "rejected"), summary
+    assert len(summary["archived_files"]) == 10
+    assert snapshot(space.used_dir) == {name: content for name, content in data.items()}
+    copies = _copies(space.used_dir)
+    assert 0 < len(copies) < 18 and all(name.endswith(".arrow") for name in copies), copies
+    warnings = [record.getMessage() for record in caplog.records
+                if "could not be written" in record.getMessage()]
+    assert len(warnings) == 1 and "copies keep" in warnings[0], caplog.text
+    assert _free(small_disk) >= reserve // 2  # what the ledger and the archive took of it
+
+
+def test_a_cycle_with_a_link_at_the_copy_folder_runs_and_writes_nothing_through_it(
+        production, capsys, caplog, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (production.used_dir / COPY_FOLDER).symlink_to(elsewhere)
+    write_csvs(production.new_dir, "drifted", machine_files(10, drift=1.0, seed=21))
+
+    with caplog.at_level(logging.WARNING, logger="retraining.columnar"):
+        code, summary = cycle(production, capsys, "--error-threshold", "0")
+
+    assert code == 0 and summary["outcome"] in ("promoted", "rejected"), summary
+    assert len(summary["archived_files"]) == 10 and os.listdir(elsewhere) == []
+    assert "history's columnar copy is off" in caplog.text and "a symbolic link" in caplog.text
