@@ -1,6 +1,7 @@
 """Benchmark: one retraining cycle on years of history (20 million rows in 4,000 files).
 
-    /path/to/python bench/years_of_history.py [--rows 20000000] [--work-dir DIR] [--threads 1]
+    /path/to/python bench/years_of_history.py --work-dir DIR [--rows 20000000] [--threads 1]
+                                              [--training-windows all]
 
 Generates seeded history as bench/history_read.py does (20 features, 5,000 rows a file) and
 40 new files of a drifted regime, registers a first model trained on 20 of the history
@@ -51,6 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", default="1",
                         help="OMP_NUM_THREADS for the cycle ('' leaves it unset)")
     parser.add_argument("--work-dir", type=Path, required=True)
+    parser.add_argument("--training-windows", default=None,
+                        help="passed to the cycle (default: the cycle's own default windows)")
     args = parser.parse_args(argv)
 
     from bench.history_read import generate
@@ -74,8 +77,9 @@ def main(argv=None) -> int:
     for night in ("first", "later"):
         if night == "later":  # the next night: another batch, history's copies in place
             generate_new(space.new_dir, seed=2)
+        windows = ("--training-windows", args.training_windows) if args.training_windows else ()
         result = measure([sys.executable, "pipeline_orchestrator.py", *space.flags(),
-                          "--error-threshold", "0", "--json"], env, timeout=7200)
+                          "--error-threshold", "0", "--json", *windows], env, timeout=7200)
         if result["exit"] != 0:
             raise SystemExit(f"the {night} night failed:\n{result['stderr_tail']}")
         summary = json.loads(result["stdout"])
@@ -89,8 +93,10 @@ def main(argv=None) -> int:
               f"{timings['history']:.1f} s ({csv_mb / timings['history']:,.0f} MB/s); "
               f"timings {timings}", flush=True)
     results = {"rows": args.rows, "csv_mb": csv_mb, "threads": args.threads or "unset",
+               "training_windows": args.training_windows or "default",
                "nights": nights, "machine": machine()}
     out = PROJECT_DIR / "bench" / "results" / f"years-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"written to {out}")
     return 0
