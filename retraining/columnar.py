@@ -14,14 +14,17 @@ bytes still have the CRC-32 in its name, and it says that it was parsed from tha
 sha256 by this version of pyarrow, whose type inference made the table. Otherwise the CSV is
 read, and the copy written again. Only a folder and files of this program's own user, which
 no one else can write, are trusted: anything else there makes the copy off, not the cycle.
+The folder is opened once and everything in it is done through that descriptor, so a folder
+swapped for a link while history is read is never followed. Copies are readable by their
+owner only (a copy must not show rows the CSV's permissions hide).
 A copy only saves time, so nothing about it ever fails a cycle: a copy that cannot be
 written (a full disk, a folder that is not ours) is one warning and a slower read, and no
-copy takes the last of the disk (a reserve stays free for the store and the archive).
+copy takes the last of the disk or of its inodes (a reserve stays free for the store and the
+archive).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -29,15 +32,15 @@ import re
 import secrets
 import stat
 import time
+import weakref
 import zlib
 from pathlib import Path
 from typing import Callable, Collection, Iterable
 
 from retraining.datafiles import (FileFacts, LoadedFile, load_file, loaded_from_table,
                                   parsed_csv, shown_name)
-from retraining.errors import DataError, NeedsAttention
+from retraining.errors import DataError, RetrainingError
 from retraining.ledger import read_ledger, stat_fields
-from retraining.statefiles import open_own_file
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +58,21 @@ _COPY_NAME = re.compile(r"^(?P<source>[0-9a-f]{64})-(?P<crc>[0-9a-f]{8})\.arrow$
 # processes never share one (register_first_model.py may read history beside a cycle).
 _PARTIAL_NAME = re.compile(r"^[0-9a-f]{64}-[0-9a-f]{8}\.arrow\.[0-9]+-[0-9a-f]{8}\.part$")
 _FORMAT_1_NAME = re.compile(r"^[0-9a-f]{64}\.arrow(\.part)?$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A partial copy older than this was left by a kill: writing one takes milliseconds.
 _ABANDONED_AFTER_S = 3600
-# Copies never leave the disk with less free than this (the smaller of the two): the store,
-# the ledger and the archive need the room more than a faster read does.
-_RESERVE_BYTES = 1 << 30
+# What copies leave free on their disk (copy_reserve): the store, its artifacts, the ledger
+# and the archive, often on the same disk, need the room more than a faster read does.
 _RESERVE_SHARE = 0.05
+_RESERVE_BYTES = (100_000_000, 1 << 30)  # 5% of the disk, within these bounds
+_RESERVE_INODES = (1_000, 10_000)
+# A copy holds at most a few times its CSV's bytes (an int64 for a one-digit cell, 4 bytes of
+# offsets for a one-letter string); anything far larger at a copy's name is not read at all.
+_LARGEST_COPY = (16, 1 << 20)  # times the CSV's size, plus
+
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# NONBLOCK: a FIFO at a name would otherwise hang the cycle on open.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 # Folders whose copies could not be written in this process: tried, and said, once.
 _unwritable: set[Path] = set()
@@ -77,17 +89,19 @@ class ColumnarHistory:
         self.used_dir = used_dir
         self.folder = used_dir / COPY_FOLDER
         self.writable = writable
-        # The newest entry of each name describes the file of that name now, if any does.
-        self.entries = {entry["name"]: entry for entry in read_ledger(used_dir)}
         self.from_copy = self.from_csv = self.written = 0
-        # Source sha256 -> names of its copies; None when the folder is not to be used.
-        self.copies: dict[str, list[str]] | None = self._list_copies()
+        self._descriptor: int | None = None
+        # Source sha256 -> names of its copies; None when the copy is off.
+        self.copies: dict[str, list[str]] | None = None
+        self.entries = self._ledger_entries()
+        if self.entries is not None:
+            self.copies = self._open_folder(create=False)
 
     def load(self, path: Path, label_column: str, prepare_file: Callable,
              known_columns: Collection[str] = ()) -> LoadedFile:
         """The file, as datafiles.load_file reads it; from its copy where one matches."""
         entry, status = self._entry(path)
-        table = self._read_copy(path, entry["sha256"]) if entry is not None else None
+        table = self._read_copy(path, entry) if entry is not None else None
         if table is not None:
             facts = FileFacts(path=path, sha256=entry["sha256"],
                               identity=(status.st_ino, status.st_size, status.st_mtime_ns),
@@ -111,6 +125,11 @@ class ColumnarHistory:
             self.write(parsed["sha256"], parsed["table"], shown_name(path))
         return loaded
 
+    def copied_table(self, path: Path):
+        """The table `path` parses to, read from its copy if one still matches; else None."""
+        entry, _ = self._entry(path)
+        return self._read_copy(path, entry) if entry is not None else None
+
     def write(self, sha256: str, table, shown: str) -> None:
         """Keep `table`, parsed from the file `shown` whose bytes hash to `sha256`, as its
         copy."""
@@ -128,11 +147,12 @@ class ColumnarHistory:
         payload = sink.getvalue()
         name = f"{sha256}-{zlib.crc32(payload):08x}.arrow"
         try:
-            self._make_folder()
+            if self._descriptor is None and self._open_folder(create=True) is None:
+                return
             self._keep_reserve(payload.size)
-            _write_new(self.folder / name, payload)
-        except (IsADirectoryError, NeedsAttention) as error:
-            # Something of another's at this one name (a folder, a link): this copy only.
+            self._write_new(name, payload)
+        except (IsADirectoryError, FileExistsError) as error:
+            # Something of another's at this one name (a folder): this copy only.
             log.warning("no columnar copy of %s was made (%s); it is read from its CSV",
                         shown, _why(error))
             return
@@ -146,123 +166,190 @@ class ColumnarHistory:
             return
         for other in self.copies.get(sha256, []):
             if other != name:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.folder / other)
+                self._remove(other)
         self.copies[sha256] = [name]
         self.written += 1
 
     def prune(self, history: Iterable[Path]) -> int:
         """Remove the copies of files no longer in history (quarantined, removed by hand),
         partial copies a kill left and copies of an earlier format; return how many. Only
-        names this module makes are touched. For the cycle, under its lock on history: a
-        partial copy is removed only once it is old enough to be a kill's."""
-        if not self.writable or self.copies is None or not os.path.lexists(self.folder):
+        names this module makes, and only plain files, are touched. For the cycle, under its
+        lock on history: a partial copy is removed only once it is old enough to be a
+        kill's."""
+        if not self.writable or self._descriptor is None:
             return 0
         keep = {self.entries[path.name]["sha256"] for path in history
                 if path.name in self.entries}
         removed = 0
         now = time.time()
-        for name in os.listdir(self.folder):
+        try:
+            names = os.listdir(self._descriptor)
+        except OSError as error:
+            self._say_once("prune", "copies of files no longer in history were not removed "
+                           "from %s (%s)", self.folder, _why(error))
+            return 0
+        for name in names:
             copy = _COPY_NAME.match(name)
-            with contextlib.suppress(FileNotFoundError):  # another process removed it
-                if copy is not None:
-                    stale = copy["source"] not in keep
-                elif _PARTIAL_NAME.match(name):
-                    stale = now - os.lstat(self.folder / name).st_mtime > _ABANDONED_AFTER_S
-                else:
-                    stale = _FORMAT_1_NAME.match(name) is not None
-                if stale:
-                    os.unlink(self.folder / name)
-                    removed += 1
+            if copy is not None:
+                stale = copy["source"] not in keep
+            elif _PARTIAL_NAME.match(name):
+                status = self._stat(name)
+                stale = status is not None and now - status.st_mtime > _ABANDONED_AFTER_S
+            else:
+                stale = _FORMAT_1_NAME.match(name) is not None
+            if stale and self._remove(name):
+                removed += 1
         return removed
-
-    def copied_table(self, path: Path):
-        """The table `path` parses to, read from its copy if one still matches; else None."""
-        entry, _ = self._entry(path)
-        return self._read_copy(path, entry["sha256"]) if entry is not None else None
 
     def summary(self) -> str:
         return (f"{self.from_copy:,} from the columnar copy, {self.from_csv:,} from CSV"
                 + (f", {self.written:,} copies written" if self.written else ""))
 
+    def _ledger_entries(self) -> dict[str, dict] | None:
+        """The newest entry of each name, which describes the file of that name now if any
+        does; entries a hand edit left unusable describe nothing. None: no ledger to go by."""
+        try:
+            entries = read_ledger(self.used_dir)
+        except (RetrainingError, OSError, UnicodeDecodeError) as error:
+            self._say_once("off", "history's columnar copy is off: the ledger cannot be read "
+                           "(%s); history is read from its CSV files", _why(error))
+            return None
+        return {entry["name"]: entry for entry in entries
+                if isinstance(entry, dict) and isinstance(entry.get("name"), str)
+                and isinstance(entry.get("sha256"), str) and _SHA256.match(entry["sha256"])
+                and isinstance(entry.get("content_sha256"), str) and entry["content_sha256"]
+                and isinstance(entry.get("size"), int)}
+
     def _entry(self, path: Path):
         """The ledger's entry for `path` when it still describes the file, and its stat."""
         status = os.stat(path)
-        entry = self.entries.get(path.name)
-        if entry is None or not entry.get("content_sha256") or any(
-                entry.get(key) != value for key, value in stat_fields(status).items()):
+        entry = (self.entries or {}).get(path.name)
+        if entry is None or any(entry.get(key) != value
+                                for key, value in stat_fields(status).items()):
             return None, status
         return entry, status
 
-    def _list_copies(self) -> dict[str, list[str]] | None:
-        if not os.path.lexists(self.folder):
-            return {}
+    def _open_folder(self, create: bool) -> dict[str, list[str]] | None:
+        """Open the folder (made if `create`) and list its copies; None turns the copy off."""
+        descriptor = None
         try:
-            problem = _untrusted(os.lstat(self.folder), "folder")
-            names = os.listdir(self.folder) if problem is None else []
+            if create:
+                try:
+                    os.mkdir(self.folder, 0o700)
+                except FileExistsError:
+                    pass
+            try:
+                descriptor = os.open(self.folder, _FOLDER_FLAGS)
+            except FileNotFoundError:
+                return {}
+            problem = _untrusted(os.fstat(descriptor), "folder")
+            names = os.listdir(descriptor) if problem is None else []
         except OSError as error:
             problem = _why(error)
+            if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                # Told apart after the fact, for the warning only: nothing was opened.
+                link = os.path.islink(self.folder)
+                problem = "a symbolic link" if link else "not a folder"
         if problem is not None:
+            if descriptor is not None:
+                os.close(descriptor)
             self._say_once("off", "history's columnar copy is off: %s is %s; history is read "
                            "from its CSV files (remove %s, and the next cycle makes the copy "
                            "again)", self.folder, problem, self.folder)
+            self.copies = None
             return None
+        self._descriptor = descriptor
+        weakref.finalize(self, os.close, descriptor)
         copies: dict[str, list[str]] = {}
         for name in names:
             match = _COPY_NAME.match(name)
             if match is not None:
                 copies.setdefault(match["source"], []).append(name)
+        self.copies = copies
         return copies
 
-    def _make_folder(self) -> None:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(self.folder, 0o755)
-        problem = _untrusted(os.lstat(self.folder), "folder")
-        if problem is not None:
-            raise _NotWritten(f"{self.folder} is {problem}")
-
     def _keep_reserve(self, size: int) -> None:
-        disk = os.statvfs(self.folder)
-        free = disk.f_bavail * disk.f_frsize
-        reserve = min(_RESERVE_BYTES, int(disk.f_blocks * disk.f_frsize * _RESERVE_SHARE))
-        if free - size < reserve:
-            raise _NotWritten(f"{free / 1e6:,.0f} MB free on its disk, and copies keep "
-                          f"{reserve / 1e6:,.0f} MB free")
+        disk = os.fstatvfs(self._descriptor)
+        free, inodes = copy_reserve(disk)
+        if disk.f_bavail * disk.f_frsize - size < free:
+            raise _NotWritten(f"{disk.f_bavail * disk.f_frsize / 1e6:,.1f} MB free on its "
+                              f"disk, and copies keep {free / 1e6:,.1f} MB free")
+        if disk.f_files and disk.f_favail - 1 < inodes:
+            raise _NotWritten(f"{disk.f_favail:,} inodes free on its disk, and copies keep "
+                              f"{inodes:,} free")
 
-    def _read_copy(self, path: Path, sha256: str):
-        for name in (self.copies or {}).get(sha256, ()):
-            table = self._read_one(path, name, sha256)
+    def _write_new(self, name: str, payload) -> None:
+        """Write `payload` as `name` through a partial file of this process's own, removed if
+        the write fails, so a failed copy never keeps the disk full."""
+        partial = f"{name}.{os.getpid()}-{secrets.token_hex(4)}.part"
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600, dir_fd=self._descriptor)
+        try:
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, name, src_dir_fd=self._descriptor,
+                       dst_dir_fd=self._descriptor)
+        except BaseException:
+            self._remove(partial)
+            raise
+
+    def _stat(self, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=self._descriptor, follow_symlinks=False)
+        except OSError:
+            return None
+
+    def _remove(self, name: str) -> bool:
+        """Remove one of the copies' own names; a failure is said once, never raised."""
+        try:
+            os.unlink(name, dir_fd=self._descriptor)
+        except (FileNotFoundError, IsADirectoryError):
+            # Gone already (another process), or a folder at the name: not ours to remove.
+            return False
+        except OSError as error:
+            self._say_once("remove", "a columnar copy in %s could not be removed (%s)",
+                           self.folder, _why(error))
+            return False
+        return True
+
+    def _read_copy(self, path: Path, entry: dict):
+        for name in (self.copies or {}).get(entry["sha256"], ()):
+            table = self._read_one(path, name, entry)
             if table is not None:
                 return table
         return None
 
-    def _read_one(self, path: Path, name: str, sha256: str):
+    def _read_one(self, path: Path, name: str, entry: dict):
         import pyarrow as pa
 
-        copy = self.folder / name
         try:
-            # NONBLOCK: a FIFO at the name would otherwise hang the cycle on open.
-            descriptor = os.open(copy, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
-                                 | os.O_CLOEXEC)
+            descriptor = os.open(name, _READ_FLAGS, dir_fd=self._descriptor)
         except FileNotFoundError:  # removed since the folder was listed
             return None
         except OSError as error:
-            return self._unusable(path, copy, "a symbolic link" if error.errno == errno.ELOOP
+            return self._unusable(path, name, "a symbolic link" if error.errno == errno.ELOOP
                                   else _why(error))
         try:
             with os.fdopen(descriptor, "rb") as handle:
-                problem = _untrusted(os.fstat(handle.fileno()), "file")
+                status = os.fstat(handle.fileno())
+                problem = _untrusted(status, "file")
+                times, plus = _LARGEST_COPY
+                if problem is None and status.st_size > times * entry["size"] + plus:
+                    problem = (f"{status.st_size:,} bytes, more than a copy of a file of "
+                               f"{entry['size']:,} bytes can be")
                 if problem is not None:
-                    return self._unusable(path, copy, problem)
+                    return self._unusable(path, name, problem)
                 os.set_blocking(handle.fileno(), True)
                 payload = handle.read()
             if f"{zlib.crc32(payload):08x}" != _COPY_NAME.match(name)["crc"]:
-                return self._unusable(path, copy, "changed on disk: its bytes no longer have "
+                return self._unusable(path, name, "changed on disk: its bytes no longer have "
                                                   "the CRC-32 in its name")
             reader = pa.ipc.open_file(pa.py_buffer(payload))
             metadata = reader.schema.metadata or {}
             if metadata.get(b"columnar.format") != _FORMAT \
-                    or metadata.get(b"columnar.source_sha256") != sha256.encode() \
+                    or metadata.get(b"columnar.source_sha256") != entry["sha256"].encode() \
                     or metadata.get(b"columnar.pyarrow") != pa.__version__.encode():
                 return None  # made by another version: written again, quietly
             table = reader.read_all()
@@ -270,17 +357,28 @@ class ColumnarHistory:
             # The table exactly as the CSV parses: without the copy's own metadata.
             return table.replace_schema_metadata(None)
         except (pa.ArrowException, OSError) as error:
-            return self._unusable(path, copy, _why(error))
+            return self._unusable(path, name, _why(error))
 
-    def _unusable(self, path: Path, copy: Path, problem: str) -> None:
+    def _unusable(self, path: Path, name: str, problem: str) -> None:
         log.warning("the columnar copy of %s cannot be used (%s: %s); read from its CSV and "
-                    "written again", shown_name(path), copy.name, problem)
+                    "written again", shown_name(path), name, problem)
         return None
 
     def _say_once(self, what: str, message: str, *args) -> None:
         if (self.folder, what) not in _said:
             _said.add((self.folder, what))
             log.warning(message, *args)
+
+
+def copy_reserve(disk: os.statvfs_result) -> tuple[int, int]:
+    """Bytes and inodes that copies leave free on a disk (statvfs): 5% of it, at least 100 MB
+    and 1,000 inodes, at most 1 GiB and 10,000 inodes. A disk with no fixed count of inodes
+    (f_files 0) is not held to one."""
+    def bounded(share: float, bounds: tuple[int, int]) -> int:
+        return min(bounds[1], max(bounds[0], int(share)))
+
+    return (bounded(disk.f_blocks * disk.f_frsize * _RESERVE_SHARE, _RESERVE_BYTES),
+            bounded(disk.f_files * _RESERVE_SHARE, _RESERVE_INODES))
 
 
 class _NotWritten(Exception):
@@ -302,27 +400,10 @@ def _untrusted(status: os.stat_result, kind: str) -> str | None:
     return None
 
 
-def _write_new(path: Path, payload) -> None:
-    """Write `payload` to `path` through a partial file of this process's own, removed if the
-    write fails, so a failed copy never keeps the disk full."""
-    partial = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.part")
-    descriptor = open_own_file(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(partial)
-        raise
-
-
 def _why(error: Exception) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
-    if isinstance(error, NeedsAttention):
+    if isinstance(error, RetrainingError):
         return error.cause
     return str(error)
 
@@ -331,7 +412,8 @@ def copy_archived(used_dir: Path, arrivals: Iterable[dict]) -> None:
     """Write the copies of files just archived (`arrivals`: their ledger entries).
 
     Each CSV is parsed again, a few files a night, so the copy is of the bytes that are in
-    history now. Called after the batch is archived: nothing here may fail the cycle.
+    history now. Called after the batch is archived: nothing here may fail the cycle, nor
+    wait on what someone put at a file's name since (a FIFO, a link to a device).
     """
     import hashlib
 
@@ -342,7 +424,15 @@ def copy_archived(used_dir: Path, arrivals: Iterable[dict]) -> None:
         if history.copies is None or history.folder in _unwritable:
             break
         try:
-            with open(used_dir / arrival["name"], "rb") as handle:
+            descriptor = os.open(used_dir / arrival["name"], _READ_FLAGS)
+            with os.fdopen(descriptor, "rb") as handle:
+                status = os.fstat(handle.fileno())
+                if not stat.S_ISREG(status.st_mode) or status.st_size != arrival["size"]:
+                    log.warning("no columnar copy of %s was made: it is not the file just "
+                                "archived; the next retraining reads it from its CSV",
+                                arrival["name"])
+                    continue
+                os.set_blocking(handle.fileno(), True)
                 payload = handle.read()
             # Bytes that changed after the cycle read them get no copy from here; the next
             # retraining reads that file from its CSV.

@@ -3,9 +3,11 @@ trusted once it is not, and never a reason for a cycle to fail."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retraining.columnar import COPY_FOLDER, ColumnarHistory
+from retraining.columnar import COPY_FOLDER, ColumnarHistory, copy_reserve
 from retraining.datafiles import list_data_files, load_file
 from retraining.errors import DataError
 from retraining.ledger import history_content
@@ -185,7 +187,7 @@ import json, logging, sys, zlib
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 import pyarrow as pa
-from retraining.columnar import COPY_FOLDER, ColumnarHistory
+from retraining.columnar import COPY_FOLDER, ColumnarHistory, copy_reserve
 from retraining.datafiles import list_data_files
 logging.basicConfig(level=logging.WARNING)
 folder = Path(sys.argv[1])
@@ -441,15 +443,20 @@ def test_no_columnar_history_and_a_dry_run_write_no_copy(production, capsys):
     assert len(os.listdir(copies)) == 28
 
 
+def mount_tmpfs(folder: Path, options: str) -> None:
+    """A filesystem of its own at `folder` (tmpfs with `options`), unmounted by the caller."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options},mode=0755", "tmpfs",
+                           str(folder)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"a filesystem of its own cannot be mounted here: {done.stderr.strip()}")
+
+
 @pytest.fixture
 def small_disk(tmp_path):
-    """A filesystem of 1 MB of its own (tmpfs), for data folders that fill up."""
+    """150 MB of their own, for data folders that fill up."""
     mount = tmp_path / "small_disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0755", "tmpfs",
-                           str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"a small filesystem cannot be mounted here: {done.stderr.strip()}")
+    mount_tmpfs(mount, "size=150m,nr_inodes=1200")
     yield mount
     subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
@@ -459,35 +466,191 @@ def _free(folder) -> int:
     return disk.f_bavail * disk.f_frsize
 
 
-def test_copies_never_take_the_last_of_the_disk_nor_fail_the_cycle(small_disk, tmp_path, capsys,
-                                                                   caplog):
-    space = Workspace(root=small_disk, new_dir=small_disk / "new_gts",
-                      used_dir=small_disk / "used_gts", model_dir=tmp_path / "model",
+def _cycle_on(disk: Path, tmp_path: Path, capsys) -> tuple[Workspace, dict]:
+    """Data folders on `disk`, the store beside: history of 8 files, production trained on
+    it, 10 new files; returns the workspace and every data file's bytes."""
+    space = Workspace(root=disk, new_dir=disk / "new_gts", used_dir=disk / "used_gts",
+                      model_dir=tmp_path / "model",
                       tracking_uri="sqlite:///" + str(tmp_path / "store" / "mlflow.db"))
     for folder in (space.new_dir, space.used_dir, space.model_dir, space.database.parent):
         folder.mkdir()
     write_csvs(space.used_dir, "history", machine_files(8, drift=0.0, seed=1))
     register_pickle(space, train_on_folder(space.used_dir), capsys)
     write_csvs(space.new_dir, "drifted", machine_files(10, drift=1.0, seed=21))
-    data = {**snapshot(space.used_dir), **snapshot(space.new_dir)}
+    return space, {**snapshot(space.used_dir), **snapshot(space.new_dir)}
+
+
+def _fully_archived(space: Workspace, data: dict, code: int, summary: dict) -> None:
+    assert code == 0 and summary["outcome"] in ("promoted", "rejected"), summary
+    assert len(summary["archived_files"]) == 10
+    assert snapshot(space.used_dir) == data
+
+
+@pytest.mark.parametrize("short_of", ["bytes", "inodes"])
+def test_copies_never_take_the_last_of_the_disk_nor_fail_the_cycle(small_disk, tmp_path, capsys,
+                                                                   caplog, short_of):
+    space, data = _cycle_on(small_disk, tmp_path, capsys)
     one_file = max(len(content) for content in data.values())
-    disk = os.statvfs(small_disk)
-    reserve = int(disk.f_blocks * disk.f_frsize * 0.05)
-    # Room for about three copies above the reserve the copies keep for everything else.
-    (small_disk / "filler").write_bytes(b"\0" * (_free(small_disk) - reserve - 4 * one_file))
+    reserve_bytes, reserve_inodes = copy_reserve(os.statvfs(small_disk))
+    # Room for about three copies above the reserve copies keep for everything else.
+    if short_of == "bytes":
+        (small_disk / "filler").write_bytes(
+            b"\0" * (_free(small_disk) - reserve_bytes - 4 * one_file))
+    else:
+        fillers = small_disk / "fillers"
+        fillers.mkdir()
+        # The locks, the ledger and the copies' folder take four of them first.
+        for index in range(os.statvfs(small_disk).f_favail - reserve_inodes - 8):
+            (fillers / str(index)).touch()
 
     with caplog.at_level(logging.WARNING, logger="retraining.columnar"):
         code, summary = cycle(space, capsys, "--error-threshold", "0")
 
-    assert code == 0 and summary["outcome"] in ("promoted", "rejected"), summary
-    assert len(summary["archived_files"]) == 10
-    assert snapshot(space.used_dir) == {name: content for name, content in data.items()}
+    _fully_archived(space, data, code, summary)
     copies = _copies(space.used_dir)
     assert 0 < len(copies) < 18 and all(name.endswith(".arrow") for name in copies), copies
     warnings = [record.getMessage() for record in caplog.records
                 if "could not be written" in record.getMessage()]
-    assert len(warnings) == 1 and "copies keep" in warnings[0], caplog.text
-    assert _free(small_disk) >= reserve // 2  # what the ledger and the archive took of it
+    said = {"bytes": "MB free on its disk", "inodes": "inodes free on its disk"}[short_of]
+    assert len(warnings) == 1 and said in warnings[0], caplog.text
+    left = os.statvfs(small_disk)
+    # What the ledger and the archive took of the reserve, no more.
+    assert _free(small_disk) >= reserve_bytes - 1_000_000
+    assert left.f_favail >= reserve_inodes - 10
+
+
+@pytest.fixture
+def read_only_copies(production):
+    """history's copies made, then their folder made read-only (a disk remounted ro)."""
+    write_csvs(production.new_dir, "drifted", machine_files(10, drift=1.0, seed=21))
+    copies = production.used_dir / COPY_FOLDER
+    copies.mkdir()
+    done = subprocess.run(["mount", "--bind", str(copies), str(copies)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"a folder cannot be bind-mounted here: {done.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(copies)], check=True)
+        yield production
+    finally:
+        subprocess.run(["umount", "--lazy", str(copies)], check=True)
+
+
+def test_a_read_only_copy_folder_costs_the_copies_not_the_cycle(read_only_copies, capsys,
+                                                                caplog):
+    with caplog.at_level(logging.WARNING, logger="retraining.columnar"):
+        code, summary = cycle(read_only_copies, capsys, "--error-threshold", "0")
+
+    assert code == 0 and len(summary["archived_files"]) == 10, summary
+    assert "Read-only file system" in caplog.text
+
+
+def test_folders_at_copy_names_cost_those_copies_not_the_cycle(production, capsys, caplog):
+    copies = production.used_dir / COPY_FOLDER
+    history_000 = hashlib.sha256((production.used_dir / "history_000.csv").read_bytes())
+    stray = [copies / f"{'0' * 64}-00000000.arrow",  # of no file in history: pruned
+             copies / f"{history_000.hexdigest()}-deadbeef.arrow"]  # replaced when written
+    for folder in stray:
+        folder.mkdir(parents=True)
+    write_csvs(production.new_dir, "drifted", machine_files(10, drift=1.0, seed=21))
+
+    code, summary = cycle(production, capsys, "--error-threshold", "0")
+
+    assert code == 0 and len(summary["archived_files"]) == 10, summary
+    assert all(folder.is_dir() for folder in stray)
+    assert len(_copies(production.used_dir)) == 18 + len(stray)
+
+
+def test_a_copy_folder_swapped_for_a_link_while_history_is_read_is_not_followed(tmp_path):
+    folder, other = tmp_path / "used_gts", tmp_path / "other_project" / "used_gts"
+    other.parent.mkdir()
+    _history(other, {"theirs.csv": GOOD})
+    _read(other)
+    theirs = _copies(other)
+    paths = _history(folder, {"a.csv": GOOD.replace(b",ok\n", b",OK\n")})
+    _read(folder)
+    history = ColumnarHistory(folder, writable=True)
+
+    # A co-user with write access to used_gts/ swaps the folder for a link to another's.
+    (folder / COPY_FOLDER).rename(folder / ".columnar.moved")
+    (folder / COPY_FOLDER).symlink_to(other / COPY_FOLDER)
+    [loaded] = [history.load(path, "label", _keep) for path in paths]
+    history.prune([])  # as if every file had left history
+
+    assert _copies(other) == theirs and loaded.rows == 40
+    assert history.from_copy == 1  # from the folder it opened, wherever it is now
+
+
+_SWAPPED_FOR = """
+import json, logging, os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from retraining.columnar import copy_archived
+from retraining.ledger import read_ledger
+logging.basicConfig(level=logging.WARNING)
+folder = Path(sys.argv[1])
+arrivals = read_ledger(folder)
+for entry in arrivals:  # what a co-user put at the names just archived
+    path = folder / entry["name"]
+    path.unlink()
+    if entry["name"] == "fifo.csv":
+        os.mkfifo(path)
+    else:
+        path.symlink_to("/dev/zero")
+copy_archived(folder, arrivals)
+print(json.dumps(sorted(os.listdir(folder / ".columnar"))))
+"""
+
+
+def test_what_replaces_an_archived_file_is_not_copied_nor_waited_on(tmp_path):
+    folder = tmp_path / "used_gts"
+    _history(folder, {"fifo.csv": GOOD, "device.csv": GOOD.replace(b",ok\n", b",OK\n")})
+    (folder / COPY_FOLDER).mkdir()
+
+    done = subprocess.run([sys.executable, "-c", _SWAPPED_FOR, str(folder), str(PROJECT_DIR)],
+                          capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == []
+    assert done.stderr.count("no columnar copy of") == 2, done.stderr
+
+
+def test_copies_are_for_their_owner_alone(tmp_path):
+    folder = tmp_path / "used_gts"
+    [path] = _history(folder, {"h.csv": GOOD})
+    path.chmod(0o600)  # rows not everyone may read
+    history_content(folder, [path], record_unknown=True)
+
+    _read(folder)
+
+    assert stat.S_IMODE((folder / COPY_FOLDER).stat().st_mode) == 0o700
+    assert [stat.S_IMODE((folder / COPY_FOLDER / name).stat().st_mode)
+            for name in _copies(folder)] == [0o600]
+
+
+def test_a_ledger_that_cannot_be_trusted_turns_the_copy_off_not_the_reading(tmp_path, caplog):
+    from retraining.ledger import LEDGER_NAME
+
+    folder = tmp_path / "used_gts"
+    paths = _history(folder, {"a.csv": GOOD, "b.csv": GOOD.replace(b",ok\n", b",OK\n")})
+    ledger = folder / LEDGER_NAME
+    good = ledger.read_text()
+    # Hand edits: not an object, no name, a sha256 that is not one, a byte not UTF-8.
+    ledger.write_bytes(good.encode() + b'[]\n{"sha256": "x"}\n'
+                       + b'{"name": "b.csv", "sha256": ["a"], "size": 1}\n')
+    history, loaded = _read(folder)
+    assert history.from_csv == 2 and [f.rows for f in loaded] == [40, 40]
+    # What a hand edit made unusable is passed over: b.csv's earlier entry still describes it.
+    assert _read(folder)[0].from_copy == 2
+
+    ledger.write_bytes(good.encode() + b'{"name": "\xe9"}\n')
+    os.link(ledger, tmp_path / "backup.jsonl")  # cp -al of the folder, say
+    with caplog.at_level(logging.WARNING, logger="retraining.columnar"):
+        history, loaded = _read(folder)
+
+    assert history.copies is None and history.from_csv == 2
+    assert "history's columnar copy is off: the ledger cannot be read" in caplog.text
+    assert [f.rows for f in loaded] == [40, 40] and history.prune(paths) == 0
 
 
 def test_a_cycle_with_a_link_at_the_copy_folder_runs_and_writes_nothing_through_it(
