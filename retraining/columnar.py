@@ -355,7 +355,7 @@ class ColumnarHistory:
             table = reader.read_all()
             table.validate(full=True)  # what pyarrow would otherwise trust, and crash on
             # The table exactly as the CSV parses: without the copy's own metadata.
-            return table.replace_schema_metadata(None)
+            return _text_copied(table.replace_schema_metadata(None))
         except (pa.ArrowException, OSError) as error:
             return self._unusable(path, name, _why(error))
 
@@ -383,6 +383,24 @@ def copy_reserve(disk: os.statvfs_result) -> tuple[int, int]:
 
 class _NotWritten(Exception):
     """A copy is not written: why, in words."""
+
+
+def _text_copied(table):
+    """`table` with its text columns in buffers of their own.
+
+    Read from a copy, every column is a slice of the one buffer holding the file's bytes,
+    and pandas keeps text columns as Arrow arrays without copying them: a file's labels (or
+    any text feature) would keep all of its bytes alive, twice the memory of the CSV read on
+    years of history (7.9 GB against 4.6 at 20M rows).
+    """
+    import pyarrow as pa
+
+    for index, column in enumerate(table.columns):
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            owned = pa.chunked_array([pa.concat_arrays(column.chunks)] if column.num_chunks
+                                     else [], type=column.type)
+            table = table.set_column(index, table.schema.field(index), owned)
+    return table
 
 
 def _untrusted(status: os.stat_result, kind: str) -> str | None:

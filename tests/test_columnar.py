@@ -666,3 +666,23 @@ def test_a_cycle_with_a_link_at_the_copy_folder_runs_and_writes_nothing_through_
     assert code == 0 and summary["outcome"] in ("promoted", "rejected"), summary
     assert len(summary["archived_files"]) == 10 and os.listdir(elsewhere) == []
     assert "history's columnar copy is off" in caplog.text and "a symbolic link" in caplog.text
+
+
+def test_a_file_read_from_its_copy_keeps_none_of_the_copys_bytes_alive(tmp_path):
+    # Every column of a copy is a slice of one buffer of the file's bytes; pandas keeps text
+    # as Arrow arrays without copying, so a file's labels would keep all of them alive: on
+    # 20M rows of history, 7.9 GB where the CSVs' read took 4.6.
+    folder = tmp_path / "used_gts"
+    frame = machine_files(1, drift=0.0, seed=7, rows=400)[0]
+    frame["site"] = ["north", "south"] * 200  # a text feature as well
+    _history(folder, {"h.csv": frame.to_csv(index=False).encode()})
+    _read(folder)
+
+    history, [loaded] = _read(folder)
+
+    assert history.from_copy == 1
+    for series in (loaded.labels, loaded.features["site"]):
+        arrow = pa.array(series.array)
+        chunks = arrow.chunks if isinstance(arrow, pa.ChunkedArray) else [arrow]
+        assert all(buffer is None or buffer.parent is None
+                   for chunk in chunks for buffer in chunk.buffers()), series.name
