@@ -208,6 +208,7 @@ def main(argv=None) -> int:
     results = {"rows": args.rows, "files": len(paths), "csv_mb": csv_mb, "copy_mb": copy_mb,
                "sequential_read_mb_per_s": disk, "table": table, "machine": machine()}
     out = PROJECT_DIR / "bench" / "results" / f"history-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"written to {out}")
     return 0
