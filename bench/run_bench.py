@@ -156,6 +156,7 @@ class Workspace:
 
 def prepare_workspace(root: Path, history: Path, new: Path, env: dict) -> tuple[Workspace, Path]:
     """History and new files in place, a first model registered as production version 1."""
+    from retraining.columnar import ColumnarHistory
     from retraining.datafiles import concat_files, list_data_files, load_files
     from retraining.ledger import history_content
     from train_classification_model import train_model
@@ -175,9 +176,13 @@ def prepare_workspace(root: Path, history: Path, new: Path, env: dict) -> tuple[
                           "--tracking-uri", space.tracking_uri, "--json"], env)
     if registered["exit"] != 0:
         raise SystemExit("registering the first model failed:\n" + registered["stderr_tail"])
-    # Steady state: history is in the ledger, as after any archived cycle (the first cycle
-    # on hand-placed history hashes it once; that is a one-off, not a nightly cost).
+    # Steady state: history is in the ledger and has its columnar copy, as after any archived
+    # cycle (the first cycle on hand-placed history hashes it and writes its copy once; that
+    # is a one-off, not a nightly cost).
     history_content(space.used_dir, list_data_files(space.used_dir), record_unknown=True)
+    copies = ColumnarHistory(space.used_dir, writable=True)
+    for path in list_data_files(space.used_dir):
+        copies.load(path, "label", lambda frame, path: frame)
     for path in sorted(new.iterdir()):
         shutil.copy(path, space.new_dir / path.name)
     space.save()
