@@ -36,6 +36,8 @@ BATCH_PREDICTIONS_RUN = "BatchPredictions"
 
 # Passed explicitly because inferring requirements costs seconds per logged model.
 _MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skops")
+# Versions read at a time, newest first: the earlier-version candidates are among the first.
+_VERSIONS_PAGE = 20
 
 
 def model_requirements() -> list[str]:
@@ -360,12 +362,19 @@ class Registry:
             f"tags.model_name = '{_quoted(self.model_name)}' and "
             f"tags.alias = '{_quoted(self._settings.alias)}'", max_results=50000)
 
-    def versions_newest_first(self) -> list[tuple[str, dict]]:
-        """(version, tags) of every registered version of the model, newest first."""
-        versions = self._store_call("list the model's versions", self.client.search_model_versions,
-                                    f"name='{_quoted(self.model_name)}'")
-        return sorted(((str(v.version), dict(v.tags)) for v in versions),
-                      key=lambda item: -int(item[0]))
+    def versions_newest_first(self) -> Iterator[tuple[str, dict]]:
+        """(version, tags) of the model's registered versions, newest first, a page at a time:
+        a cycle wants the newest few, and years of versions must not slow every night."""
+        token = None
+        while True:
+            page = self._store_call(
+                "list the model's versions", self.client.search_model_versions,
+                f"name='{_quoted(self.model_name)}'", max_results=_VERSIONS_PAGE,
+                order_by=["version_number DESC"], page_token=token)
+            yield from ((str(v.version), dict(v.tags)) for v in page)
+            token = page.token
+            if not token:
+                return
 
     def turned_away_from(self, version: str) -> str | None:
         """How the alias was moved away from `version` by a person or by probation, if it

@@ -57,6 +57,24 @@ def test_a_returning_concept_gets_its_old_version_back(new_concept_in_production
     assert status["production"]["moved_by"] == "promoted"
 
 
+def test_an_earlier_version_behind_pages_of_newer_ones_is_still_found(
+        new_concept_in_production, capsys):
+    # Versions are read a page at a time, newest first: 25 never-judged versions (registered
+    # by hand, say) sit between production and version 1.
+    workspace = new_concept_in_production
+    client = workspace.client()
+    production = client.get_model_version("classifier", "2")
+    for _ in range(25):
+        client.create_model_version("classifier", production.source, run_id=production.run_id)
+    write_csvs(workspace.new_dir, "old_again", machine_files(10, drift=0.0, seed=53))
+
+    code, summary = cycle(workspace, capsys, *ALL)
+
+    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+    assert [earlier["version"] for earlier in summary["earlier_versions"]] == ["1"]
+    assert workspace.alias_version() == "1"
+
+
 def test_an_earlier_version_promoted_by_a_killed_cycle_keeps_its_new_baseline(
         new_concept_in_production, capsys):
     """Killed the instant the alias moved back to version 1, the next run completes the
