@@ -149,9 +149,16 @@ class Workspace:
         copy_folder(self.root, self.snapshot)
 
     def restore(self) -> None:
+        from retraining.datafiles import list_data_files
+        from retraining.ledger import history_content
+
         # Same absolute path every time: the store records its artifact folder by path.
         shutil.rmtree(self.root, ignore_errors=True)
         copy_folder(self.snapshot, self.root)
+        # Copied files have new inodes and change times, so the ledger no longer describes
+        # them and the cycle would hash all of history again: entered anew here, unmeasured,
+        # as the files of a folder nobody copied are described every night.
+        history_content(self.used_dir, list_data_files(self.used_dir), record_unknown=True)
 
 
 def prepare_workspace(root: Path, history: Path, new: Path, env: dict) -> tuple[Workspace, Path]:
