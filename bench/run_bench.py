@@ -161,8 +161,10 @@ class Workspace:
         history_content(self.used_dir, list_data_files(self.used_dir), record_unknown=True)
 
 
-def prepare_workspace(root: Path, history: Path, new: Path, env: dict) -> tuple[Workspace, Path]:
-    """History and new files in place, a first model registered as production version 1."""
+def prepare_workspace(root: Path, history: Path, new: Path, env: dict,
+                      copies: bool = True) -> tuple[Workspace, Path]:
+    """History and new files in place, a first model registered as production version 1;
+    history in the ledger and, with `copies`, in its columnar copy."""
     from retraining.columnar import ColumnarHistory
     from retraining.datafiles import concat_files, list_data_files, load_files
     from retraining.ledger import history_content
@@ -187,9 +189,10 @@ def prepare_workspace(root: Path, history: Path, new: Path, env: dict) -> tuple[
     # cycle (the first cycle on hand-placed history hashes it and writes its copy once; that
     # is a one-off, not a nightly cost).
     history_content(space.used_dir, list_data_files(space.used_dir), record_unknown=True)
-    copies = ColumnarHistory(space.used_dir, writable=True)
-    for path in list_data_files(space.used_dir):
-        copies.load(path, "label", lambda frame, path: frame)
+    if copies:
+        columnar = ColumnarHistory(space.used_dir, writable=True)
+        for path in list_data_files(space.used_dir):
+            columnar.load(path, "label", lambda frame, path: frame)
     for path in sorted(new.iterdir()):
         shutil.copy(path, space.new_dir / path.name)
     space.save()

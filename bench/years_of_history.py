@@ -71,7 +71,8 @@ def main(argv=None) -> int:
     root = args.work_dir / "workspace"
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(root.parent / (root.name + ".snapshot"), ignore_errors=True)
-    space, _ = prepare_workspace(root, data / "history", data / "new", env)
+    # No copies yet: the first night is the first after an upgrade to the columnar copy.
+    space, _ = prepare_workspace(root, data / "history", data / "new", env, copies=False)
 
     nights = {}
     for night in ("first", "later"):
