@@ -95,7 +95,7 @@ class ColumnarHistory:
         self.copies: dict[str, list[str]] | None = None
         self.entries = self._ledger_entries()
         if self.entries is not None:
-            self.copies = self._open_folder(create=False)
+            self._open_folder(create=False)
 
     def load(self, path: Path, label_column: str, prepare_file: Callable,
              known_columns: Collection[str] = ()) -> LoadedFile:
@@ -230,7 +230,8 @@ class ColumnarHistory:
         return entry, status
 
     def _open_folder(self, create: bool) -> dict[str, list[str]] | None:
-        """Open the folder (made if `create`) and list its copies; None turns the copy off."""
+        """Open the folder (made if `create`) and list its copies into `copies`, which it also
+        returns; None turns the copy off."""
         descriptor = None
         try:
             if create:
@@ -240,8 +241,9 @@ class ColumnarHistory:
                     pass
             try:
                 descriptor = os.open(self.folder, _FOLDER_FLAGS)
-            except FileNotFoundError:
-                return {}
+            except FileNotFoundError:  # made by the first copy written
+                self.copies = {}
+                return self.copies
             problem = _untrusted(os.fstat(descriptor), "folder")
             names = os.listdir(descriptor) if problem is None else []
         except OSError as error:
