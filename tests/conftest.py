@@ -61,14 +61,21 @@ class Workspace:
         return str(self.client().get_model_version_by_alias("classifier", alias).version)
 
 
-@pytest.fixture
-def workspace(tmp_path) -> Workspace:
-    space = Workspace(root=tmp_path, new_dir=tmp_path / "new_gts", used_dir=tmp_path / "used_gts",
-                      model_dir=tmp_path / "model",
-                      tracking_uri="sqlite:///" + str(tmp_path / "store" / "mlflow.db"))
+def new_workspace(root: Path, store_root: Path | None = None) -> Workspace:
+    """The data folders under `root`, made; the model folder and the store under
+    `store_root` (`root` unless given: a test may put the data on a filesystem of its own)."""
+    store_root = store_root or root
+    space = Workspace(root=root, new_dir=root / "new_gts", used_dir=root / "used_gts",
+                      model_dir=store_root / "model",
+                      tracking_uri="sqlite:///" + str(store_root / "store" / "mlflow.db"))
     for folder in (space.new_dir, space.used_dir, space.model_dir, space.database.parent):
         folder.mkdir()
     return space
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Workspace:
+    return new_workspace(tmp_path)
 
 
 def write_csvs(folder: Path, prefix: str, frames) -> list[Path]:

@@ -24,8 +24,8 @@ from retraining.columnar import COPY_FOLDER, ColumnarHistory, copy_reserve
 from retraining.datafiles import list_data_files, load_file
 from retraining.errors import DataError
 from retraining.ledger import history_content
-from tests.conftest import (PROJECT_DIR, Workspace, cycle, machine_files, register_pickle,
-                            snapshot, train_on_folder, write_csvs)
+from tests.conftest import (PROJECT_DIR, Workspace, cycle, machine_files, new_workspace,
+                            register_pickle, snapshot, train_on_folder, write_csvs)
 
 GOOD = machine_files(1, drift=0.0, seed=7, rows=40)[0].to_csv(index=False).encode()
 
@@ -476,11 +476,7 @@ def _free(folder) -> int:
 def _cycle_on(disk: Path, tmp_path: Path, capsys) -> tuple[Workspace, dict]:
     """Data folders on `disk`, the store beside: history of 8 files, production trained on
     it, 10 new files; returns the workspace and every data file's bytes."""
-    space = Workspace(root=disk, new_dir=disk / "new_gts", used_dir=disk / "used_gts",
-                      model_dir=tmp_path / "model",
-                      tracking_uri="sqlite:///" + str(tmp_path / "store" / "mlflow.db"))
-    for folder in (space.new_dir, space.used_dir, space.model_dir, space.database.parent):
-        folder.mkdir()
+    space = new_workspace(disk, store_root=tmp_path)
     write_csvs(space.used_dir, "history", machine_files(8, drift=0.0, seed=1))
     register_pickle(space, train_on_folder(space.used_dir), capsys)
     write_csvs(space.new_dir, "drifted", machine_files(10, drift=1.0, seed=21))

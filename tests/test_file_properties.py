@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import pipeline_orchestrator
 import register_first_model
-from tests.conftest import Workspace, machine_files, train_on_folder, write_csvs
+from tests.conftest import machine_files, new_workspace, train_on_folder, write_csvs
 
 GOOD_FILES = [frame.to_csv(index=False).encode() for frame in
               machine_files(6, drift=0.0, seed=111, rows=60)]
@@ -33,11 +33,7 @@ COLUMNS = ["temperature", "vibration", "operating_hours", "pressure", "machine_t
 def template(tmp_path_factory):
     """History and production version 1, made once; each example copies the folders."""
     root = tmp_path_factory.mktemp("template")
-    space = Workspace(root=root, new_dir=root / "new_gts", used_dir=root / "used_gts",
-                      model_dir=root / "model",
-                      tracking_uri="sqlite:///" + str(root / "store" / "mlflow.db"))
-    for folder in (space.new_dir, space.used_dir, space.model_dir, space.database.parent):
-        folder.mkdir()
+    space = new_workspace(root)
     write_csvs(space.used_dir, "history", machine_files(4, drift=0.0, seed=112, rows=200))
     model_file = space.model_dir / "initial.pkl"
     model_file.write_bytes(pickle.dumps(train_on_folder(space.used_dir)))

@@ -24,8 +24,8 @@ import register_first_model
 import registry_tool
 from retraining import operations
 from retraining.config import build_settings
-from tests.conftest import (Workspace, cycle, machine_files, register_pickle, train_on_folder,
-                            wait_until_answering, write_csvs)
+from tests.conftest import (Workspace, cycle, machine_files, new_workspace, register_pickle,
+                            train_on_folder, wait_until_answering, write_csvs)
 
 
 def tool(argv, capsys=None) -> tuple[int, str]:
@@ -60,11 +60,7 @@ def promoted(tmp_path_factory) -> Workspace:
     Shared by the tests that only read it; the ones that move the alias build their own.
     """
     root = tmp_path_factory.mktemp("promoted")
-    space = Workspace(root=root, new_dir=root / "new_gts", used_dir=root / "used_gts",
-                      model_dir=root / "model",
-                      tracking_uri="sqlite:///" + str(root / "store" / "mlflow.db"))
-    for folder in (space.new_dir, space.used_dir, space.model_dir, space.database.parent):
-        folder.mkdir()
+    space = new_workspace(root)
     write_csvs(space.used_dir, "history", machine_files(8, drift=0.0, seed=1))
     model_file = space.model_dir / "initial.pkl"
     model_file.write_bytes(pickle.dumps(train_on_folder(space.used_dir)))
