@@ -28,14 +28,13 @@ CHANGED_BY = "register_first_model.py --force"
 
 def register_first_model(settings: Settings, model_file: Path | None,
                          allow_version_mismatch: bool = False) -> dict[str, Any]:
-    from retraining.datafiles import (batch_key, concat_files, label_kind, labels_read_kind,
-                                      list_data_files)
+    from retraining.datafiles import batch_key, label_kind, labels_read_kind, list_data_files
     from retraining.domain import load_domain
     from retraining.evaluation import error_on
     from retraining.lineage import describe, lineage_tags
     from retraining.modelfile import (check_version, checked_predictions, find_model_file,
                                       load_model_file)
-    from retraining.registry import REGISTRATION_RUN, Registry
+    from retraining.registry import REGISTRATION_RUN, Registry, signature_sample
     from retraining.screening import read_history
     from retraining.threads import fit_to_machine
 
@@ -66,7 +65,8 @@ def register_first_model(settings: Settings, model_file: Path | None,
     fit_to_machine(settings.threads)  # scikit-learn is loaded with the model
     predictions = checked_predictions(saved, history, columns)
     error = error_on(domain, history, predictions)
-    features, labels = concat_files(history, columns)
+    # Never all of the history stacked: on 20M rows that alone doubled what was read.
+    sample = signature_sample(loaded.features[columns] for loaded in history)
 
     # The alias tag tells the alias history (registry_tool.py) whether this run set it;
     # replacing a production version (--force) is a move by hand, recorded as one below.
@@ -78,14 +78,15 @@ def register_first_model(settings: Settings, model_file: Path | None,
                     "error_metric": domain.error_metric_name, "history_files": len(history),
                     "saved_with_other_sklearn": saved.version_note or None},
             metrics={"history_error": error, domain.error_metric_name: error,
-                     "history_rows": len(features)})
-        version = registry.log_model_version(model, features, model.predict(features.head(100)))
+                     "history_rows": sum(loaded.rows for loaded in history)})
+        version = registry.log_model_version(model, sample, model.predict(sample.head(100)))
     reason = (f"first model from {model_path.name}; {domain.error_metric_name} {error:.4f} "
               f"on {len(history)} history files (data it may have been trained on)")
     # Its training data are unknown here; what it was evaluated on is the history.
     # label_kind: what the cycles check new labels against (TRUE/FALSE read as 0/1).
     lineage = lineage_tags(settings, current, history_batch_key=batch_key(history),
-                           label_kind=labels_read_kind(history) or label_kind(labels))
+                           label_kind=labels_read_kind(history)
+                           or label_kind(history[0].labels))
     registry.annotate_version(version, {"decision": "registered_first", "history_error": error,
                                         "previous_production_version": current or "none"}
                               | lineage, description=f"{reason}. {describe(lineage)}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn
@@ -136,8 +137,8 @@ def checked_predictions(saved: SavedModel, files, columns) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
-    from retraining.datafiles import concat_files, label_kind
-    from retraining.evaluation import predict_files
+    from retraining.datafiles import label_kind
+    from retraining.evaluation import feature_chunks, predict_files
 
     model = saved.model
     try:
@@ -146,7 +147,9 @@ def checked_predictions(saved: SavedModel, files, columns) -> dict[str, Any]:
         _refuse(saved, f"predict fails ({type(error).__name__}: {_short(error)})",
                 fix="train and save the model again in this environment, on data with the "
                     "history's columns")
-    features, labels = concat_files(files, columns)
+    # Labels alone, never the features: all of a project's history stacked again is as
+    # large as what was read.
+    labels = pd.concat([loaded.labels for loaded in files], ignore_index=True)
     rows = len(labels)
     predictions = np.concatenate([np.asarray(by_file[f.name]) for f in files])
     if len(predictions) != rows:
@@ -169,39 +172,69 @@ def checked_predictions(saved: SavedModel, files, columns) -> dict[str, Any]:
                            f"where the model's classes are {class_kind} ({_listed(classes)})",
                     fix="train the model on the labels as the history's files write them")
     if hasattr(model, "predict_proba"):
-        _check_probabilities(saved, features, classes)
+        _check_probabilities(saved, (features for _, features in feature_chunks(files, columns)),
+                             classes)
     return by_file
 
 
-def _check_probabilities(saved: SavedModel, features, classes) -> None:
+@dataclasses.dataclass
+class _ProbabilityFaults:
+    """What is wrong with predict_proba's answers, added up over chunks of rows."""
+
+    rows: int = 0
+    not_finite: int = 0  # values
+    rows_not_finite: int = 0
+    low: float = math.inf
+    high: float = -math.inf
+    sum_low: float = math.inf
+    sum_high: float = -math.inf
+    rows_not_summing: int = 0
+
+    def add(self, probabilities) -> None:
+        import numpy as np
+
+        self.rows += len(probabilities)
+        finite = np.isfinite(probabilities)
+        self.not_finite += int((~finite).sum())
+        self.rows_not_finite += int((~finite.all(axis=1)).sum())
+        if len(probabilities):
+            self.low = min(self.low, float(probabilities.min()))
+            self.high = max(self.high, float(probabilities.max()))
+            sums = probabilities.sum(axis=1)
+            self.sum_low = min(self.sum_low, float(sums.min()))
+            self.sum_high = max(self.sum_high, float(sums.max()))
+            self.rows_not_summing += int((np.abs(sums - 1) > PROBABILITY_TOLERANCE).sum())
+
+
+def _check_probabilities(saved: SavedModel, chunks, classes) -> None:
+    """predict_proba on each chunk of the history's features, checked over all of them."""
     import numpy as np
 
-    try:
-        probabilities = np.asarray(saved.model.predict_proba(features), dtype=float)
-    except Exception as error:  # the user's model: its own fault, reported with its message
-        _refuse(saved, f"predict_proba fails on the history ({type(error).__name__}: "
-                       f"{_short(error)})")
-    rows = len(probabilities)
-    expected_columns = len(classes) if classes is not None else probabilities.shape[-1]
-    if probabilities.ndim != 2 or probabilities.shape[1] != expected_columns:
-        _refuse(saved, f"predict_proba returned shape {probabilities.shape}, not one column "
-                       f"per class ({expected_columns})")
-    finite = np.isfinite(probabilities)
-    if not finite.all():
-        _refuse(saved, f"predict_proba gives {int((~finite).sum()):,} values that are not "
-                       f"finite, in {int((~finite.all(axis=1)).sum()):,} of {rows:,} history "
-                       "rows")
+    faults = _ProbabilityFaults()
+    for features in chunks:
+        try:
+            probabilities = np.asarray(saved.model.predict_proba(features), dtype=float)
+        except Exception as error:  # the user's model: its own fault, reported with its message
+            _refuse(saved, f"predict_proba fails on the history ({type(error).__name__}: "
+                           f"{_short(error)})")
+        expected_columns = len(classes) if classes is not None else probabilities.shape[-1]
+        if probabilities.ndim != 2 or probabilities.shape[1] != expected_columns:
+            _refuse(saved, f"predict_proba returned shape {probabilities.shape}, not one "
+                           f"column per class ({expected_columns})")
+        faults.add(probabilities)
+    rows = faults.rows
+    if faults.not_finite:
+        _refuse(saved, f"predict_proba gives {faults.not_finite:,} values that are not "
+                       f"finite, in {faults.rows_not_finite:,} of {rows:,} history rows")
     # Both figures when both are wrong: values above 1 alone could be one bad class column,
     # rows summing to the leaf sizes say the whole state is read differently.
     problems = []
-    low, high = float(probabilities.min()), float(probabilities.max())
-    if low < -PROBABILITY_TOLERANCE or high > 1 + PROBABILITY_TOLERANCE:
-        problems.append(f"values from {low:.6g} to {high:.6g}, outside [0, 1]")
-    sums = probabilities.sum(axis=1)
-    wrong = np.abs(sums - 1) > PROBABILITY_TOLERANCE
-    if wrong.any():
-        problems.append(f"rows that sum to between {sums.min():.6g} and {sums.max():.6g}, not "
-                        f"1 ({int(wrong.sum()):,} of {rows:,} history rows)")
+    if faults.low < -PROBABILITY_TOLERANCE or faults.high > 1 + PROBABILITY_TOLERANCE:
+        problems.append(f"values from {faults.low:.6g} to {faults.high:.6g}, outside [0, 1]")
+    if faults.rows_not_summing:
+        problems.append(f"rows that sum to between {faults.sum_low:.6g} and "
+                        f"{faults.sum_high:.6g}, not 1 ({faults.rows_not_summing:,} of "
+                        f"{rows:,} history rows)")
     if problems:
         _refuse(saved, "predict_proba gives " + "; ".join(problems))
 

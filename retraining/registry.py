@@ -565,18 +565,32 @@ class Registry:
         return str(info.registered_model_version)
 
 
-def signature_sample(features, head: int = 1000):
-    """Rows enough to infer the same signature as the whole frame, at a bounded cost.
+def signature_sample(frames, head: int = 1000):
+    """Rows enough to infer the same signature as the frames stacked, at a bounded cost.
 
-    The first `head` rows give every column's type; for each column with a gap anywhere, one
-    row where it is missing is added, since that gap is what marks the column optional in the
-    signature. Inferring on a million rows took a third of a second for the same answer.
+    `frames`: one frame, or several (the history's files) that are never stacked whole. The
+    first `head` rows, and the first row of each further frame (stacked, an integer column
+    of one file and a float column of another is a float), give the columns' types; so does
+    the first value of each column in each frame, since a text column's type is read from
+    its values and the first rows may all be gaps. For each column with a gap anywhere, one
+    row where it is missing is added, since that gap is what marks the column optional in
+    the signature. Inferring on a million rows took a third of a second for the same answer.
     """
-    missing = features.isna().to_numpy()
-    gaps = missing.any(axis=0)
-    rows = set(range(min(head, len(features))))
-    rows.update(int(index) for index in missing[:, gaps].argmax(axis=0))
-    return features.iloc[sorted(rows)]
+    import pandas as pd
+
+    frames = [frames] if isinstance(frames, pd.DataFrame) else list(frames)
+    parts, left, gapped = [], head, None
+    for frame in frames:
+        missing = frame.isna().to_numpy()
+        gaps, present = missing.any(axis=0), (~missing).any(axis=0)
+        first_gaps = gaps if gapped is None else gaps & ~gapped
+        gapped = gaps if gapped is None else gapped | gaps
+        rows = set(range(min(max(left, 1), len(frame))))
+        left -= len(rows)
+        rows.update(int(index) for index in missing[:, first_gaps].argmax(axis=0))
+        rows.update(int(index) for index in (~missing)[:, present].argmax(axis=0))
+        parts.append(frame.iloc[sorted(rows)])
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
 def _quoted(text: str) -> str:

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import joblib
 import mlflow
+import pandas as pd
 import pytest
 import sklearn
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import register_first_model
 from tests.conftest import (machine_files, register_pickle, run_json, run_script, train_on_folder,
@@ -260,3 +263,78 @@ def test_a_file_that_is_not_a_model_is_refused_in_one_line(history, capsys):
     line = failure_line(error)
     assert code == 1 and "notes.pkl cannot be loaded as a joblib or pickle file" in line
     assert "Fix: save the model with joblib.dump" in line
+
+
+def test_history_predicted_a_file_at_a_time_gives_the_same_refusal_figures(history, capsys,
+                                                                           monkeypatch):
+    # Years of history are predicted in chunks of rows, never stacked whole; the figures
+    # of a refusal are still those of all the rows.
+    _, whole = register_file(history, OLD_MODELS / "old_sklearn_tree.joblib", capsys,
+                             "--allow-version-mismatch")
+    monkeypatch.setattr("retraining.evaluation.PREDICT_ROWS", 1)
+    _, by_file = register_file(history, OLD_MODELS / "old_sklearn_tree.joblib", capsys,
+                               "--allow-version-mismatch")
+
+    assert failure_line(by_file) == failure_line(whole)
+    assert "of 1,800 history rows" in failure_line(whole)
+
+
+def test_history_predicted_in_chunks_registers_the_same_error_and_signature(history, capsys,
+                                                                            monkeypatch):
+    # A gap in one later file only: the signature must still mark that column optional.
+    late = sorted(history.used_dir.glob("*.csv"))[-1]
+    frame = pd.read_csv(late)
+    frame.loc[3, "vibration"] = None
+    frame.to_csv(late, index=False)
+    model_file = history.model_dir / "model.joblib"
+    joblib.dump(train_on_folder(history.used_dir), model_file)
+    arguments = ["--used-dir", str(history.used_dir), "--model-file", str(model_file),
+                 "--tracking-uri", history.tracking_uri]
+
+    monkeypatch.setattr("retraining.evaluation.PREDICT_ROWS", 1)
+    code, chunked = run_json(register_first_model, arguments, capsys)
+    monkeypatch.undo()
+    assert code == 0
+    code, whole = run_json(register_first_model, [*arguments, "--no-alias"], capsys)
+    assert code == 0
+
+    assert chunked["history_error"] == whole["history_error"]
+    mlflow.set_tracking_uri(history.tracking_uri)
+    signatures = [mlflow.models.get_model_info(f"models:/classifier/{summary['version']}"
+                                               ).signature.to_dict()
+                  for summary in (chunked, whole)]
+    assert signatures[0] == signatures[1]
+    inputs = {column["name"]: column for column in json.loads(signatures[0]["inputs"])}
+    assert inputs["vibration"]["required"] is False
+
+
+_cells = {"number": st.one_of(st.none(), st.floats(-1e6, 1e6, allow_nan=False)),
+          "integer": st.integers(-1000, 1000),
+          "text": st.one_of(st.none(), st.sampled_from(["a", "b", "press"]))}
+
+
+@st.composite
+def _file_frames(draw):
+    """Feature frames of several files, as a person's history could hold them: a column
+    integer in one file and float in another, gaps in any file or none."""
+    kinds = draw(st.lists(st.sampled_from(sorted(_cells)), min_size=1, max_size=4))
+    frames = []
+    for _ in range(draw(st.integers(1, 5))):
+        rows = draw(st.integers(1, 30))
+        frames.append(pd.DataFrame({
+            f"c{index}": draw(st.lists(_cells[kind] if draw(st.booleans()) or kind != "number"
+                                       else _cells["integer"], min_size=rows, max_size=rows))
+            for index, kind in enumerate(kinds)}))
+    return frames
+
+
+@settings(max_examples=60, deadline=None)
+@given(frames=_file_frames(), head=st.integers(1, 40))
+def test_the_signature_of_a_sample_of_files_is_that_of_all_their_rows(frames, head):
+    from mlflow.models import infer_signature
+
+    from retraining.registry import signature_sample
+
+    whole = pd.concat(frames, ignore_index=True)
+    assert (infer_signature(signature_sample(frames, head)).to_dict()
+            == infer_signature(whole).to_dict())
