@@ -162,9 +162,10 @@ class Workspace:
 
 
 def prepare_workspace(root: Path, history: Path, new: Path, env: dict,
-                      copies: bool = True) -> tuple[Workspace, Path]:
+                      copies: bool = True) -> tuple[Workspace, Path, dict]:
     """History and new files in place, a first model registered as production version 1;
-    history in the ledger and, with `copies`, in its columnar copy."""
+    history in the ledger and, with `copies`, in its columnar copy. Returns the workspace,
+    the model file and the registration's measurement (wall time, peak memory)."""
     from retraining.columnar import ColumnarHistory
     from retraining.datafiles import concat_files, list_data_files, load_files
     from retraining.ledger import history_content
@@ -196,7 +197,7 @@ def prepare_workspace(root: Path, history: Path, new: Path, env: dict,
     for path in sorted(new.iterdir()):
         shutil.copy(path, space.new_dir / path.name)
     space.save()
-    return space, model_file
+    return space, model_file, registered
 
 
 # --- what is measured ----------------------------------------------------------------------
@@ -264,7 +265,7 @@ def bench_size(rows: int, repeats: int, work: Path, env: dict, naive: bool,
                windows: bool = True) -> dict:
     print(f"\n== {rows:,} rows: generating data", file=sys.stderr, flush=True)
     history, new = generate(work / "data", rows, seed=rows)
-    space, model_file = prepare_workspace(work / "workspace", history, new, env)
+    space, model_file, _ = prepare_workspace(work / "workspace", history, new, env)
     runs = {"bare": [], "naive": [], "cycle": [], "windows": [], "floor": []}
     for repeat in range(repeats):
         # Interleaved, so a change in the machine's load falls on every side alike.

@@ -65,7 +65,7 @@ def way_env(way: str, cores: int) -> dict:
 def bench_size(rows: int, repeats: int, busy: int, work: Path, cores: int) -> dict:
     print(f"\n== {rows:,} rows", file=sys.stderr, flush=True)
     history, new = generate(work / "data", rows, seed=rows % 1000)
-    space, _ = prepare_workspace(work / "space", history, new, child_env("1"))
+    space, _, _ = prepare_workspace(work / "space", history, new, child_env("1"))
     runs: dict[str, list[float]] = {f"{load}_{way}": [] for load in ("idle", "loaded")
                                     for way in WAYS}
     for repeat in range(repeats):
