@@ -34,12 +34,12 @@ def test_a_significant_rise_under_the_threshold_retrains(baselined, capsys):
     assert code == 0 and summary["monitoring_error"] < 0.10
     monitoring = baselined.client().get_run(summary["monitoring_run_id"])
     reason = monitoring.data.tags["reason"]
-    assert "within the threshold 0.1000; its misclassification_rate rose since " \
+    assert "within the threshold 0.1000; its misclassification_rate rose significantly since " \
            "it was judged: 0.0" in reason
-    assert "at 50% confidence (--rise-confidence)" in reason
+    assert "at 95% confidence" in reason
     rise = monitoring.data.metrics["error_rise"]
     assert f"then, up {rise:.4f}, at least {monitoring.data.metrics['error_rise_low']:.4f} " \
-           "at 50% confidence (--rise-confidence)" in reason
+           "at 95% confidence" in reason
     assert monitoring.data.tags["decision"] == "retrain"
     metrics = monitoring.data.metrics
     assert 0 < metrics["error_rise_low"] <= metrics["error_rise"] <= metrics["error_rise_high"]
