@@ -147,7 +147,9 @@ class ColumnarHistory:
         payload = sink.getvalue()
         name = f"{sha256}-{zlib.crc32(payload):08x}.arrow"
         try:
-            if self._descriptor is None and self._open_folder(create=True) is None:
+            if self._descriptor is None:
+                self._open_folder(create=True)
+            if self._descriptor is None:  # refused, or gone again since it was made
                 return
             self._keep_reserve(payload.size)
             self._write_new(name, payload)
@@ -229,9 +231,9 @@ class ColumnarHistory:
             return None, status
         return entry, status
 
-    def _open_folder(self, create: bool) -> dict[str, list[str]] | None:
-        """Open the folder (made if `create`) and list its copies into `copies`, which it also
-        returns; None turns the copy off."""
+    def _open_folder(self, create: bool) -> None:
+        """Open the folder (made if `create`) and list its copies into `copies`; None there
+        turns the copy off."""
         descriptor = None
         try:
             if create:
@@ -243,7 +245,7 @@ class ColumnarHistory:
                 descriptor = os.open(self.folder, _FOLDER_FLAGS)
             except FileNotFoundError:  # made by the first copy written
                 self.copies = {}
-                return self.copies
+                return
             problem = _untrusted(os.fstat(descriptor), "folder")
             names = os.listdir(descriptor) if problem is None else []
         except OSError as error:
@@ -259,7 +261,7 @@ class ColumnarHistory:
                            "from its CSV files (remove %s, and the next cycle makes the copy "
                            "again)", self.folder, problem, self.folder)
             self.copies = None
-            return None
+            return
         self._descriptor = descriptor
         weakref.finalize(self, os.close, descriptor)
         copies: dict[str, list[str]] = {}
@@ -268,7 +270,6 @@ class ColumnarHistory:
             if match is not None:
                 copies.setdefault(match["source"], []).append(name)
         self.copies = copies
-        return copies
 
     def _keep_reserve(self, size: int) -> None:
         disk = os.fstatvfs(self._descriptor)
