@@ -25,17 +25,21 @@ def feature_chunks(files: Sequence[LoadedFile], columns: Sequence[str]):
     each with its features stacked in `columns` order: (files, features)."""
     import pandas as pd
 
-    columns, max_rows = list(columns), PREDICT_ROWS
+    columns = list(columns)
+
+    def stacked(group: list[LoadedFile]):
+        return group, pd.concat([f.features[columns] for f in group], ignore_index=True)
+
     group: list[LoadedFile] = []
     rows = 0
     for loaded in files:
-        if group and rows + loaded.rows > max_rows:
-            yield group, pd.concat([f.features[columns] for f in group], ignore_index=True)
+        if group and rows + loaded.rows > PREDICT_ROWS:
+            yield stacked(group)
             group, rows = [], 0
         group.append(loaded)
         rows += loaded.rows
     if group:
-        yield group, pd.concat([f.features[columns] for f in group], ignore_index=True)
+        yield stacked(group)
 
 
 def predict_files(model, files: Sequence[LoadedFile], columns: Sequence[str]) -> dict[str, object]:

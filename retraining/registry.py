@@ -576,15 +576,15 @@ def signature_sample(frames, head: int = 1000):
     row where it is missing is added, since that gap is what marks the column optional in
     the signature. Inferring on a million rows took a third of a second for the same answer.
     """
+    import numpy as np
     import pandas as pd
 
     frames = [frames] if isinstance(frames, pd.DataFrame) else list(frames)
-    parts, left, gapped = [], head, None
+    parts, left, gapped = [], head, np.zeros(frames[0].shape[1], dtype=bool)
     for frame in frames:
         missing = frame.isna().to_numpy()
         gaps, present = missing.any(axis=0), (~missing).any(axis=0)
-        first_gaps = gaps if gapped is None else gaps & ~gapped
-        gapped = gaps if gapped is None else gapped | gaps
+        first_gaps, gapped = gaps & ~gapped, gapped | gaps
         rows = set(range(min(max(left, 1), len(frame))))
         left -= len(rows)
         rows.update(int(index) for index in missing[:, first_gaps].argmax(axis=0))
