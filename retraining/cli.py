@@ -123,10 +123,14 @@ def _signals_as_exceptions():
         yield
         return
 
+    interrupted = False
+
     def interrupt(number, frame):
         # Once: a second signal while the first unwinds would cut the unwinding itself
         # (a run then left for MLflow's exit hook to mark FINISHED). A scheduler that
         # insists sends SIGKILL, which every step already survives.
+        nonlocal interrupted
+        interrupted = True
         for each in (signal.SIGTERM, signal.SIGINT):
             signal.signal(each, signal.SIG_IGN)
         raise Interrupted(signal.Signals(number).name, number)
@@ -136,8 +140,11 @@ def _signals_as_exceptions():
     try:
         yield
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        # After an interrupt the process is ending with its code: one more signal before
+        # the exit would end it by the signal instead, after its line was already printed.
+        if not interrupted:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
 
 # How one HTTP call to a tracking server is bounded (see http_request_variables).
