@@ -336,10 +336,10 @@ def monitor(context: CycleContext) -> Monitoring:
         rise = found.rise
         bound = rise.low if domain.lower_error_is_better else rise.high
         reason += (f"; its {domain.error_metric_name} "
-                   f"{'rose' if sign > 0 else 'fell'} significantly since it was judged: "
+                   f"{'rose' if sign > 0 else 'fell'} since it was judged: "
                    f"{found.error_before:.4f} then, {'up' if sign > 0 else 'down'} "
                    f"{sign * rise.estimate:.4f}, at least {sign * bound:.4f} at "
-                   f"{rise.level:.0%} confidence")
+                   f"{rise.level:.0%} confidence (--rise-confidence)")
     retrain_needed = error_crossed or drift_fires or bool(found.collapses) or rose
     log.info(reason)
     with context.registry.run(MONITORING_RUN, {"batch_key": batch_key(context.new_files),
@@ -478,9 +478,9 @@ OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_fi
            "drift_trigger", "min_improvement", "holdout_fraction", "seed", "min_heldout_files",
            "min_heldout_rows", "max_file_regression", "max_recall_drop", "confidence_level",
            "bootstrap_resamples", "require_significance", "non_inferiority_margin",
-           "rise_trigger", "auto_rollback", "earlier_versions", "training_windows",
-           "recent_files", "recency_half_life", "validation_fraction", "window_sample_rows",
-           "strict_history", "columnar_history", "threads", "dry_run", "json"]
+           "rise_trigger", "rise_confidence", "auto_rollback", "earlier_versions",
+           "training_windows", "recent_files", "recency_half_life", "validation_fraction",
+           "window_sample_rows", "strict_history", "columnar_history", "threads", "dry_run", "json"]
 
 
 def main(argv=None) -> int:

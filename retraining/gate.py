@@ -220,7 +220,7 @@ def heldout_units(domain: Domain, scores: HeldoutScores, role: str) -> ErrorUnit
 def rise_interval(domain: Domain, baseline: ErrorUnits, now: ErrorUnits,
                   settings: Settings) -> Interval:
     """One-sided bootstrap bounds of the error now minus the baseline error, each at
-    --confidence-level: two independent samples, each resampled two-stage, files then their
+    --rise-confidence: two independent samples, each resampled two-stage, files then their
     slices. "Has the error risen?" is a one-sided question (for a score, "has it fallen?"),
     so the bound on the worse side decides; both are returned."""
     generator = np.random.default_rng(settings.seed)
@@ -228,10 +228,10 @@ def rise_interval(domain: Domain, baseline: ErrorUnits, now: ErrorUnits,
                              settings.bootstrap_resamples, generator)
              - resampled_means(baseline.errors, baseline.weights, baseline.groups,
                                settings.bootstrap_resamples, generator))
-    tail = 1.0 - settings.confidence_level
+    tail = 1.0 - settings.rise_confidence
     low, high = np.quantile(rises, [tail, 1.0 - tail])
     return Interval(now.mean - baseline.mean, float(low), float(high),
-                    settings.confidence_level)
+                    settings.rise_confidence)
 
 
 def _rows(labels, start: int, stop: int):

@@ -46,7 +46,7 @@ def test_a_returning_concept_gets_its_old_version_back(new_concept_in_production
     restored = client.get_model_version("classifier", "1").tags
     assert restored["decision"] == "promoted" and restored["previous_production_version"] == "2"
     assert restored["probation"] == "pending"
-    assert restored["baseline_from"] == "its 2 held-out files when it was promoted again"
+    assert restored["baseline_from"] == "its 4 held-out files when it was promoted again"
     assert client.get_model_version("classifier", "2").tags["decision"] == "replaced"
     run = client.get_run(summary["retraining_run_id"])
     assert run.data.tags["decision"] == "promoted" and run.data.tags["promoted_version"] == "1"
@@ -91,7 +91,7 @@ def test_an_earlier_version_promoted_by_a_killed_cycle_keeps_its_new_baseline(
     assert code == 0, summary["reason"]
     restored = workspace.client().get_model_version("classifier", "1").tags
     assert restored["decision"] == "promoted" and restored["probation"] == "pending"
-    assert restored["baseline_from"] == "its 2 held-out files when it was promoted again"
+    assert restored["baseline_from"] == "its 4 held-out files when it was promoted again"
 
 
 def test_a_version_a_person_rolled_back_is_never_a_candidate(production, capsys):

@@ -332,18 +332,20 @@ def test_noisy_equal_challenger_is_refused_by_default(production, capsys):
 def test_a_challenger_that_learnt_from_more_of_the_same_data_needs_only_to_be_no_worse(
         production, capsys):
     """Version 2 was trained by a cycle on every file; the next batch is of its concept. The
-    challenger learns from all of version 2's data and this batch: on 600 held-out rows it
+    challenger learns from all of version 2's data and this batch: on its held-out rows it
     cannot be shown better, and is promoted when shown worse by less than the margin."""
     all_files = ("--training-windows", "all")
     write_csvs(production.new_dir, "drifted", machine_files(10, drift=1.0, seed=6))
     code, summary = cycle(production, capsys, *all_files)
     assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
-    write_csvs(production.new_dir, "same", machine_files(10, drift=1.0, seed=61))
+    # Files of 1,000 rows: 4,000 held out narrow the interval below the margin.
+    write_csvs(production.new_dir, "same", machine_files(10, drift=1.0, seed=61, rows=1000))
     flags = (*all_files, "--error-threshold", "0", "--dry-run")
 
     code, strict = cycle(production, capsys, *flags, "--non-inferiority-margin", "0")
     assert code == 0 and strict["outcome"] == "rejected", strict["reason"]
-    assert strict["reason"].startswith("challenger is not significantly better: ")
+    assert strict["reason"].startswith(("challenger is not significantly better: ",
+                                        "challenger is not better enough: ")), strict["reason"]
 
     code, summary = cycle(production, capsys, *flags)
     assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
