@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retraining.archive import archive_interrupted, check_one_filesystem, finish_archive
 from retraining import decision, probation, training
+from retraining.archive import archive_interrupted, check_one_filesystem, finish_archive
 from retraining.cli import ArgumentParser, exit_process, run_entry_point
 from retraining.config import Settings, add_options
 from retraining.context import CycleContext, Monitoring, phase
@@ -266,8 +266,7 @@ def read_new_files(settings: Settings, domain, paths: list[Path],
     moves (retraining/screening.py). Also returns the feature columns: the production
     model's inputs, else (no signature) the first good file's.
     """
-    from retraining.datafiles import (Expected, check_new_file, load_file, name_is_text,
-                                      shown_name)
+    from retraining.datafiles import Expected, check_new_file, load_file, name_is_text, shown_name
     from retraining.errors import DataError
     from retraining.ledger import history_content
     from retraining.screening import refuse_if_a_setting, set_aside
@@ -374,11 +373,18 @@ def against_baseline(context: CycleContext):
     A version no cycle has judged (the first one registered, say) has no baseline yet: this
     batch becomes it, recorded on the version, and nothing can have collapsed or risen.
     """
-    from retraining.baseline import (CLASS_BASELINE_TAG, ERROR_BASELINE_TAG, FIRST_BATCH,
-                                     SOURCE_TAG, baseline_tags, decided_on, extended,
-                                     parse_units)
-    from retraining.datafiles import batch_key
+    from retraining.baseline import (
+        CLASS_BASELINE_TAG,
+        ERROR_BASELINE_TAG,
+        FIRST_BATCH,
+        SOURCE_TAG,
+        baseline_tags,
+        decided_on,
+        extended,
+        parse_units,
+    )
     from retraining.classes import collapsed_since_baseline, count_classes, parse_baseline
+    from retraining.datafiles import batch_key
     from retraining.evaluation import pooled_labels
     from retraining.gate import rise_interval
 

@@ -32,8 +32,12 @@ def register_first_model(settings: Settings, model_file: Path | None,
     from retraining.domain import load_domain
     from retraining.evaluation import error_on
     from retraining.lineage import describe, lineage_tags
-    from retraining.modelfile import (check_version, checked_predictions, find_model_file,
-                                      load_model_file)
+    from retraining.modelfile import (
+        check_version,
+        checked_predictions,
+        find_model_file,
+        load_model_file,
+    )
     from retraining.registry import REGISTRATION_RUN, Registry, signature_sample
     from retraining.screening import read_history
     from retraining.threads import fit_to_machine

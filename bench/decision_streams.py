@@ -221,8 +221,8 @@ class Truth:
         self._errors: dict[tuple[str, str], dict] = {}
 
     def fresh(self, concept: dict) -> list:
-        from tests.conftest import write_csvs
         from retraining.datafiles import list_data_files, load_files
+        from tests.conftest import write_csvs
 
         key = json.dumps(concept, sort_keys=True)
         if key not in self._fresh:

@@ -33,8 +33,7 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from bench.run_bench import (child_env, generate, machine, prepare_workspace,  # noqa: E402
-                             run_cycle)
+from bench.run_bench import child_env, generate, machine, prepare_workspace, run_cycle  # noqa: E402
 from retraining.threads import PERSONS_THREAD_SETTINGS, usable_cores  # noqa: E402
 
 WAYS = ("auto", "one", "default")

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence
 
 from retraining.config import Settings, build_settings
-from retraining.errors import (EXIT_FAILURE, EXIT_OK, EXIT_USAGE, Interrupted, RetrainingError,
-                               UsageError)
+from retraining.errors import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    Interrupted,
+    RetrainingError,
+    UsageError,
+)
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 

@@ -37,8 +37,14 @@ import zlib
 from pathlib import Path
 from typing import Callable, Collection, Iterable
 
-from retraining.datafiles import (FileFacts, LoadedFile, load_file, loaded_from_table,
-                                  parsed_csv, shown_name)
+from retraining.datafiles import (
+    FileFacts,
+    LoadedFile,
+    load_file,
+    loaded_from_table,
+    parsed_csv,
+    shown_name,
+)
 from retraining.errors import DataError, RetrainingError
 from retraining.ledger import read_ledger, stat_fields
 

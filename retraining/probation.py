@@ -51,12 +51,11 @@ def replaced_version(context: CycleContext) -> str | None:
 def hold_probation(context: CycleContext) -> Trial | None:
     """Judge the new production against the version it replaced, on the new files; move the
     alias back when the replaced one is significantly better and auto-rollback is on."""
+    from retraining.baseline import decided_on
+    from retraining.datafiles import batch_key
+    from retraining.errors import NeedsAttention, TryLater
     from retraining.evaluation import predict_files
     from retraining.gate import judge, score_heldout
-
-    from retraining.datafiles import batch_key
-    from retraining.baseline import decided_on
-    from retraining.errors import NeedsAttention, TryLater
     from retraining.heldout import lacking
 
     replaced = replaced_version(context)

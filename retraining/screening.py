@@ -21,8 +21,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from retraining.config import Settings
-from retraining.datafiles import (Expected, LoadedFile, check_file, label_kind, list_data_files,
-                                  load_file, shown_name)
+from retraining.datafiles import (
+    Expected,
+    LoadedFile,
+    check_file,
+    label_kind,
+    list_data_files,
+    load_file,
+    shown_name,
+)
 from retraining.errors import DataError, NeedsAttention, UsageError
 from retraining.progress import heartbeat
 

@@ -80,8 +80,13 @@ def plan_retraining(context: CycleContext) -> Plan:
 def train_challenger(context: CycleContext, monitoring: Monitoring, plan: Plan) -> Challenger:
     """Train the challenger on the window that validates best, holding out new files; or
     take the one a killed cycle registered for this very batch (`resume_challenger`)."""
-    from retraining.datafiles import (batch_key, label_kind, labels_read_kind, release_rows,
-                                      write_manifest)
+    from retraining.datafiles import (
+        batch_key,
+        label_kind,
+        labels_read_kind,
+        release_rows,
+        write_manifest,
+    )
     from retraining.lineage import describe, lineage_tags
     from retraining.progress import heartbeat
     from retraining.registry import RETRAINING_RUN

@@ -24,8 +24,17 @@ from retraining.columnar import COPY_FOLDER, ColumnarHistory, copy_reserve
 from retraining.datafiles import list_data_files, load_file
 from retraining.errors import DataError
 from retraining.ledger import history_content
-from tests.conftest import (PROJECT_DIR, Workspace, cycle, machine_files, new_workspace,
-                            register_pickle, snapshot, train_on_folder, write_csvs)
+from tests.conftest import (
+    PROJECT_DIR,
+    Workspace,
+    cycle,
+    machine_files,
+    new_workspace,
+    register_pickle,
+    snapshot,
+    train_on_folder,
+    write_csvs,
+)
 
 GOOD = machine_files(1, drift=0.0, seed=7, rows=40)[0].to_csv(index=False).encode()
 

@@ -16,8 +16,16 @@ import pytest
 
 from retraining.datafiles import list_data_files
 from retraining.ledger import arrival_order
-from tests.conftest import (PROJECT_DIR, cycle, cycle_killed_at, machine_files, run_script,
-                            snapshot, write_csvs)
+from tests.conftest import (
+    PROJECT_DIR,
+    cycle,
+    cycle_killed_at,
+    machine_files,
+    run_script,
+    snapshot,
+    write_csvs,
+)
+
 
 def _killed_after_registration(production, *extra) -> dict[str, bytes]:
     """A cycle on a drifted batch, killed between registering its challenger and judging it."""

@@ -14,8 +14,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import (PROJECT_DIR, cycle, machine_files, register_pickle, run_script,
-                            snapshot, write_csvs)
+from tests.conftest import (
+    PROJECT_DIR,
+    cycle,
+    machine_files,
+    register_pickle,
+    run_script,
+    snapshot,
+    write_csvs,
+)
 
 SUMMARY_KEYS = {"outcome", "new_files", "monitoring_error", "production_version_before",
                 "production_version_after", "challenger_version", "production_error",

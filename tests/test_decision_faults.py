@@ -11,8 +11,16 @@ import sys
 import pytest
 
 import registry_tool
-from tests.conftest import (PROJECT_DIR, changed_concept_files, cycle, cycle_killed_at,
-                            machine_files, new_concept_files, script_environment, write_csvs)
+from tests.conftest import (
+    PROJECT_DIR,
+    changed_concept_files,
+    cycle,
+    cycle_killed_at,
+    machine_files,
+    new_concept_files,
+    script_environment,
+    write_csvs,
+)
 
 
 def test_a_batch_of_many_small_files_does_not_hang_the_first_monitoring(production):

@@ -7,8 +7,15 @@ import json
 
 import pytest
 
-from tests.conftest import (cycle, cycle_killed_at, machine_files, new_concept_files,
-                            promote_new_concept, run_script, write_csvs)
+from tests.conftest import (
+    cycle,
+    cycle_killed_at,
+    machine_files,
+    new_concept_files,
+    promote_new_concept,
+    run_script,
+    write_csvs,
+)
 
 # Trained on every file, the challenger mixes both concepts: worse on the old one than the
 # version that knew only it.

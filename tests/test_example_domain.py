@@ -17,8 +17,7 @@ import registry_tool
 import train_classification_model
 from examples.object_tracking.generate import sequences
 from retraining.domain import load_domain
-from tests.conftest import (PROJECT_DIR, register_pickle, run_json, run_script, snapshot,
-                            write_csvs)
+from tests.conftest import PROJECT_DIR, register_pickle, run_json, run_script, snapshot, write_csvs
 
 EXAMPLE = PROJECT_DIR / "examples" / "object_tracking" / "train_classification_model.py"
 LABEL = ["--label-column", "ground_truth"]

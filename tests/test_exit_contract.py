@@ -10,9 +10,15 @@ import time
 
 import pytest
 
-from tests.conftest import (PROJECT_DIR, changed_concept_files, run_script,
-                            script_environment, snapshot, start_cycle_waiting_in_training,
-                            write_csvs)
+from tests.conftest import (
+    PROJECT_DIR,
+    changed_concept_files,
+    run_script,
+    script_environment,
+    snapshot,
+    start_cycle_waiting_in_training,
+    write_csvs,
+)
 
 
 def _one_object(stdout: str) -> dict:

@@ -18,8 +18,7 @@ from retraining.config import Settings, build_settings
 from retraining.datafiles import list_data_files, load_file, load_files
 from retraining.domain import Domain
 from retraining.gate import HeldoutScores, bootstrap_difference, judge
-from tests.conftest import (PROJECT_DIR, cycle, machine_files, train_on_folder,
-                            write_csvs)
+from tests.conftest import PROJECT_DIR, cycle, machine_files, train_on_folder, write_csvs
 
 EVALUATION_ARTIFACTS = {"comparison.csv", "comparison.md", "heldout_per_file.csv",
                         "classification_report.txt", "confusion_matrix.png", "roc_curve.png",

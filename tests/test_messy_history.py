@@ -10,8 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import (changed_concept_files, cycle, machine_files, register_pickle,
-                            run_script, snapshot, train_on_folder, write_csvs)
+from tests.conftest import (
+    changed_concept_files,
+    cycle,
+    machine_files,
+    register_pickle,
+    run_script,
+    snapshot,
+    train_on_folder,
+    write_csvs,
+)
 
 BAD = {"a_first_wrong_reference.csv", "history_text_cell.csv", "history_integer_labels.csv",
        "history_ragged.csv"}

@@ -6,8 +6,15 @@ import os
 
 import pytest
 
-from tests.conftest import (cycle, machine_files, register_pickle, run_script, snapshot,
-                            train_on_folder, write_csvs)
+from tests.conftest import (
+    cycle,
+    machine_files,
+    register_pickle,
+    run_script,
+    snapshot,
+    train_on_folder,
+    write_csvs,
+)
 
 HEADER = b"temperature,vibration,operating_hours,pressure,machine_type,serviced,label\n"
 ROW = b"50,1,100,5,press,TRUE,ok\n"

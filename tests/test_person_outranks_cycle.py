@@ -11,9 +11,17 @@ import time
 import pytest
 
 from retraining.runlock import alias_lock
-from tests.conftest import (PROJECT_DIR, changed_concept_files, cycle, machine_files,
-                            run_script, script_environment, snapshot,
-                            start_cycle_waiting_in_training, write_csvs)
+from tests.conftest import (
+    PROJECT_DIR,
+    changed_concept_files,
+    cycle,
+    machine_files,
+    run_script,
+    script_environment,
+    snapshot,
+    start_cycle_waiting_in_training,
+    write_csvs,
+)
 
 
 def _tool(workspace, *argv) -> subprocess.CompletedProcess:

@@ -8,8 +8,14 @@ import json
 
 import pytest
 
-from tests.conftest import (changed_concept_files, cycle, machine_files, run_script, snapshot,
-                            write_csvs)
+from tests.conftest import (
+    changed_concept_files,
+    cycle,
+    machine_files,
+    run_script,
+    snapshot,
+    write_csvs,
+)
 
 
 @pytest.fixture

@@ -114,8 +114,8 @@ def test_files_still_settling_are_left_for_the_next_run(production, capsys):
 
     flags = [flag for flag in production.flags]
     flags[flags.index("--settle-seconds") + 1] = "30"
-    from tests.conftest import run_json
     import pipeline_orchestrator
+    from tests.conftest import run_json
 
     code, summary = run_json(pipeline_orchestrator, [*flags, "--min-new-files", "4"], capsys)
 

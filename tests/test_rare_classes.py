@@ -9,8 +9,12 @@ import pandas as pd
 import pytest
 
 from demo.generate_stream import readings
-from retraining.classes import (collapsed_against, collapsed_since_baseline, count_classes,
-                                parse_baseline)
+from retraining.classes import (
+    collapsed_against,
+    collapsed_since_baseline,
+    count_classes,
+    parse_baseline,
+)
 from tests.conftest import cycle, register_pickle, train_on_folder, write_csvs
 
 # About 2% of rows are positive: the positives' rule moves from x1 to x2.

@@ -17,8 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import register_first_model
-from tests.conftest import (machine_files, register_pickle, run_json, run_script, train_on_folder,
-                            write_csvs)
+from tests.conftest import (
+    machine_files,
+    register_pickle,
+    run_json,
+    run_script,
+    train_on_folder,
+    write_csvs,
+)
 from train_classification_model import train_model
 
 

@@ -24,8 +24,16 @@ import register_first_model
 import registry_tool
 from retraining import operations
 from retraining.config import build_settings
-from tests.conftest import (Workspace, cycle, machine_files, new_workspace, register_pickle,
-                            train_on_folder, wait_until_answering, write_csvs)
+from tests.conftest import (
+    Workspace,
+    cycle,
+    machine_files,
+    new_workspace,
+    register_pickle,
+    train_on_folder,
+    wait_until_answering,
+    write_csvs,
+)
 
 
 def tool(argv, capsys=None) -> tuple[int, str]:

@@ -9,8 +9,14 @@ import subprocess
 
 import pytest
 
-from tests.conftest import (PROJECT_DIR, machine_files, run_script, snapshot,
-                            wait_until_answering, write_csvs)
+from tests.conftest import (
+    PROJECT_DIR,
+    machine_files,
+    run_script,
+    snapshot,
+    wait_until_answering,
+    write_csvs,
+)
 
 pytestmark = pytest.mark.server
 

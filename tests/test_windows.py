@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from demo.generate_stream import readings
+from retraining.archive import archive_files
 from retraining.datafiles import concat_files, list_data_files, load_files
 from retraining.domain import load_domain
-from retraining.archive import archive_files
 from tests.conftest import PROJECT_DIR, cycle, register_pickle, train_on_folder, write_csvs
 from train_classification_model import error_metric, train_model
 
