@@ -27,21 +27,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-def server(workspace):
-    """The project's own start script, pointed at a copy of the project's layout."""
+def start_script(workspace, env: dict[str, str], *args: str) -> tuple[subprocess.Popen, str]:
+    """The project's own start script, from a copy of the project's layout, with `env`."""
     port = free_port()
     server_dir = workspace.root / "mlflow_server"
-    server_dir.mkdir()
+    server_dir.mkdir(exist_ok=True)
     script = server_dir / "start_server.sh"
     script.write_text((PROJECT_DIR / "mlflow_server" / "start_server.sh").read_text())
     script.chmod(0o755)
     venv_mlflow = os.path.join(os.path.dirname(os.sys.executable), "mlflow")
-    process = subprocess.Popen([str(script)], env={**os.environ, "PORT": str(port),
-                                                   "MLFLOW": venv_mlflow},
+    process = subprocess.Popen([str(script), *args], env={**os.environ, "PORT": str(port),
+                                                   "MLFLOW": venv_mlflow, **env},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    return process, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def server(workspace):
+    """The start script on its default store, the embedded one in the project's layout."""
+    process, url = start_script(workspace, {})
     wait_until_answering(process, url + "/health", 120)
     yield url, process
     if process.poll() is None:
@@ -143,6 +148,7 @@ def test_server_going_away_mid_cycle_exits_75_and_moves_nothing(workspace, serve
 
 ADMIN = ("admin", "admin-password-1234")
 READER = ("reader", "reader-password-1234")
+CRON = ("cron", "cron-password-12345")
 
 
 @pytest.fixture
@@ -154,23 +160,20 @@ def auth_server(workspace):
     pytest.importorskip("flask_wtf", reason="pip install -r requirements-server.txt")
     import requests
 
-    port = free_port()
     config = workspace.root / "basic_auth.ini"
     config.write_text("[mlflow]\ndefault_permission = READ\n"
                       f"database_uri = sqlite:///{workspace.root / 'basic_auth.db'}\n"
                       f"admin_username = {ADMIN[0]}\nadmin_password = {ADMIN[1]}\n"
+                      "auth_cache_ttl_seconds = 60\n"
                       "authorization_function = "
                       "mlflow.server.auth:authenticate_request_basic_auth\n")
-    mlflow = os.path.join(os.path.dirname(os.sys.executable), "mlflow")
-    process = subprocess.Popen(
-        [mlflow, "server", "--app-name", "basic-auth",
-         "--backend-store-uri", "sqlite:///" + str(workspace.root / "server.db"),
-         "--default-artifact-root", str(workspace.root / "server_artifacts"),
-         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(config),
-             "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-secret"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    # As the README starts it: the project's script, the app named, the settings in the
+    # environment.
+    process, url = start_script(workspace, {
+        "MLFLOW_BACKEND_STORE_URI": "sqlite:///" + str(workspace.root / "server.db"),
+        "MLFLOW_DEFAULT_ARTIFACT_ROOT": str(workspace.root / "server_artifacts"),
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-test-secret"}, "--app-name", "basic-auth")
     wait_until_answering(process, url + "/health", 120)
     created = requests.post(url + "/api/2.0/mlflow/users/create", auth=ADMIN, timeout=30,
                             json={"username": READER[0], "password": READER[1]})
@@ -211,6 +214,40 @@ def test_server_refusing_credentials_names_the_variables_to_set(workspace, auth_
         assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in last
         assert "MLFLOW_TRACKING_TOKEN" in last and "unexpected" not in last
         assert (snapshot(workspace.new_dir), snapshot(workspace.used_dir)) == before
+
+
+def test_a_cron_user_with_edit_on_the_experiment_and_the_model_promotes(workspace,
+                                                                        auth_server):
+    """What the README tells a team to set up: a user of its own for cron, granted EDIT on
+    the experiment and on the registered model, its credentials in the environment."""
+    from mlflow.server import get_app_client
+
+    _register_as_admin(workspace, auth_server)
+    os.environ.update(_credentials(ADMIN))
+    try:
+        admin = get_app_client("basic-auth", tracking_uri=auth_server)
+        admin.create_user(CRON[0], CRON[1])
+        import mlflow
+
+        experiment = mlflow.MlflowClient(auth_server).get_experiment_by_name(
+            "classifier-retraining")
+        admin.grant_user_permission(CRON[0], "experiment", experiment.experiment_id, "EDIT")
+        admin.grant_user_permission(CRON[0], "registered_model", "classifier", "EDIT")
+    finally:
+        for name in _credentials(ADMIN):
+            os.environ.pop(name)
+
+    done = run_script("pipeline_orchestrator.py",
+                      [*workspace.flags[:-2], "--tracking-uri", auth_server,
+                       "--min-new-files", "5", "--json"], env_extra=_credentials(CRON))
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["outcome"] == "promoted", summary["reason"]
+    rolled = run_script("registry_tool.py", ["rollback", "--reason", "checking", "--by", "ann",
+                                             "--tracking-uri", auth_server, "--json"],
+                        env_extra=_credentials(CRON))
+    assert rolled.returncode == 0, rolled.stderr[-2000:]
 
 
 def test_user_without_permission_is_told_which_call_was_denied(workspace, auth_server):
