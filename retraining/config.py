@@ -66,6 +66,9 @@ class Settings:
     json: bool
     force: bool
     no_alias: bool
+    serve_host: str
+    serve_port: int
+    alias_check_seconds: float
 
     @property
     def artifact_location(self) -> str | None:
@@ -130,6 +133,10 @@ _store_timeout = _checked(float, lambda value: value >= 2.0,
 # Under one half, the bound would retrain on a batch where the error fell.
 _rise_level = _checked(float, lambda value: 0.5 <= value < 1.0,
                        "must be from 0.5 up to (not including) 1")
+_port = _checked(int, lambda value: 1 <= value <= 65535, "must be a port, 1 to 65535")
+# Each check is one call to the store: more than a few a second only loads it.
+_check_interval = _checked(float, lambda value: value >= 0.5,
+                           "must be a number of seconds, 0.5 or more")
 _share = _checked(float, lambda value: 0.0 <= value < 1.0,
                   "must be a share from 0 up to (not including) 1, or off")
 
@@ -276,6 +283,10 @@ _OPTIONS = {
         _Option("json", _flag, "print one JSON summary on stdout", is_flag=True),
         _Option("force", _flag, "replace an existing production alias", is_flag=True),
         _Option("no_alias", _flag, "register without setting the alias", is_flag=True),
+        _Option("serve_host", str, "address the serving endpoint listens on"),
+        _Option("serve_port", _port, "port the serving endpoint listens on"),
+        _Option("alias_check_seconds", _check_interval,
+                "seconds between the serving endpoint's checks of where the alias points"),
     )
 }
 
@@ -350,6 +361,11 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "json": False,
         "force": False,
         "no_alias": False,
+        # Bound to this machine: a shared endpoint goes behind a proxy that authenticates.
+        "serve_host": "127.0.0.1",
+        "serve_port": 5002,
+        # A promotion reaches the endpoint within a minute, for one alias read a minute.
+        "alias_check_seconds": 60.0,
     }
 
 

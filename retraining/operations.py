@@ -161,27 +161,32 @@ def status(settings: Settings, last: int = RECENT_CYCLES) -> dict[str, Any]:
 
     registry = _registry(settings, read_only=True)
     current = registry.production_version()
-    moves = alias_moves(registry, settings.alias)
-    latest = next((move for move in reversed(moves) if move.version == current), None)
-    line = production_line(moves, current)
     production: dict[str, Any] = {"version": current}
     if current is not None:
-        version = registry.client.get_model_version(registry.model_name, current)
-        production |= {
-            "decision": version.tags.get("decision"),
-            "description": version.description or None,
-            "since": _when(latest.when) if latest else None,
-            "moved_by": latest.action if latest else None,
-            "changed_by": latest.by if latest else None,
-            "why": latest.reason if latest else None,
-            "previous_production_version": version.tags.get("previous_production_version"),
-            "rollback_target": line[-2] if len(line) >= 2 else None,
-        }
+        production |= production_summary(registry, settings.alias, current)
     waiting = list_data_files(settings.new_dir, settings.settle_seconds)
     return {"model_name": settings.model_name, "alias": settings.alias,
             "production": production, "cycles": recent_cycles(registry, last),
             "new_files_waiting": len(waiting), "new_dir": str(settings.new_dir),
             "waiting_files": [path.name for path in waiting]}
+
+
+def production_summary(registry, alias: str, current: str) -> dict[str, Any]:
+    """When and why `current` got the alias, by whom, and where a rollback would go."""
+    moves = alias_moves(registry, alias)
+    latest = next((move for move in reversed(moves) if move.version == current), None)
+    line = production_line(moves, current)
+    version = registry.client.get_model_version(registry.model_name, current)
+    return {
+        "decision": version.tags.get("decision"),
+        "description": version.description or None,
+        "since": _when(latest.when) if latest else None,
+        "moved_by": latest.action if latest else None,
+        "changed_by": latest.by if latest else None,
+        "why": latest.reason if latest else None,
+        "previous_production_version": version.tags.get("previous_production_version"),
+        "rollback_target": line[-2] if len(line) >= 2 else None,
+    }
 
 
 def recent_cycles(registry, last: int) -> list[dict[str, Any]]:

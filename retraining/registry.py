@@ -301,13 +301,17 @@ class Registry:
                                hand_moves_seen=hand_moves,
                                tags=tags)
 
-    def load_version(self, version: str):
-        """The version's model; its files missing from the artifact store is NeedsAttention."""
+    def load_version(self, version: str, flavor: str = "sklearn"):
+        """The version's model, as scikit-learn's or (`flavor="pyfunc"`) as MLflow's generic
+        model, which checks inputs against the signature; its files missing from the
+        artifact store is NeedsAttention."""
+        import mlflow.pyfunc
         import mlflow.sklearn
         from mlflow.exceptions import MlflowException
 
+        load = mlflow.pyfunc.load_model if flavor == "pyfunc" else mlflow.sklearn.load_model
         try:
-            return self._store_call("load the model", mlflow.sklearn.load_model,
+            return self._store_call("load the model", load,
                                     f"models:/{self.model_name}/{version}")
         except (MlflowException, FileNotFoundError) as error:
             if getattr(error, "error_code", "RESOURCE_DOES_NOT_EXIST") != "RESOURCE_DOES_NOT_EXIST":

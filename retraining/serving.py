@@ -1,0 +1,186 @@
+"""An HTTP endpoint that serves the version behind the alias, and follows the alias.
+
+`mlflow models serve` loads one version at start and serves it until restarted: after a
+promotion or a rollback it answers with the old model. Here a thread reads the alias every
+`--alias-check-seconds` (and on POST /reload); when it points elsewhere, the new version is
+loaded beside the old one and swapped in with one assignment, so a request is answered
+whole by one version or the other and none fails during the move.
+
+Requests are parsed, checked against the version's signature and answered by MLflow's own
+scoring code, so /predict takes what MLflow's scoring server takes (`dataframe_split`,
+`dataframe_records`, `instances`, `inputs`, or CSV) and answers `{"predictions": [...]}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any
+
+# At module level: FastAPI reads the handlers' annotations, which name Request, from here.
+from fastapi import Request
+
+from retraining.config import Settings
+
+log = logging.getLogger("retraining")
+
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """One loaded version and what /model-info says of it: replaced whole, never edited."""
+
+    version: str
+    model: Any  # mlflow.pyfunc.PyFuncModel
+    info: dict[str, Any]
+    loaded_at: str
+
+
+class AliasFollower:
+    """The version behind the alias, loaded; `check()` moves to where the alias points now."""
+
+    def __init__(self, settings: Settings):
+        from retraining.registry import Registry
+
+        self._settings = settings
+        # Read only: serving never writes a run, a version or an alias.
+        self._registry = Registry(dataclasses.replace(settings, dry_run=True))
+        # One check at a time: the interval's and /reload's would otherwise load twice.
+        self._checking = threading.Lock()
+        self.last_check: dict[str, Any] = {}
+        self.served: Served | None = None
+        self.check()
+        if self.served is None:
+            from retraining.errors import NeedsAttention
+
+            raise NeedsAttention(
+                f"registered model {settings.model_name!r} has no alias {settings.alias!r} "
+                f"to serve ({self.last_check.get('error') or 'not found'})",
+                fix="run register_first_model.py, or point --alias at an alias that exists")
+
+    def check(self) -> dict[str, Any]:
+        """Read the alias; load and swap in its version when it changed. Never raises: a
+        store or a model that fails leaves the served version serving, and says so."""
+        from retraining.errors import RetrainingError
+
+        with self._checking:
+            started = _now()
+            try:
+                version = self._registry.production_version()
+                if version is None:
+                    raise LookupError(f"no alias {self._settings.alias!r} on "
+                                      f"{self._settings.model_name!r}")
+                current = self.served
+                if current is None or current.version != version:
+                    self.served = self._load(version)
+                    log.info("serving %s version %s (alias %s), was %s",
+                             self._settings.model_name, version, self._settings.alias,
+                             current.version if current else "none")
+                self.last_check = {"at": started, "ok": True, "alias_version": version}
+            # Of any kind (an unreachable store, a model whose files are missing): a serving
+            # process outlives the store's outages. Logged, and shown by /health.
+            except Exception as error:
+                text = (error.one_line() if isinstance(error, RetrainingError)
+                        else f"{type(error).__name__}: {' '.join(str(error).split())}")
+                self.last_check = {"at": started, "ok": False, "error": text}
+                log.error("alias check failed, still serving version %s: %s",
+                          self.served.version if self.served else "none", text)
+            return self.last_check
+
+    def _load(self, version: str) -> Served:
+        from retraining.operations import production_summary
+
+        model = self._registry.load_version(version, flavor="pyfunc")
+        info = production_summary(self._registry, self._settings.alias, version)
+        return Served(version=version, model=model, info=info, loaded_at=_now())
+
+    def follow(self, stop: threading.Event) -> None:
+        """Check every --alias-check-seconds until `stop` is set."""
+        while not stop.wait(self._settings.alias_check_seconds):
+            self.check()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def create_app(follower: AliasFollower):
+    """The FastAPI app: /health, /predict (and /invocations), /model-info, /reload."""
+    import asyncio
+
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, Response
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import invocations
+
+    app = FastAPI(title="classifier serving")
+    settings = follower._settings
+
+    def _info(served: Served) -> dict[str, Any]:
+        return {"model_name": settings.model_name, "alias": settings.alias,
+                "version": served.version, "loaded_at": served.loaded_at,
+                "last_check": follower.last_check, **served.info}
+
+    @app.get("/health")
+    async def health():
+        served = follower.served
+        return JSONResponse({"status": "ok", "version": served.version,
+                             "last_check": follower.last_check})
+
+    @app.get("/model-info")
+    async def model_info():
+        return JSONResponse(_info(follower.served))
+
+    @app.post("/reload")
+    async def reload():
+        checked = await asyncio.to_thread(follower.check)
+        return JSONResponse(_info(follower.served), status_code=200 if checked["ok"] else 503)
+
+    async def predict(request: Request):
+        served = follower.served  # read once: the whole request is answered by this version
+        data = await request.body()
+        content_type = request.headers.get("content-type") or "application/json"
+        version = {"X-Model-Version": served.version}
+        try:
+            result = await asyncio.to_thread(invocations, data, content_type, served.model,
+                                             served.model.metadata.get_input_schema())
+        except MlflowException as refused:  # input the signature refuses: as MLflow answers
+            return Response(content=refused.serialize_as_json(),
+                            status_code=refused.get_http_status_code(),
+                            media_type="application/json", headers=version)
+        return Response(content=result.response, status_code=result.status,
+                        media_type=result.mimetype, headers=version)
+
+    app.post("/predict")(predict)
+    # MLflow's scoring server's path, so its clients need only the new address.
+    app.post("/invocations")(predict)
+    return app
+
+
+def serve(settings: Settings) -> dict[str, Any]:
+    """Serve until SIGTERM or SIGINT; returns what was served last."""
+    import uvicorn
+
+    follower = AliasFollower(settings)
+    stop = threading.Event()
+    watcher = threading.Thread(target=follower.follow, args=(stop,), name="alias-follower",
+                               daemon=True)
+    watcher.start()
+    server = uvicorn.Server(uvicorn.Config(create_app(follower), host=settings.serve_host,
+                                           port=settings.serve_port, log_level="warning",
+                                           access_log=False))
+    log.info("serving %s@%s (version %s) on http://%s:%d, checking the alias every %g s",
+             settings.model_name, settings.alias, follower.served.version, settings.serve_host,
+             settings.serve_port, settings.alias_check_seconds)
+    from retraining.errors import Interrupted
+
+    try:
+        server.run()
+    except Interrupted as asked:
+        # uvicorn shuts down gracefully on SIGTERM or SIGINT, then raises the signal again
+        # for the handler before it: the stop a service manager asks for, not a failure.
+        log.info("stopped by %s", asked.args[0] if asked.args else "a signal")
+    finally:
+        stop.set()
+    return {"outcome": "stopped", "version": follower.served.version}
