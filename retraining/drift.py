@@ -2,7 +2,11 @@
 
 Per feature, a two-sample test of the new rows against a reference sample of `used_gts/`:
 Kolmogorov-Smirnov for numbers (booleans are numbers here: the reader turns them into
-0.0/1.0), chi-squared on the category counts for text. A feature drifts when its p-value is
+0.0/1.0), chi-squared on the category counts for categories. A column of free text (most
+values distinct, several words each) has no categories to count: it is tested twice
+instead, as `<column>.length` (KS on words per document) and `<column>.vocabulary`
+(chi-squared on how often the reference's commonest words occur, the rest pooled, so new
+words show as a growing "other"). A feature drifts when its p-value is
 under `p_value` *and* its effect size reaches `min_effect`: with thousands of rows a test
 rejects shifts far too small to matter, so significance alone would flag nearly every
 feature every night. Both effect sizes lie in [0, 1]: the KS statistic (the largest gap
@@ -23,6 +27,15 @@ from typing import Callable, Sequence
 REFERENCE_MAX_FILES = 40
 REFERENCE_MAX_ROWS = 20_000
 _MISSING = "<missing>"
+# Free text: in the reference, at least this share of the values distinct, with at least
+# this many words on average. Categories (machine types, product codes) are neither.
+TEXT_DISTINCT_SHARE = 0.5
+TEXT_MEAN_WORDS = 3.0
+# The words counted one by one in the vocabulary test; the rest are one "other" count.
+VOCABULARY_WORDS = 200
+# Words as scikit-learn's TfidfVectorizer finds them by default: two or more word characters
+# (its pattern without the (?u) flag, which pandas' Arrow-backed strings do not take).
+_WORD = r"\b\w\w+\b"
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +43,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class FeatureDrift:
     feature: str
-    kind: str  # "numeric" or "categorical"
+    kind: str  # "numeric", "categorical" or "text"
     test: str  # "ks" or "chi2"
     statistic: float
     p_value: float
@@ -102,8 +115,69 @@ def reference_sample(history_paths: Sequence[Path], label_column: str, prepare_f
 def measure_drift(reference, new, columns: Sequence[str], p_value: float,
                   min_effect: float) -> list[FeatureDrift]:
     """Test every column of `new` against `reference` (two DataFrames)."""
-    return [_feature_drift(column, reference[column], new[column], p_value, min_effect)
-            for column in columns if column in reference.columns and column in new.columns]
+    found = []
+    for column in columns:
+        if column not in reference.columns or column not in new.columns:
+            continue
+        if is_free_text(reference[column]):
+            found.extend(_text_drift(column, reference[column], new[column], p_value,
+                                     min_effect))
+        else:
+            found.append(_feature_drift(column, reference[column], new[column], p_value,
+                                        min_effect))
+    return found
+
+
+def is_free_text(values) -> bool:
+    """Whether a column holds documents rather than categories (see TEXT_* above)."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(values):
+        return False
+    present = values.dropna().astype(str)
+    if present.empty:
+        return False
+    words = present.str.count(_WORD)
+    return (present.nunique() >= TEXT_DISTINCT_SHARE * len(present)
+            and float(words.mean()) >= TEXT_MEAN_WORDS)
+
+
+def _text_drift(name: str, reference, new, p_value: float,
+                min_effect: float) -> list[FeatureDrift]:
+    """Length and vocabulary of a free-text column, each tested as its own feature."""
+    import numpy as np
+    from scipy import stats
+
+    reference_text = reference.dropna().astype(str).str.lower()
+    new_text = new.dropna().astype(str).str.lower()
+    rows = len(reference_text), len(new_text)
+    if min(rows) == 0:
+        return [_untested(f"{name}.length", "text", "ks", *rows),
+                _untested(f"{name}.vocabulary", "text", "chi2", *rows)]
+    lengths = stats.ks_2samp(reference_text.str.count(_WORD).to_numpy(float),
+                             new_text.str.count(_WORD).to_numpy(float))
+    length = FeatureDrift(f"{name}.length", "text", "ks", float(lengths.statistic),
+                          float(lengths.pvalue), float(lengths.statistic),
+                          lengths.pvalue < p_value and lengths.statistic >= min_effect, *rows)
+
+    reference_words = reference_text.str.findall(_WORD).explode().dropna().value_counts()
+    new_words = new_text.str.findall(_WORD).explode().dropna().value_counts()
+    kept = reference_words.index[:VOCABULARY_WORDS]
+    table = np.array([
+        [*reference_words.reindex(kept, fill_value=0), reference_words.drop(kept).sum()],
+        [*new_words.reindex(kept, fill_value=0), new_words.drop(kept, errors="ignore").sum()],
+    ], dtype=float)
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or table[1].sum() == 0:
+        vocabulary = FeatureDrift(f"{name}.vocabulary", "text", "chi2", 0.0, 1.0, 0.0, False,
+                                  *rows)
+    else:
+        result = stats.chi2_contingency(table, correction=False)
+        effect = float(np.sqrt(result.statistic / table.sum()))
+        vocabulary = FeatureDrift(f"{name}.vocabulary", "text", "chi2",
+                                  float(result.statistic), float(result.pvalue), effect,
+                                  result.pvalue < p_value and effect >= min_effect, *rows)
+    return [length, vocabulary]
 
 
 def _feature_drift(name: str, reference, new, p_value: float,

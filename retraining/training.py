@@ -44,6 +44,17 @@ class Plan:
         return self.heldout.lacks
 
 
+def threshold_metrics(model) -> dict[str, float]:
+    """The decision threshold a model tuned for itself (scikit-learn's
+    TunedThresholdClassifierCV, or one at the end of a pipeline), and the cross-validated
+    score it was chosen for: the reviewer sees what the challenger will decide at."""
+    tuned = model.steps[-1][1] if hasattr(model, "steps") else model
+    if not hasattr(tuned, "best_threshold_"):
+        return {}
+    return {"decision_threshold": float(tuned.best_threshold_),
+            "decision_threshold_score": float(tuned.best_score_)}
+
+
 def plan_retraining(context: CycleContext) -> Plan:
     """Read and check the history; choose the held-out files, as many as the gate needs."""
     from retraining.candidates import candidate_versions, shared_level
@@ -153,7 +164,8 @@ def train_challenger(context: CycleContext, monitoring: Monitoring, plan: Plan) 
                     "recency_half_life": settings.recency_half_life,
                     "validation_fraction": settings.validation_fraction, **window.params()},
             metrics={"training_rows": len(labels), "training_files": len(window.chosen.files),
-                     "training_seconds": training_seconds, **window.metrics()},
+                     "training_seconds": training_seconds, **window.metrics(),
+                     **threshold_metrics(model)},
             tags={"production_version_before": context.production.version, **window.tags()})
         if run is not None:
             # Every file of a completed cycle ends in used_gts/: that is where lineage points.
