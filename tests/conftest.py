@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -152,6 +153,21 @@ def train_on_folder(folder: Path):
     files = load_files(list_data_files(folder), "label", lambda frame, path: frame)
     features, labels = concat_files(files)
     return train_model(features, labels, random_state=0)
+
+
+def train_and_register_first(workspace: Workspace, domain: Sequence[str], cwd=None) -> None:
+    """The first model trained on used_gts/ and registered, by the product's own scripts
+    with a domain's flags, as a user of an example domain does."""
+    model_file = workspace.model_dir / "initial_model.pkl"
+    trained = run_script("train_classification_model.py",
+                         [str(workspace.used_dir), "--output", str(model_file), *domain],
+                         cwd=cwd)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    registered = run_script("register_first_model.py",
+                            ["--used-dir", str(workspace.used_dir), "--model-file",
+                             str(model_file), "--tracking-uri", workspace.tracking_uri,
+                             *domain, "--json"], cwd=cwd)
+    assert registered.returncode == 0, registered.stderr[-2000:]
 
 
 def register_pickle(workspace: Workspace, model, capsys, extra=()) -> dict:

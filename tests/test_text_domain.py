@@ -9,7 +9,7 @@ import pandas as pd
 
 from examples.text_reviews.generate import days
 from retraining.drift import is_free_text
-from tests.conftest import PROJECT_DIR, run_script, write_csvs
+from tests.conftest import PROJECT_DIR, run_script, train_and_register_first, write_csvs
 
 EXAMPLE = PROJECT_DIR / "examples" / "text_reviews" / "train_classification_model.py"
 
@@ -18,15 +18,7 @@ def test_reviews_with_new_words_drift_in_vocabulary_and_the_retrained_model_wins
     domain = ["--domain-file", str(EXAMPLE), "--label-column", "sentiment",
               "--quarantine-dir", str(workspace.quarantine_dir)]
     write_csvs(workspace.used_dir, "reviews_old", days(12, changed=False, seed=1))
-    model_file = workspace.model_dir / "initial_model.pkl"
-    trained = run_script("train_classification_model.py",
-                         [str(workspace.used_dir), "--output", str(model_file), *domain])
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    registered = run_script("register_first_model.py",
-                            ["--used-dir", str(workspace.used_dir), "--model-file",
-                             str(model_file), "--tracking-uri", workspace.tracking_uri,
-                             *domain])
-    assert registered.returncode == 0, registered.stderr[-2000:]
+    train_and_register_first(workspace, domain)
     write_csvs(workspace.new_dir, "reviews_new", days(15, changed=True, seed=2))
 
     done = run_script("pipeline_orchestrator.py", [*workspace.flags, *domain, "--json"])

@@ -7,7 +7,14 @@ import json
 
 import numpy as np
 
-from tests.conftest import PROJECT_DIR, changed_concept_files, machine_files, run_script, write_csvs
+from tests.conftest import (
+    PROJECT_DIR,
+    changed_concept_files,
+    machine_files,
+    run_script,
+    train_and_register_first,
+    write_csvs,
+)
 
 EXAMPLE = PROJECT_DIR / "examples" / "tuned_threshold" / "train_classification_model.py"
 
@@ -16,15 +23,7 @@ def test_a_retrained_tuned_model_reports_its_threshold_and_was_never_tuned_on_he
         workspace):
     domain = ["--domain-file", str(EXAMPLE), "--quarantine-dir", str(workspace.quarantine_dir)]
     write_csvs(workspace.used_dir, "history", machine_files(10, drift=0.0, seed=1))
-    model_file = workspace.model_dir / "initial_model.pkl"
-    trained = run_script("train_classification_model.py",
-                         [str(workspace.used_dir), "--output", str(model_file), *domain])
-    assert trained.returncode == 0, trained.stderr[-2000:]
-    registered = run_script("register_first_model.py",
-                            ["--used-dir", str(workspace.used_dir), "--model-file",
-                             str(model_file), "--tracking-uri", workspace.tracking_uri,
-                             *domain])
-    assert registered.returncode == 0, registered.stderr[-2000:]
+    train_and_register_first(workspace, domain)
     # Hot machines fault by a rule history never reached: production misses those faults.
     write_csvs(workspace.new_dir, "hot", changed_concept_files(15, seed=2))
 
