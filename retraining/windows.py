@@ -194,13 +194,16 @@ def build_candidates(settings: Settings, domain: Domain, history: Sequence[Loade
 
 
 def _recent(groups: list[list[LoadedFile]], max_files: int) -> list[LoadedFile]:
-    """The newest group whole, then whole earlier groups while the total stays in bounds.
+    """The newest group whole, then whole earlier groups while the total stays in bounds,
+    never the oldest: with every batch it would be the `all` window, skipped as a twin,
+    and a short history (one batch of 8 files, say) would leave no window that learns a
+    changed concept from the new files alone.
 
     Files of one batch arrived together and are equally recent: a batch is never split,
     since the only way to split it would be by name.
     """
     chosen = list(groups[0])
-    for group in groups[1:]:
+    for group in groups[1:-1]:
         if len(chosen) + len(group) > max_files:
             break
         chosen.extend(group)

@@ -106,6 +106,28 @@ def test_abrupt_concept_change_is_promoted_in_one_cycle_and_matches_a_post_chang
     assert summary["monitoring_error"] > post_change_only + 0.10
 
 
+def test_a_short_history_still_offers_a_recent_window_that_learns_the_new_concept(
+        workspace, capsys):
+    # One batch of history, no more files than --recent-files: 'recent' would take it all
+    # and be the 'all' window's twin, leaving only windows the old labels outvote.
+    write_csvs(workspace.used_dir, "history", stream(8, seed=201))
+    register_pickle(workspace, train_on_folder(workspace.used_dir), capsys)
+    write_csvs(workspace.new_dir, "changed", stream(10, seed=202,
+                                                    worn_after_hours=NEW_POLICY_HOURS))
+
+    code, summary = cycle(workspace, capsys)
+
+    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+    run = retraining_run(workspace, summary)
+    assert "recent" not in run.data.tags.get("skipped_windows", "")
+    assert summary["training_window"] == "recent"
+    manifest = artifact_json(workspace, run, "data_manifest.json")["files"]
+    assert not any(e["in_window"] for e in manifest if e["role"] == "history")
+    errors = {name: run.data.metrics[f"validation_error.{name}"]
+              for name in ("all", "recent", "weighted")}
+    assert errors["all"] > errors["recent"] + 0.05
+
+
 def test_windows_compared_on_a_share_of_their_rows_still_adapt_and_the_challenger_gets_all(
         old_policy_production, capsys):
     # Choosing among windows on years of history would cost a full training per window; the
