@@ -28,6 +28,9 @@ artifacts="${MLFLOW_DEFAULT_ARTIFACT_ROOT:-$here/artifacts}"
 # driver, mlflow would stop with a trace at its first query instead of this line.
 driver=""
 case "$backend" in
+  postgres://*)
+    echo "start_server.sh: error: MLFLOW_BACKEND_STORE_URI starts with postgres://, which SQLAlchemy does not read. Fix: write postgresql:// instead" >&2
+    exit 2 ;;
   postgresql://*|postgresql+psycopg://*) driver=psycopg ;;
   postgresql+psycopg2://*) driver=psycopg2 ;;
 esac
@@ -50,7 +53,9 @@ case "$artifacts" in
   *://*) ;;
   *) mkdir -p "$artifacts" ;;
 esac
+# The store by its variable, not a flag: a flag would show its password to every user of
+# this machine in `ps`.
+export MLFLOW_BACKEND_STORE_URI="$backend"
 exec "$mlflow" server \
-  --backend-store-uri "$backend" \
   --default-artifact-root "$artifacts" --no-serve-artifacts \
   --host "${HOST:-127.0.0.1}" --port "${PORT:-5000}" --workers 1 "$@"

@@ -133,10 +133,13 @@ _store_timeout = _checked(float, lambda value: value >= 2.0,
 # Under one half, the bound would retrain on a batch where the error fell.
 _rise_level = _checked(float, lambda value: 0.5 <= value < 1.0,
                        "must be from 0.5 up to (not including) 1")
+# An empty host would bind every interface, which is never what an empty value meant.
+_nonempty = _checked(str.strip, bool, "must not be empty")
 _port = _checked(int, lambda value: 1 <= value <= 65535, "must be a port, 1 to 65535")
-# Each check is one call to the store: more than a few a second only loads it.
-_check_interval = _checked(float, lambda value: value >= 0.5,
-                           "must be a number of seconds, 0.5 or more")
+# Each check is one call to the store: more than a few a second only loads it. A day at
+# most: an endpoint that checks less often than that does not follow the alias.
+_check_interval = _checked(float, lambda value: 0.5 <= value <= 86_400,
+                           "must be a number of seconds from 0.5 to 86400 (a day)")
 _share = _checked(float, lambda value: 0.0 <= value < 1.0,
                   "must be a share from 0 up to (not including) 1, or off")
 
@@ -283,7 +286,7 @@ _OPTIONS = {
         _Option("json", _flag, "print one JSON summary on stdout", is_flag=True),
         _Option("force", _flag, "replace an existing production alias", is_flag=True),
         _Option("no_alias", _flag, "register without setting the alias", is_flag=True),
-        _Option("serve_host", str, "address the serving endpoint listens on"),
+        _Option("serve_host", _nonempty, "address the serving endpoint listens on"),
         _Option("serve_port", _port, "port the serving endpoint listens on"),
         _Option("alias_check_seconds", _check_interval,
                 "seconds between the serving endpoint's checks of where the alias points"),

@@ -107,6 +107,13 @@ def _store_fault(settings: Settings, doing: str, error: Exception) -> Retraining
                 fix="set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
                     "MLFLOW_TRACKING_TOKEN) in the environment cron gives this job; "
                     "no file was archived")
+        if status == 403 and "Invalid Host header" in str(cause):
+            return NeedsAttention(
+                f"the tracking server at {uri} refused the Host header of the request (HTTP "
+                f"403, its guard against DNS rebinding) to {doing}",
+                fix="start the server with --allowed-hosts naming the host and port clients "
+                    "use (see the README's shared server), or use the address it allows; "
+                    "no file was archived")
         if status == 403:
             return NeedsAttention(
                 f"the tracking server at {uri} denied permission to {doing}{_endpoint(cause)} "

@@ -46,6 +46,7 @@ class AliasFollower:
         self._settings = settings
         # Read only: serving never writes a run, a version or an alias.
         self._registry = Registry(dataclasses.replace(settings, dry_run=True))
+        self._store_file = _store_file_identity(settings.tracking_uri)
         # One check at a time: the interval's and /reload's would otherwise load twice.
         self._checking = threading.Lock()
         self.last_check: dict[str, Any] = {}
@@ -67,6 +68,7 @@ class AliasFollower:
         with self._checking:
             started = _now()
             try:
+                self._check_store_file()
                 version = self._registry.production_version()
                 if version is None:
                     raise LookupError(f"no alias {self._settings.alias!r} on "
@@ -88,6 +90,23 @@ class AliasFollower:
                           self.served.version if self.served else "none", text)
             return self.last_check
 
+    def _check_store_file(self) -> None:
+        """MLflow keeps its connection to a SQLite file open: a file restored or copied over
+        it would go unseen, the alias read from the old one for ever. Say so instead."""
+        from retraining.config import sqlite_database
+        from retraining.errors import NeedsAttention
+
+        if self._store_file is None:
+            return
+        now = _store_file_identity(self._settings.tracking_uri)
+        if now != self._store_file:
+            database = sqlite_database(self._settings.tracking_uri)
+            raise NeedsAttention(
+                f"the store file {database} was replaced or moved since the endpoint opened "
+                "it, and MLflow still reads the one it opened",
+                fix="restart the endpoint (systemctl restart serve_production) to read the "
+                    "store that is there now")
+
     def _load(self, version: str) -> Served:
         from retraining.operations import production_summary
 
@@ -99,6 +118,23 @@ class AliasFollower:
         """Check every --alias-check-seconds until `stop` is set."""
         while not stop.wait(self._settings.alias_check_seconds):
             self.check()
+
+
+def _store_file_identity(tracking_uri: str) -> tuple[int, int] | None:
+    """Which file a `sqlite:///` store is (device and inode); None for any other store, or
+    for a file that is not there now."""
+    import os
+
+    from retraining.config import sqlite_database
+
+    database = sqlite_database(tracking_uri)
+    if database is None:
+        return None
+    try:
+        found = os.stat(database)
+    except FileNotFoundError:
+        return (-1, -1)
+    return (found.st_dev, found.st_ino)
 
 
 def _now() -> str:
@@ -125,7 +161,10 @@ def create_app(follower: AliasFollower):
     @app.get("/health")
     async def health():
         served = follower.served
-        return JSONResponse({"status": "ok", "version": served.version,
+        # Still serving either way; "degraded" when the alias could not be read last time,
+        # with the reason and its fix in last_check.
+        status = "ok" if follower.last_check.get("ok") else "degraded"
+        return JSONResponse({"status": status, "version": served.version,
                              "last_check": follower.last_check})
 
     @app.get("/model-info")
@@ -158,8 +197,48 @@ def create_app(follower: AliasFollower):
     return app
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse, in one line, an address the endpoint could not listen on: found before the
+    model is loaded, not by uvicorn after it."""
+    import errno
+    import socket
+
+    from retraining.errors import UsageError
+
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise UsageError(f"--serve-host {host!r} is not an address this machine knows "
+                         f"({error.strerror})",
+                         fix="give --serve-host an address of this machine, such as "
+                             "127.0.0.1") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            taken = error.errno == errno.EADDRINUSE
+            raise UsageError(f"cannot listen on {host}:{port}: {error.strerror}",
+                             fix="choose another --serve-port, or stop what listens there"
+                                 if taken else "give --serve-host an address of this "
+                                               "machine, such as 127.0.0.1") from None
+
+
 def serve(settings: Settings) -> dict[str, Any]:
     """Serve until SIGTERM or SIGINT; returns what was served last."""
+    from retraining.errors import Interrupted
+
+    check_address(settings.serve_host, settings.serve_port)
+    try:
+        return _serve(settings)
+    except Interrupted as asked:
+        # Asked to stop before serving began (while the model loaded): a stop, not a fault.
+        log.info("stopped by %s before serving", asked.args[0] if asked.args else "a signal")
+        return {"outcome": "stopped", "version": None}
+
+
+def _serve(settings: Settings) -> dict[str, Any]:
     import uvicorn
 
     follower = AliasFollower(settings)

@@ -80,6 +80,10 @@ def test_a_cycle_and_a_rollback_through_a_server_on_postgresql(workspace, postgr
     try:
         # Creating MLflow's tables on a new database takes a while.
         wait_until_answering(process, url + "/health", 180)
+        # The password of a store URI is not on any command line that `ps` shows.
+        commands = subprocess.run(["ps", "-eo", "args"], capture_output=True,
+                                  text=True).stdout
+        assert uri not in commands
         write_csvs(workspace.used_dir, "history", machine_files(6, drift=0.0, seed=1))
         write_csvs(workspace.new_dir, "batch", machine_files(6, drift=1.0, seed=2))
         model = workspace.model_dir / "initial.pkl"

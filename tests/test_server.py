@@ -265,3 +265,39 @@ def test_user_without_permission_is_told_which_call_was_denied(workspace, auth_s
     assert "experiment 'classifier-retraining'" in last and "EDIT" in last
     assert "unexpected" not in last
     assert (snapshot(workspace.new_dir), snapshot(workspace.used_dir)) == before
+
+
+def test_a_server_that_refuses_the_host_header_is_named_as_such(workspace):
+    # Started for other machines' clients: the address this client uses is not allowed.
+    process, url = start_script(workspace, {}, "--allowed-hosts", "mlflow.example:5000")
+    try:
+        wait_until_answering_anything(process, url + "/health", 120)
+        done = run_script("registry_tool.py", ["status", "--tracking-uri", url])
+
+        assert done.returncode == 1, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert "refused the Host header" in last and "--allowed-hosts" in last
+        assert "denied permission" not in last and "MLFLOW_TRACKING_USERNAME" not in last
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)
+
+
+def wait_until_answering_anything(process, url: str, seconds: float) -> None:
+    """Until `url` answers at all (a 403 is an answer); fail if the process dies first."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail("the server exited: " + process.stderr.read().decode()[-2000:])
+            time.sleep(0.5)
+    pytest.fail(f"{url} never answered")

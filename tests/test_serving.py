@@ -4,7 +4,10 @@ a rollback gets no error, and each new version answers within one check interval
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -203,3 +206,52 @@ def test_the_systemd_unit_starts_the_script_with_flags_it_takes():
     done = run_script("serve_production.py", [*command[2:], "--help"])
 
     assert done.returncode == 0 and "--alias-check-seconds" in done.stdout
+
+
+def test_a_store_file_restored_over_the_open_one_is_said_with_the_fix(endpoint):
+    workspace, url, process = endpoint
+    database = workspace.root / "store" / "mlflow.db"
+    assert workspace.tracking_uri == f"sqlite:///{database}"
+    copy = database.with_name("restored.db")
+    shutil.copy2(database, copy)
+    os.replace(copy, database)  # a restore from backup: the same path, another file
+
+    with pytest.raises(urllib.error.HTTPError) as answered:
+        _request(url + "/reload", {})
+
+    assert answered.value.code == 503
+    info = json.loads(answered.value.read())
+    assert info["version"] == "1" and info["last_check"]["ok"] is False
+    assert "was replaced or moved since the endpoint opened it" in info["last_check"]["error"]
+    assert "Fix: restart the endpoint" in info["last_check"]["error"]
+    health = _request(url + "/health")[2]
+    assert health["status"] == "degraded" and health["version"] == "1"
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--serve-host", "no-such-host.invalid"], "is not an address this machine knows"),
+    (["--serve-host", ""], "must not be empty"),
+    (["--alias-check-seconds", "inf"], "from 0.5 to 86400"),
+])
+def test_an_address_or_interval_it_cannot_use_is_one_line_before_any_load(production, argv,
+                                                                           says):
+    done = run_script("serve_production.py", ["--tracking-uri", production.tracking_uri,
+                                              "--serve-port", str(free_port()), *argv])
+
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert says in lines[-1] and "Fix:" in lines[-1]
+    assert not any(" INFO serving " in line for line in lines)  # no model was loaded
+
+
+def test_a_port_in_use_is_one_line_with_the_fix(production):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = run_script("serve_production.py", ["--tracking-uri", production.tracking_uri,
+                                                  "--serve-port",
+                                                  str(taken.getsockname()[1])])
+
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert "cannot listen on 127.0.0.1:" in last and "choose another --serve-port" in last

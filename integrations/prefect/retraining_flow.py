@@ -1,6 +1,6 @@
 """The nightly cycle as a Prefect flow: one task, retried when the cycle says "try later".
 
-    python integrations/prefect/retraining_flow.py             # one run, now
+    python integrations/prefect/retraining_flow.py             # one run now: its summary
     prefect deploy ... integrations/prefect/retraining_flow.py:retraining_cycle
 
 Exit 75 (the store or a lock busy or unreachable) raises TryLater, which the task retries;
@@ -51,4 +51,6 @@ def retraining_cycle(extra_args: tuple[str, ...] = ()) -> dict:
 
 
 if __name__ == "__main__":
-    print(retraining_cycle())
+    import json
+
+    print(json.dumps(retraining_cycle(), sort_keys=True))
