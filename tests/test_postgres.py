@@ -4,6 +4,7 @@ script, with a promoted cycle and a person's rollback through it."""
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import os
 import pwd
@@ -40,10 +41,14 @@ def _as_cluster_owner(argv: list[str], owner: str | None, **kwargs):
 def postgres():
     """A throwaway PostgreSQL cluster on 127.0.0.1: its URI for mlflow, and psql for checks."""
     binaries = _postgres_bin()
-    if binaries is None:
+    missing = ("PostgreSQL's server binaries are not installed (Debian: postgresql)"
+               if binaries is None else
+               "the PostgreSQL driver is not installed: pip install -r requirements-server.txt"
+               if importlib.util.find_spec("psycopg") is None else None)
+    if missing:
         if os.environ.get("TESTS_REQUIRE_POSTGRES"):
-            pytest.fail("PostgreSQL's server binaries are not installed (Debian: postgresql)")
-        pytest.skip("PostgreSQL's server binaries are not installed (Debian: postgresql)")
+            pytest.fail(missing)
+        pytest.skip(missing)
     owner = "postgres" if os.geteuid() == 0 else None
     # Not under pytest's tmp_path: its folders are private to root, and the cluster's owner
     # must reach its own data folder.
