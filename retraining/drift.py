@@ -146,7 +146,6 @@ def _text_drift(name: str, reference, new, p_value: float,
                 min_effect: float) -> list[FeatureDrift]:
     """Length and vocabulary of a free-text column, each tested as its own feature."""
     import numpy as np
-    from scipy import stats
 
     reference_text = reference.dropna().astype(str).str.lower()
     new_text = new.dropna().astype(str).str.lower()
@@ -154,12 +153,9 @@ def _text_drift(name: str, reference, new, p_value: float,
     if min(rows) == 0:
         return [_untested(f"{name}.length", "text", "ks", *rows),
                 _untested(f"{name}.vocabulary", "text", "chi2", *rows)]
-    lengths = stats.ks_2samp(reference_text.str.count(_WORD).to_numpy(float),
-                             new_text.str.count(_WORD).to_numpy(float))
-    length = FeatureDrift(f"{name}.length", "text", "ks", float(lengths.statistic),
-                          float(lengths.pvalue), float(lengths.statistic),
-                          lengths.pvalue < p_value and lengths.statistic >= min_effect, *rows)
-
+    length = _ks_drift(f"{name}.length", "text",
+                       reference_text.str.count(_WORD).to_numpy(float),
+                       new_text.str.count(_WORD).to_numpy(float), p_value, min_effect)
     reference_words = reference_text.str.findall(_WORD).explode().dropna().value_counts()
     new_words = new_text.str.findall(_WORD).explode().dropna().value_counts()
     kept = reference_words.index[:VOCABULARY_WORDS]
@@ -167,52 +163,56 @@ def _text_drift(name: str, reference, new, p_value: float,
         [*reference_words.reindex(kept, fill_value=0), reference_words.drop(kept).sum()],
         [*new_words.reindex(kept, fill_value=0), new_words.drop(kept, errors="ignore").sum()],
     ], dtype=float)
-    table = table[:, table.sum(axis=0) > 0]
-    if table.shape[1] < 2 or table[1].sum() == 0:
-        vocabulary = FeatureDrift(f"{name}.vocabulary", "text", "chi2", 0.0, 1.0, 0.0, False,
-                                  *rows)
-    else:
-        result = stats.chi2_contingency(table, correction=False)
-        effect = float(np.sqrt(result.statistic / table.sum()))
-        vocabulary = FeatureDrift(f"{name}.vocabulary", "text", "chi2",
-                                  float(result.statistic), float(result.pvalue), effect,
-                                  result.pvalue < p_value and effect >= min_effect, *rows)
-    return [length, vocabulary]
+    return [length, _chi2_drift(f"{name}.vocabulary", "text", table, rows, p_value,
+                                min_effect)]
 
 
 def _feature_drift(name: str, reference, new, p_value: float,
                    min_effect: float) -> FeatureDrift:
-    import numpy as np
     import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(reference) and pd.api.types.is_numeric_dtype(new):
+        return _ks_drift(name, "numeric", reference.dropna().to_numpy(dtype=float),
+                         new.dropna().to_numpy(dtype=float), p_value, min_effect)
+    # Missing values are a category of their own: a sensor that stops reporting is drift.
+    reference_counts = reference.astype("string").fillna(_MISSING).value_counts()
+    new_counts = new.astype("string").fillna(_MISSING).value_counts()
+    table = pd.concat([reference_counts, new_counts], axis=1).fillna(0).to_numpy(float).T
+    rows = int(reference_counts.sum()), int(new_counts.sum())
+    return _chi2_drift(name, "categorical", table, rows, p_value, min_effect)
+
+
+def _ks_drift(name: str, kind: str, reference_values, new_values, p_value: float,
+              min_effect: float) -> FeatureDrift:
+    """Kolmogorov-Smirnov of two samples of numbers; its statistic is the effect."""
     from scipy import stats
 
-    numeric = (pd.api.types.is_numeric_dtype(reference) and pd.api.types.is_numeric_dtype(new))
-    if numeric:
-        reference_values = reference.dropna().to_numpy(dtype=float)
-        new_values = new.dropna().to_numpy(dtype=float)
-        if len(reference_values) == 0 or len(new_values) == 0:
-            return _untested(name, "numeric", "ks", len(reference_values), len(new_values))
-        result = stats.ks_2samp(reference_values, new_values)
-        statistic, probability, effect = float(result.statistic), float(result.pvalue), \
-            float(result.statistic)
-        kind, test = "numeric", "ks"
-        rows = len(reference_values), len(new_values)
-    else:
-        # Missing values are a category of their own: a sensor that stops reporting is drift.
-        reference_counts = reference.astype("string").fillna(_MISSING).value_counts()
-        new_counts = new.astype("string").fillna(_MISSING).value_counts()
-        table = pd.concat([reference_counts, new_counts], axis=1).fillna(0).to_numpy(float).T
-        rows = int(reference_counts.sum()), int(new_counts.sum())
-        kind, test = "categorical", "chi2"
-        if table.shape[1] < 2 or min(rows) == 0:
-            # One category in both samples: nothing can have shifted between them.
-            return FeatureDrift(name, kind, test, 0.0, 1.0, 0.0, False, *rows)
-        result = stats.chi2_contingency(table, correction=False)
-        statistic, probability = float(result.statistic), float(result.pvalue)
-        # Cramér's V for a 2 x k table: sqrt(chi2 / n).
-        effect = float(np.sqrt(statistic / table.sum()))
-    drifted = probability < p_value and effect >= min_effect
-    return FeatureDrift(name, kind, test, statistic, probability, effect, drifted, *rows)
+    rows = len(reference_values), len(new_values)
+    if min(rows) == 0:
+        return _untested(name, kind, "ks", *rows)
+    result = stats.ks_2samp(reference_values, new_values)
+    statistic, probability = float(result.statistic), float(result.pvalue)
+    return FeatureDrift(name, kind, "ks", statistic, probability, statistic,
+                        probability < p_value and statistic >= min_effect, *rows)
+
+
+def _chi2_drift(name: str, kind: str, table, rows: tuple[int, int], p_value: float,
+                min_effect: float) -> FeatureDrift:
+    """Chi-squared of a 2 x k table of counts (reference, new); Cramér's V is the effect."""
+    import numpy as np
+    from scipy import stats
+
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or min(rows) == 0 or (table.sum(axis=1) == 0).any():
+        # One category in both samples, or nothing counted on a side: nothing can have
+        # shifted between them.
+        return FeatureDrift(name, kind, "chi2", 0.0, 1.0, 0.0, False, *rows)
+    result = stats.chi2_contingency(table, correction=False)
+    statistic, probability = float(result.statistic), float(result.pvalue)
+    # Cramér's V for a 2 x k table: sqrt(chi2 / n).
+    effect = float(np.sqrt(statistic / table.sum()))
+    return FeatureDrift(name, kind, "chi2", statistic, probability, effect,
+                        probability < p_value and effect >= min_effect, *rows)
 
 
 def _untested(name: str, kind: str, test: str, reference_rows: int,
