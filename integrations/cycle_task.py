@@ -41,8 +41,7 @@ class CycleResult:
 
     def message(self) -> str:
         """The cycle's own one line: its reason, with the exit code."""
-        reason = self.summary.get("reason") or self.stderr_tail.strip().splitlines()[-1:]
-        return f"the cycle ended with exit {self.exit_code}: {reason}"
+        return f"the cycle ended with exit {self.exit_code}: {self.summary['reason']}"
 
 
 def project_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -67,7 +66,7 @@ def run_cycle(extra_args: Sequence[str] = (), environ: Mapping[str, str] | None 
         summary = json.loads(lines[-1]) if lines else {}
     except json.JSONDecodeError:
         summary = {}
-    if not summary:
+    if "reason" not in summary:  # no JSON at all (a crash before the edge): its last line
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
         summary = {"outcome": "failed", "exit_code": done.returncode, "reason": tail[0]}
     return CycleResult(done.returncode, summary, done.stderr[-4000:])

@@ -43,7 +43,7 @@ class AliasFollower:
     def __init__(self, settings: Settings):
         from retraining.registry import Registry
 
-        self._settings = settings
+        self.settings = settings
         # Read only: serving never writes a run, a version or an alias.
         self._registry = Registry(dataclasses.replace(settings, dry_run=True))
         self._store_file = _store_file_identity(settings.tracking_uri)
@@ -71,13 +71,13 @@ class AliasFollower:
                 self._check_store_file()
                 version = self._registry.production_version()
                 if version is None:
-                    raise LookupError(f"no alias {self._settings.alias!r} on "
-                                      f"{self._settings.model_name!r}")
+                    raise LookupError(f"no alias {self.settings.alias!r} on "
+                                      f"{self.settings.model_name!r}")
                 current = self.served
                 if current is None or current.version != version:
                     self.served = self._load(version)
                     log.info("serving %s version %s (alias %s), was %s",
-                             self._settings.model_name, version, self._settings.alias,
+                             self.settings.model_name, version, self.settings.alias,
                              current.version if current else "none")
                 self.last_check = {"at": started, "ok": True, "alias_version": version}
             # Of any kind (an unreachable store, a model whose files are missing): a serving
@@ -98,9 +98,9 @@ class AliasFollower:
 
         if self._store_file is None:
             return
-        now = _store_file_identity(self._settings.tracking_uri)
+        now = _store_file_identity(self.settings.tracking_uri)
         if now != self._store_file:
-            database = sqlite_database(self._settings.tracking_uri)
+            database = sqlite_database(self.settings.tracking_uri)
             raise NeedsAttention(
                 f"the store file {database} was replaced or moved since the endpoint opened "
                 "it, and MLflow still reads the one it opened",
@@ -111,12 +111,12 @@ class AliasFollower:
         from retraining.operations import production_summary
 
         model = self._registry.load_version(version, flavor="pyfunc")
-        info = production_summary(self._registry, self._settings.alias, version)
+        info = production_summary(self._registry, self.settings.alias, version)
         return Served(version=version, model=model, info=info, loaded_at=_now())
 
     def follow(self, stop: threading.Event) -> None:
         """Check every --alias-check-seconds until `stop` is set."""
-        while not stop.wait(self._settings.alias_check_seconds):
+        while not stop.wait(self.settings.alias_check_seconds):
             self.check()
 
 
@@ -151,7 +151,7 @@ def create_app(follower: AliasFollower):
     from mlflow.pyfunc.scoring_server import invocations
 
     app = FastAPI(title="classifier serving")
-    settings = follower._settings
+    settings = follower.settings
 
     def _info(served: Served) -> dict[str, Any]:
         return {"model_name": settings.model_name, "alias": settings.alias,
@@ -227,39 +227,27 @@ def check_address(host: str, port: int) -> None:
 
 def serve(settings: Settings) -> dict[str, Any]:
     """Serve until SIGTERM or SIGINT; returns what was served last."""
+    import uvicorn
+
     from retraining.errors import Interrupted
 
     check_address(settings.serve_host, settings.serve_port)
+    follower, stop = None, threading.Event()
     try:
-        return _serve(settings)
-    except Interrupted as asked:
-        # Asked to stop before serving began (while the model loaded): a stop, not a fault.
-        log.info("stopped by %s before serving", asked.args[0] if asked.args else "a signal")
-        return {"outcome": "stopped", "version": None}
-
-
-def _serve(settings: Settings) -> dict[str, Any]:
-    import uvicorn
-
-    follower = AliasFollower(settings)
-    stop = threading.Event()
-    watcher = threading.Thread(target=follower.follow, args=(stop,), name="alias-follower",
-                               daemon=True)
-    watcher.start()
-    server = uvicorn.Server(uvicorn.Config(create_app(follower), host=settings.serve_host,
-                                           port=settings.serve_port, log_level="warning",
-                                           access_log=False))
-    log.info("serving %s@%s (version %s) on http://%s:%d, checking the alias every %g s",
-             settings.model_name, settings.alias, follower.served.version, settings.serve_host,
-             settings.serve_port, settings.alias_check_seconds)
-    from retraining.errors import Interrupted
-
-    try:
+        follower = AliasFollower(settings)
+        threading.Thread(target=follower.follow, args=(stop,), name="alias-follower",
+                         daemon=True).start()
+        server = uvicorn.Server(uvicorn.Config(create_app(follower), host=settings.serve_host,
+                                               port=settings.serve_port, log_level="warning",
+                                               access_log=False))
+        log.info("serving %s@%s (version %s) on http://%s:%d, checking the alias every %g s",
+                 settings.model_name, settings.alias, follower.served.version,
+                 settings.serve_host, settings.serve_port, settings.alias_check_seconds)
         server.run()
     except Interrupted as asked:
-        # uvicorn shuts down gracefully on SIGTERM or SIGINT, then raises the signal again
-        # for the handler before it: the stop a service manager asks for, not a failure.
+        # While the model loads, or after uvicorn's graceful shutdown, which raises the
+        # signal again for the handler before it: the stop a service manager asks for.
         log.info("stopped by %s", asked.args[0] if asked.args else "a signal")
     finally:
         stop.set()
-    return {"outcome": "stopped", "version": follower.served.version}
+    return {"outcome": "stopped", "version": follower.served.version if follower else None}
