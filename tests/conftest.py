@@ -194,8 +194,11 @@ def cycle(workspace: Workspace, capsys, *extra) -> tuple[int, dict]:
                     [*workspace.flags, "--min-new-files", "5", *extra], capsys)
 
 
-def wait_until_answering(process: subprocess.Popen, url: str, seconds: float) -> None:
-    """Poll `url` until it answers 200; fail with the process's stderr if it dies or hangs."""
+def wait_until_answering(process: subprocess.Popen, url: str, seconds: float,
+                         refusal_counts: bool = False) -> None:
+    """Poll `url` until it answers 200 (or, with `refusal_counts`, any HTTP status: a 403 is
+    an answer too); fail with the process's stderr if it dies or hangs."""
+    import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + seconds
@@ -204,7 +207,9 @@ def wait_until_answering(process: subprocess.Popen, url: str, seconds: float) ->
             with urllib.request.urlopen(url, timeout=2) as answer:
                 if answer.status == 200:
                     return
-        except OSError:
+        except OSError as error:
+            if refusal_counts and isinstance(error, urllib.error.HTTPError):
+                return
             if process.poll() is not None:
                 pytest.fail(f"the process behind {url} exited: "
                             + process.stderr.read().decode()[-2000:])
