@@ -73,6 +73,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
 from bench.gate_streams import _Captured  # noqa: E402
+from bench.run_bench import write_results  # noqa: E402
 
 DEFAULT_DOMAIN = PROJECT_DIR / "train_classification_model.py"
 TRACKING_DOMAIN = PROJECT_DIR / "examples" / "object_tracking" / "train_classification_model.py"
@@ -684,14 +685,12 @@ def main(argv=None) -> int:
     if "rare_class" in names:
         print(f"rare_class: positives move at cycle {rare_change_cycle(cycles)}.")
     print("\nreasons worth reading:\n" + reasons(results))
-    out = PROJECT_DIR / "bench" / "results" / f"decisions-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"cycles": cycles, "seeds": seeds, "fresh_rows": args.fresh_rows,
-                               "seed_of_the_cycle": SEED, "false_promotion_above":
-                               FALSE_PROMOTION, "false_rejection_above": FALSE_REJECTION,
-                               "wall_seconds": round(wall, 1), "code_at_start": code_at_start,
-                               "code_at_end": code_at_end,
-                               "table": markdown, "results": results}, indent=1, default=str))
+    out = write_results("decisions-", {
+        "cycles": cycles, "seeds": seeds, "fresh_rows": args.fresh_rows,
+        "seed_of_the_cycle": SEED, "false_promotion_above": FALSE_PROMOTION,
+        "false_rejection_above": FALSE_REJECTION, "wall_seconds": round(wall, 1),
+        "code_at_start": code_at_start, "code_at_end": code_at_end,
+        "table": markdown, "results": results}, default=str)
     print(f"\nwritten to {out.relative_to(PROJECT_DIR)}")
     return 0
 

@@ -23,7 +23,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -92,7 +91,7 @@ def main(argv=None) -> int:
         print(json.dumps(one_side(args.side, args.rows)))
         return 0
 
-    from bench.run_bench import child_env, machine
+    from bench.run_bench import child_env, machine, write_results
 
     results = {"rows": args.rows, "threads": args.threads or "unset", "machine": machine()}
     for side in SIDES:
@@ -105,9 +104,7 @@ def main(argv=None) -> int:
         print(f"{side}: given {results[side]['given_mb']:,.0f} MB, adds "
               f"{results[side]['added_mb']:,.0f} MB at its peak "
               f"({results[side]['added_bytes_per_row']} bytes a row)", flush=True)
-    out = PROJECT_DIR / "bench" / "results" / f"fit-memory-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    out = write_results("fit-memory-", results)
     print(f"written to {out}")
     return 0
 

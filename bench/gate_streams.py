@@ -19,14 +19,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
+
+from bench.run_bench import write_results  # noqa: E402
 
 FRESH_FILES = 200  # of 300 rows: 60,000 rows to measure each model's true error
 
@@ -131,9 +131,7 @@ def main(argv=None) -> int:
         better = sum(r["true_challenger_error"] < r["true_production_error"] for r in promoted)
         print(f"{kind:10} {flags or 'defaults':28} {len(promoted):2} of {len(rows):2}  "
               f"{better} of {len(promoted)}")
-    out = PROJECT_DIR / "bench" / "results" / f"gate-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": results}, indent=1))
+    out = write_results("gate-", {"results": results})
     print(f"\nwritten to {out.relative_to(PROJECT_DIR)}")
     return 0
 

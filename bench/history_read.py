@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child, args.work_dir / "used_gts")))
         return 0
 
-    from bench.run_bench import machine
+    from bench.run_bench import machine, write_results
     from retraining.datafiles import list_data_files
     from retraining.ledger import history_content
 
@@ -207,9 +207,7 @@ def main(argv=None) -> int:
           f"{disk['warm']:,.0f} MB/s warm")
     results = {"rows": args.rows, "files": len(paths), "csv_mb": csv_mb, "copy_mb": copy_mb,
                "sequential_read_mb_per_s": disk, "table": table, "machine": machine()}
-    out = PROJECT_DIR / "bench" / "results" / f"history-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    out = write_results("history-", results)
     print(f"written to {out}")
     return 0
 

@@ -392,6 +392,14 @@ def machine() -> dict:
             "python": platform.python_version(), "load_average": os.getloadavg()}
 
 
+def write_results(prefix: str, results: dict, **dumps) -> Path:
+    """One run's results, as bench/results/<prefix><time>.json; returns its path."""
+    out = PROJECT_DIR / "bench" / "results" / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, **dumps))
+    return out
+
+
 def print_table(results: dict) -> None:
     print(f"\nmachine: {results['machine']['cpus']} x {results['machine']['cpu_model']}, "
           f"{results['machine']['ram_gib']} GiB; OMP_NUM_THREADS={results['threads']}; "

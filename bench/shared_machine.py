@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,14 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from bench.run_bench import child_env, generate, machine, prepare_workspace, run_cycle  # noqa: E402
+from bench.run_bench import (  # noqa: E402
+    child_env,
+    generate,
+    machine,
+    prepare_workspace,
+    run_cycle,
+    write_results,
+)
 from retraining.threads import PERSONS_THREAD_SETTINGS, usable_cores  # noqa: E402
 
 WAYS = ("auto", "one", "default")
@@ -116,9 +122,7 @@ def main(argv=None) -> int:
             work = Path(folder) / str(rows)
             work.mkdir()
             results["sizes"].append(bench_size(rows, args.repeats, busy, work, cores))
-    out = PROJECT_DIR / "bench" / "results" / f"shared-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    out = write_results("shared-", results)
     print_table(results)
     print(f"\nresults: {out}")
     return 0

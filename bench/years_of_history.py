@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from bench.history_read import generate
-    from bench.run_bench import child_env, machine, measure, prepare_workspace
+    from bench.run_bench import child_env, machine, measure, prepare_workspace, write_results
 
     data = args.work_dir / f"data_{args.rows}"
     started = time.perf_counter()
@@ -102,9 +102,7 @@ def main(argv=None) -> int:
     results = {"rows": args.rows, "csv_mb": csv_mb, "threads": args.threads or "unset",
                "training_windows": args.training_windows or "default",
                "registration": registration, "nights": nights, "machine": machine()}
-    out = PROJECT_DIR / "bench" / "results" / f"years-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+    out = write_results("years-", results)
     print(f"written to {out}")
     return 0
 
