@@ -60,7 +60,13 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
             # stdout carries the summary alone; libraries that print (MLflow prints run
             # links when talking to a server) are sent to stderr with the rest of the log.
             with mlflow_environment(settings), contextlib.redirect_stdout(sys.stderr):
-                summary = action(settings, args)
+                try:
+                    summary = action(settings, args)
+                except SystemExit as exit_request:
+                    # A library's sys.exit, not ours: the work did not complete, whatever
+                    # code it gave.
+                    raise RuntimeError(f"a library called sys.exit({exit_request.code!r}) "
+                                       "during the run") from exit_request
     except SystemExit as exit_request:  # --help (argparse printed it)
         return EXIT_OK if exit_request.code == 0 else EXIT_USAGE
     except (RetrainingError, Interrupted) as error:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import pipeline_orchestrator
 from tests.conftest import (
     PROJECT_DIR,
     changed_concept_files,
@@ -106,3 +107,24 @@ def test_a_summary_that_cannot_be_written_ends_in_one_line(production):
     assert "Traceback" not in done.stderr
     assert "summary could not be written to stdout (No space left on device)" in \
         done.stderr.strip().splitlines()[-1]
+
+
+def test_a_library_exiting_mid_cycle_is_a_failure_and_archives_nothing(production, tmp_path,
+                                                                      capsys):
+    # Such a library exists: pyspark's connect utilities call sys.exit(0) when they take the
+    # process for a doctest run. The run did not complete; exit 0 would say it had.
+    domain = tmp_path / "domain.py"
+    domain.write_text("import sys\n"
+                      "from train_classification_model import error_metric\n"
+                      "def train_model(features, labels):\n"
+                      "    sys.exit(0)\n")
+    write_csvs(production.new_dir, "batch", changed_concept_files(6, seed=7))
+    before = snapshot(production.new_dir)
+
+    code = pipeline_orchestrator.main([*production.flags, "--min-new-files", "5",
+                                       "--domain-file", str(domain)])
+
+    assert code == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "a library called sys.exit(0) during the run" in line
+    assert snapshot(production.new_dir) == before and production.alias_version() == "1"
