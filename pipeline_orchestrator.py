@@ -167,7 +167,8 @@ def open_cycle(settings: Settings, new_paths: list[Path],
     from retraining.registry import Registry
     from retraining.threads import fit_to_machine
 
-    domain = load_domain(settings.domain_file)
+    domain = load_domain(settings.domain_file,
+                         settings.spark_master if settings.engine == "spark" else None)
     registry = Registry(settings)
     registry.close_interrupted_runs(str(settings.new_dir))
     decision.finish_interrupted_promotions(registry, str(settings.new_dir))
@@ -486,7 +487,8 @@ OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_fi
            "bootstrap_resamples", "require_significance", "non_inferiority_margin",
            "rise_trigger", "rise_confidence", "auto_rollback", "earlier_versions",
            "training_windows", "recent_files", "recency_half_life", "validation_fraction",
-           "window_sample_rows", "strict_history", "columnar_history", "threads", "dry_run", "json"]
+           "window_sample_rows", "strict_history", "columnar_history", "threads", "engine",
+           "spark_master", "dry_run", "json"]
 
 
 def main(argv=None) -> int:

@@ -37,6 +37,18 @@ your code meets is below; examples/object_tracking/ is a complete domain that us
         - The model is logged with skops: build it from scikit-learn (or other skops-
           serialisable) objects, and it loads in MLflow without unpickling code.
 
+    train_spark_model(frame, label_column[, random_state][, weight_column]) -> PipelineModel
+        Optional; used instead of train_model with --engine spark. Fit and return a
+        pyspark.ml.PipelineModel on `frame`, a Spark DataFrame of the features (as above)
+        and the label column, named `label_column`. Import pyspark inside the function, so
+        a user who never uses Spark never needs it.
+        - The pipeline writes the predicted class to a column named `prediction`, as the
+          label column has it (1 for an integer label, not 1.0 or "1"): the cycle reads it
+          through the model's pyfunc, as it reads any version's predictions.
+        - `weight_column` (declared, or None) names a column of row weights the cycle adds
+          for the window that weighs recent files more; without it that window is skipped.
+        - Logged with MLflow's Spark flavour; the version loads where pyspark is installed.
+
     error_metric(labels, predictions[, rows]) -> float
         Required. The error the cycle monitors and compares; must return a finite number.
         Declare `rows` to receive the prepared rows being scored (your columns, label left
@@ -100,6 +112,57 @@ def train_model(features: pd.DataFrame, labels: pd.Series, random_state: int = 0
         return model.fit(features, labels)
     # A pipeline routes fit parameters by step name: only the trees take the weights.
     return model.fit(features, labels, histgradientboostingclassifier__sample_weight=sample_weight)
+
+
+def train_spark_model(frame, label_column: str, random_state: int = 0, weight_column=None):
+    """The same idea on Spark MLlib: median imputation and one-hot encoding of text columns,
+    then gradient-boosted trees (one against the rest per class, past two classes)."""
+    from pyspark.ml import Pipeline
+    from pyspark.ml.classification import GBTClassifier, OneVsRest
+    from pyspark.ml.feature import (
+        Imputer,
+        IndexToString,
+        OneHotEncoder,
+        SQLTransformer,
+        StringIndexer,
+        VectorAssembler,
+    )
+
+    features = [name for name in frame.columns if name not in (label_column, weight_column)]
+    kinds = dict(frame.dtypes)
+    numeric = [name for name in features if kinds[name] != "string"]
+    text = [name for name in features if kinds[name] == "string"]
+    # Spark's trees learn class indices 0..k-1; the last stages turn the index back into
+    # the class as the label column has it, so `prediction` compares with the labels.
+    classes = StringIndexer(inputCol=label_column, outputCol="_label_index",
+                            stringOrderType="alphabetAsc").fit(frame)
+    stages = [Imputer(inputCols=numeric, outputCols=[f"_number_{i}" for i in range(len(numeric))],
+                      strategy="median")] if numeric else []
+    if text:
+        stages += [
+            StringIndexer(inputCols=text, outputCols=[f"_text_{i}" for i in range(len(text))],
+                          handleInvalid="keep"),
+            OneHotEncoder(inputCols=[f"_text_{i}" for i in range(len(text))],
+                          outputCols=[f"_onehot_{i}" for i in range(len(text))],
+                          handleInvalid="keep"),
+        ]
+    trees = GBTClassifier(featuresCol="_features", labelCol="_label_index", maxIter=50,
+                          seed=random_state, **({"weightCol": weight_column}
+                                                if weight_column else {}))
+    if len(classes.labels) > 2:
+        trees = OneVsRest(classifier=trees, featuresCol="_features", labelCol="_label_index",
+                          **({"weightCol": weight_column} if weight_column else {}))
+    stages += [
+        VectorAssembler(inputCols=[f"_number_{i}" for i in range(len(numeric))]
+                        + [f"_onehot_{i}" for i in range(len(text))], outputCol="_features"),
+        trees.setPredictionCol("_predicted_index"),
+        IndexToString(inputCol="_predicted_index", outputCol="_predicted_class",
+                      labels=classes.labels),
+        SQLTransformer(statement=f"SELECT *, CAST(_predicted_class AS "
+                                 f"{kinds[label_column]}) AS prediction FROM __THIS__"),
+    ]
+    # The label's indexer stays out of the model: the rows it predicts have no label.
+    return Pipeline(stages=stages).fit(classes.transform(frame))
 
 
 def error_metric(labels, predictions) -> float:

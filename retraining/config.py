@@ -17,6 +17,9 @@ from retraining.errors import UsageError
 ENV_PREFIX = "RETRAIN_"
 # The candidate training sets retraining can choose from (see retraining/windows.py).
 TRAINING_WINDOWS = ("all", "recent", "weighted")
+# What trains the challenger: the domain's train_model in this process, or its
+# train_spark_model on a Spark cluster (retraining/spark_engine.py).
+ENGINES = ("default", "spark")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,8 @@ class Settings:
     strict_history: bool
     columnar_history: bool
     threads: int | None  # None: the cores free at each heavy step; 0: OMP_NUM_THREADS decides
+    engine: str
+    spark_master: str
     dry_run: bool
     json: bool
     force: bool
@@ -161,6 +166,13 @@ def _window_names(text: str) -> tuple[str, ...]:
         # It is the fallback when no validation files can be set aside, so it is always there.
         raise ValueError("must include 'all'")
     return names
+
+
+def _engine(text: str) -> str:
+    engine = text.strip().lower()
+    if engine not in ENGINES:
+        raise ValueError(f"is not an engine; known: {', '.join(ENGINES)}")
+    return engine
 
 
 def _flag(text: str) -> bool:
@@ -282,6 +294,12 @@ _OPTIONS = {
         _Option("threads", _threads,
                 "threads for the numeric libraries (scikit-learn's OpenMP, BLAS); 'auto': the "
                 "cores other processes leave free, asked before each fit"),
+        _Option("engine", _engine,
+                "what trains the challenger: 'default' (the domain's train_model, here) or "
+                "'spark' (its train_spark_model, on --spark-master)"),
+        _Option("spark_master", _nonempty,
+                "the Spark master the spark engine trains on: local[*] for this machine's "
+                "cores, or a cluster's URL (spark://host:7077, yarn, k8s://...)"),
         _Option("dry_run", _flag, "decide and report, change nothing", is_flag=True),
         _Option("json", _flag, "print one JSON summary on stdout", is_flag=True),
         _Option("force", _flag, "replace an existing production alias", is_flag=True),
@@ -360,6 +378,8 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "strict_history": False,
         "columnar_history": True,
         "threads": None,
+        "engine": "default",
+        "spark_master": "local[*]",
         "dry_run": False,
         "json": False,
         "force": False,

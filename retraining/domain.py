@@ -27,10 +27,18 @@ class Domain:
     error_metric_name: str
     error_per_file: bool
     lower_error_is_better: bool
+    train_spark_model: Callable[..., Any] | None = None
+    # Set: `train` fits train_spark_model on this Spark master (--engine spark).
+    spark_master: str | None = None
 
     @property
     def accepts_sample_weight(self) -> bool:
-        """Whether the user's `train_model` declares `sample_weight` (or **kwargs)."""
+        """Whether the trainer in use declares `sample_weight` (train_spark_model:
+        `weight_column`), or **kwargs."""
+        if self.spark_master is not None:
+            from retraining.spark_engine import accepts_weights
+
+            return accepts_weights(self.train_spark_model)
         return _accepts(self.train_model, "sample_weight")
 
     @property
@@ -59,14 +67,20 @@ class Domain:
         are limited to it, or to the cores free now, before the fit (retraining/threads.py);
         by default (0) they are left as they are.
         """
+        if sample_weight is not None and not self.accepts_sample_weight:
+            raise TypeError(f"the trainer in {self.source} does not accept weights")
+        if self.spark_master is not None:
+            from retraining import spark_engine
+
+            return spark_engine.train(self.train_spark_model, self.spark_master, features,
+                                      labels, random_state=random_state,
+                                      sample_weight=sample_weight)
         from retraining.threads import fit_to_machine
 
         fit_to_machine(threads)
         keywords = {"random_state": random_state} \
             if _accepts(self.train_model, "random_state") else {}
         if sample_weight is not None:
-            if not self.accepts_sample_weight:
-                raise TypeError(f"train_model in {self.source} does not accept sample_weight")
             keywords["sample_weight"] = sample_weight
         return self.train_model(features, labels, **keywords)
 
@@ -81,8 +95,11 @@ def _identity(frame, path):
     return frame
 
 
-def load_domain(path: Path) -> Domain:
-    """Import the contract file; a missing or incomplete contract raises NeedsAttention."""
+def load_domain(path: Path, spark_master: str | None = None) -> Domain:
+    """Import the contract file; a missing or incomplete contract raises NeedsAttention.
+
+    `spark_master`: train with the file's train_spark_model on that master (--engine spark).
+    """
     if not path.is_file():
         raise NeedsAttention(f"domain file {path} does not exist",
                              fix="restore train_classification_model.py or pass --domain-file")
@@ -105,6 +122,12 @@ def load_domain(path: Path) -> Domain:
         if not isinstance(getattr(module, flag, True), bool):
             raise NeedsAttention(f"{flag} in {path} is {getattr(module, flag)!r}, not a boolean",
                                  fix=f"set {flag} = True or False")
+    train_spark_model = getattr(module, "train_spark_model", None)
+    if spark_master is not None and not callable(train_spark_model):
+        raise NeedsAttention(f"--engine spark, and domain file {path} does not define "
+                             "train_spark_model",
+                             fix="define it as documented at the top of "
+                                 "train_classification_model.py, or use --engine default")
     return Domain(
         source=path,
         prepare_file=getattr(module, "prepare_file", _identity),
@@ -113,4 +136,6 @@ def load_domain(path: Path) -> Domain:
         error_metric_name=str(getattr(module, "ERROR_METRIC_NAME", module.error_metric.__name__)),
         error_per_file=getattr(module, "ERROR_PER_FILE", False),
         lower_error_is_better=getattr(module, "LOWER_ERROR_IS_BETTER", True),
+        train_spark_model=train_spark_model if callable(train_spark_model) else None,
+        spark_master=spark_master,
     )

@@ -20,7 +20,7 @@ _LINEAGE_SETTINGS = ("label_column", "seed", "holdout_fraction", "error_threshol
                      "bootstrap_resamples", "require_significance", "non_inferiority_margin",
                      "training_windows",
                      "recent_files",
-                     "recency_half_life", "validation_fraction", "window_sample_rows")
+                     "recency_half_life", "validation_fraction", "window_sample_rows", "engine")
 
 
 @functools.cache

@@ -308,18 +308,31 @@ class Registry:
                                hand_moves_seen=hand_moves,
                                tags=tags)
 
-    def load_version(self, version: str, flavor: str = "sklearn"):
-        """The version's model, as scikit-learn's or (`flavor="pyfunc"`) as MLflow's generic
-        model, which checks inputs against the signature; its files missing from the
-        artifact store is NeedsAttention."""
+    def load_version(self, version: str, flavor: str | None = None):
+        """The version's model: as scikit-learn's, or as MLflow's generic model (pyfunc,
+        which checks inputs against the signature) when `flavor="pyfunc"` or when it has no
+        scikit-learn flavour (a Spark version); its files missing from the artifact store
+        is NeedsAttention."""
         import mlflow.pyfunc
         import mlflow.sklearn
         from mlflow.exceptions import MlflowException
 
-        load = mlflow.pyfunc.load_model if flavor == "pyfunc" else mlflow.sklearn.load_model
+        uri = f"models:/{self.model_name}/{version}"
         try:
-            return self._store_call("load the model", load,
-                                    f"models:/{self.model_name}/{version}")
+            if flavor is None:
+                # Downloaded once; the flavours are read from the files already here.
+                from mlflow.artifacts import download_artifacts
+                from mlflow.models import Model
+
+                uri = self._store_call("download the model", download_artifacts, uri)
+                flavor = "sklearn" if "sklearn" in Model.load(uri).flavors else "pyfunc"
+            if flavor == "pyfunc" and self._settings.engine == "spark":
+                # A Spark version loads on the session the cycle trains on.
+                from retraining.spark_engine import session
+
+                session(self._settings.spark_master)
+            load = mlflow.pyfunc.load_model if flavor == "pyfunc" else mlflow.sklearn.load_model
+            return self._store_call("load the model", load, uri)
         except (MlflowException, FileNotFoundError) as error:
             if getattr(error, "error_code", "RESOURCE_DOES_NOT_EXIST") != "RESOURCE_DOES_NOT_EXIST":
                 raise
@@ -559,14 +572,23 @@ class Registry:
     def log_model_version(self, model, features, predictions) -> str:
         """Log `model` in the active run, register it, and return the new version number.
 
-        Saved with skops, trusting exactly the types this model was built from here, so it
-        loads later without a warning and without unpickling arbitrary code.
+        A scikit-learn model is saved with skops, trusting exactly the types this model was
+        built from here, so it loads later without a warning and without unpickling
+        arbitrary code; a Spark one (retraining/spark_engine.py) with MLflow's Spark flavour.
         """
-        import mlflow.sklearn
-        import skops.io
         from mlflow.models import infer_signature
 
+        from retraining import spark_engine  # imports no pyspark itself
+
         signature = infer_signature(signature_sample(features), predictions)
+        if isinstance(model, spark_engine.SparkModel):
+            info = self._store_call(
+                "log the model", spark_engine.log_model, model, signature=signature,
+                input_example=features.head(5), registered_model_name=self.model_name)
+            return str(info.registered_model_version)
+        import mlflow.sklearn
+        import skops.io
+
         trusted = skops.io.get_untrusted_types(data=skops.io.dumps(model))
         info = self._store_call(
             "log the model", mlflow.sklearn.log_model, model, name="model",

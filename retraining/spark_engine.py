@@ -1,0 +1,187 @@
+"""The Spark engine: the challenger trained by the domain's train_spark_model on a Spark master.
+
+Only the training moves: the cycle still reads and checks every file here (the quarantine,
+the ledger and prepare_file see each one), then hands the training rows to Spark, which
+trains where its master says (`local[*]`: this machine's cores; a cluster's URL: its
+executors). The fitted `PipelineModel` is logged with MLflow's Spark flavour and, like any
+version, judged through its pyfunc on the held-out files, so one gate serves both engines.
+Imported only when --engine spark is chosen or a Spark version is loaded: a user who never
+uses Spark never imports pyspark.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import logging
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+from retraining.errors import NeedsAttention
+
+log = logging.getLogger(__name__)
+
+# The column the rows' weights travel in when the domain's trainer declares `weight_column`.
+WEIGHT_COLUMN = "_retraining_weight"
+# What a Spark version needs where it is loaded: the one pinned in requirements-spark.txt.
+_MODEL_REQUIREMENTS = ("mlflow", "pyspark", "numpy", "pandas")
+# pyspark 4.2 warns at every pandas conversion that it does not yet fully support pandas 3;
+# the conversions the cycle makes (numbers, text, missing values) are covered by the tests.
+_PANDAS_WARNING = "PySpark does not yet fully support pandas"
+# In local mode the whole fit runs in the driver's JVM, whose heap Spark sizes at 1 GB unless
+# told: a few million rows of history fail there with OutOfMemoryError. Half of this
+# machine's memory is the JVM's when the user has not sized it; the rest is this process's.
+_LOCAL_DRIVER_SHARE = 0.5
+
+
+def _driver_memory_set_by_user() -> bool:
+    """Whether spark.driver.memory comes from the user: PYSPARK_SUBMIT_ARGS or the
+    spark-defaults.conf Spark reads (a setting here would override that file's)."""
+    submit_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "")
+    if "--driver-memory" in submit_args or "spark.driver.memory" in submit_args:
+        return True
+    conf_dirs = [os.environ.get("SPARK_CONF_DIR"),
+                 os.environ.get("SPARK_HOME") and os.path.join(os.environ["SPARK_HOME"], "conf")]
+    for conf_dir in filter(None, conf_dirs):
+        defaults = Path(conf_dir) / "spark-defaults.conf"
+        if defaults.is_file() and re.search(r"^\s*spark\.driver\.memory\b",
+                                            defaults.read_text(errors="replace"), re.M):
+            return True
+    return False
+
+
+def local_driver_memory(master: str) -> str | None:
+    """The driver heap for a local master the user has not sized, as Spark writes it."""
+    if not master.startswith("local") or _driver_memory_set_by_user():
+        return None
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(1024, int(physical * _LOCAL_DRIVER_SHARE) >> 20)}m"
+
+
+def session(master: str):
+    """The process's Spark session on `master`, started once; its logs stay at warnings."""
+    warnings.filterwarnings("ignore", message=_PANDAS_WARNING, category=FutureWarning)
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as error:
+        raise NeedsAttention("--engine spark needs pyspark, which is not installed",
+                             fix="pip install -r requirements-spark.txt (and a Java runtime: "
+                                 "apt-get install default-jre-headless)") from error
+    builder = (SparkSession.builder.master(master).appName("retraining-cycle")
+               # Arrow moves pandas rows to the JVM and back in columns, not row by row.
+               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+               .config("spark.ui.showConsoleProgress", "false"))
+    driver_memory = local_driver_memory(master)
+    if driver_memory is not None:
+        # Read when the JVM starts: a session already running keeps its heap.
+        builder = builder.config("spark.driver.memory", driver_memory)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as error:  # the JVM's failure to start arrives as many kinds
+        message = " ".join(str(error).split())[:300]
+        raise NeedsAttention(f"Spark could not start on master {master!r}: "
+                             f"{type(error).__name__}: {message}",
+                             fix="install a Java runtime (apt-get install "
+                                 "default-jre-headless) or check --spark-master") from error
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def spark_frame(spark, frame):
+    """A pandas frame as a Spark DataFrame, through one Arrow table: pandas' own path gives
+    up on text columns that pyarrow read in several chunks, and goes row by row."""
+    import pyarrow as pa
+
+    return spark.createDataFrame(pa.Table.from_pandas(frame, preserve_index=False))
+
+
+class SparkModel:
+    """A fitted Spark `PipelineModel` as the cycle uses any model: `predict` on pandas rows.
+
+    Its `prediction` column holds classes as the label column has them (the contract of
+    train_spark_model); pyfunc returns the same column once the model is logged.
+    """
+
+    def __init__(self, pipeline_model, spark):
+        self.pipeline_model = pipeline_model
+        self._spark = spark
+
+    def predict(self, features):
+        import numpy as np
+
+        rows = spark_frame(self._spark, features)
+        scored = self.pipeline_model.transform(rows).select("prediction").toPandas()
+        return np.asarray(scored["prediction"])
+
+    @property
+    def classifier_name(self) -> str:
+        """The class of the last stage that predicts: what `model_class` says of it."""
+        stages = [type(stage).__name__ for stage in self.pipeline_model.stages]
+        predicting = [name for name in stages if name.endswith(("ClassificationModel",
+                                                                "Model"))]
+        return f"PipelineModel({predicting[-1] if predicting else ', '.join(stages)})"
+
+
+def accepts_weights(trainer: Callable) -> bool:
+    """Whether the domain's train_spark_model declares `weight_column` (or **kwargs)."""
+    accepted = inspect.signature(trainer).parameters
+    return "weight_column" in accepted or any(p.kind is p.VAR_KEYWORD
+                                              for p in accepted.values())
+
+
+def train(trainer: Callable, master: str, features, labels, *, random_state: int,
+          sample_weight=None) -> SparkModel:
+    """Fit the domain's Spark trainer on the features and labels, as one Spark DataFrame.
+
+    The label column keeps its name (the settings' label column); weights, when given, go in
+    WEIGHT_COLUMN, whose name the trainer receives as `weight_column`.
+    """
+    from pyspark.ml import PipelineModel
+
+    spark = session(master)
+    label_column = labels.name or "label"
+    if label_column in features.columns:
+        raise NeedsAttention(f"the label column {label_column!r} is also a feature column",
+                             fix="rename one of them in prepare_file")
+    frame = features.assign(**{label_column: labels.to_numpy()})
+    keywords: dict[str, Any] = {}
+    accepted = inspect.signature(trainer).parameters
+    if "random_state" in accepted:
+        keywords["random_state"] = random_state
+    if sample_weight is not None:
+        frame[WEIGHT_COLUMN] = sample_weight
+        keywords["weight_column"] = WEIGHT_COLUMN
+    rows = spark_frame(spark, frame)
+    del frame  # in the JVM now: the fit's memory is Spark's
+    model = trainer(rows, label_column, **keywords)
+    if not isinstance(model, PipelineModel):
+        raise NeedsAttention(f"train_spark_model returned a {type(model).__name__}, not a "
+                             "fitted pyspark.ml.PipelineModel",
+                             fix="return Pipeline(stages=[...]).fit(frame) from "
+                                 "train_spark_model")
+    fitted = SparkModel(model, spark)
+    if "prediction" not in model.transform(rows.limit(1)).columns:
+        raise NeedsAttention("the model train_spark_model returned writes no 'prediction' "
+                             "column",
+                             fix="end the pipeline with a stage that writes the predicted "
+                                 "class, as the label column has it, to 'prediction'")
+    return fitted
+
+
+def model_requirements() -> list[str]:
+    return [f"{package}=={importlib.metadata.version(package)}"
+            for package in _MODEL_REQUIREMENTS]
+
+
+def log_model(model: SparkModel, *, signature, input_example, registered_model_name: str):
+    """Log the pipeline with MLflow's Spark flavour, registered; returns the ModelInfo."""
+    import mlflow.spark
+
+    # Requirements given: inferring them would load the saved pipeline in a new process.
+    return mlflow.spark.log_model(model.pipeline_model, "model", signature=signature,
+                                  input_example=input_example,
+                                  pip_requirements=model_requirements(),
+                                  registered_model_name=registered_model_name)
