@@ -315,22 +315,26 @@ class Registry:
         is NeedsAttention."""
         import mlflow.pyfunc
         import mlflow.sklearn
+        from mlflow.artifacts import download_artifacts
         from mlflow.exceptions import MlflowException
+        from mlflow.models import Model
 
         uri = f"models:/{self.model_name}/{version}"
         try:
+            # Downloaded once; the flavours are read from the files already here.
+            uri = self._store_call("download the model", download_artifacts, uri)
+            flavors = Model.load(uri).flavors
             if flavor is None:
-                # Downloaded once; the flavours are read from the files already here.
-                from mlflow.artifacts import download_artifacts
-                from mlflow.models import Model
+                flavor = "sklearn" if "sklearn" in flavors else "pyfunc"
+            if flavor == "pyfunc" and "spark" in flavors:
+                # On the cycle's own session, on either engine: sized for the rows it
+                # scores, and a missing Java or pyspark is one line, not MLflow's traceback.
+                from retraining import spark_engine
 
-                uri = self._store_call("download the model", download_artifacts, uri)
-                flavor = "sklearn" if "sklearn" in Model.load(uri).flavors else "pyfunc"
-            if flavor == "pyfunc" and self._settings.engine == "spark":
-                # A Spark version loads on the session the cycle trains on.
-                from retraining.spark_engine import session
-
-                session(self._settings.spark_master)
+                spark_engine.session(self._settings.spark_master)
+                return spark_engine.with_classes(
+                    self._store_call("load the model", mlflow.pyfunc.load_model, uri),
+                    f"{self.model_name!r} version {version}")
             load = mlflow.pyfunc.load_model if flavor == "pyfunc" else mlflow.sklearn.load_model
             return self._store_call("load the model", load, uri)
         except (MlflowException, FileNotFoundError) as error:

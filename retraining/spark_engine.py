@@ -24,6 +24,8 @@ from retraining.errors import NeedsAttention
 
 log = logging.getLogger(__name__)
 
+# Where a logged Spark version keeps its classes: its MLmodel's metadata.
+CLASSES_METADATA = "classes"
 # The column the rows' weights travel in when the domain's trainer declares `weight_column`.
 WEIGHT_COLUMN = "_retraining_weight"
 # What a Spark version needs where it is loaded: the one pinned in requirements-spark.txt.
@@ -105,9 +107,12 @@ class SparkModel:
     train_spark_model); pyfunc returns the same column once the model is logged.
     """
 
-    def __init__(self, pipeline_model, spark):
+    def __init__(self, pipeline_model, spark, classes):
         self.pipeline_model = pipeline_model
         self._spark = spark
+        # The classes it was trained on, sorted: what a scikit-learn model calls classes_,
+        # by which the cycle checks new files' labels and the report lays out its figures.
+        self.classes_ = classes
 
     def predict(self, features):
         import numpy as np
@@ -139,6 +144,7 @@ def train(trainer: Callable, master: str, features, labels, *, random_state: int
     The label column keeps its name (the settings' label column); weights, when given, go in
     WEIGHT_COLUMN, whose name the trainer receives as `weight_column`.
     """
+    import numpy as np
     from pyspark.ml import PipelineModel
 
     spark = session(master)
@@ -162,7 +168,7 @@ def train(trainer: Callable, master: str, features, labels, *, random_state: int
                              "fitted pyspark.ml.PipelineModel",
                              fix="return Pipeline(stages=[...]).fit(frame) from "
                                  "train_spark_model")
-    fitted = SparkModel(model, spark)
+    fitted = SparkModel(model, spark, np.unique(labels.to_numpy()))
     if "prediction" not in model.transform(rows.limit(1)).columns:
         raise NeedsAttention("the model train_spark_model returned writes no 'prediction' "
                              "column",
@@ -184,4 +190,22 @@ def log_model(model: SparkModel, *, signature, input_example, registered_model_n
     return mlflow.spark.log_model(model.pipeline_model, "model", signature=signature,
                                   input_example=input_example,
                                   pip_requirements=model_requirements(),
+                                  metadata={CLASSES_METADATA: model.classes_.tolist()},
                                   registered_model_name=registered_model_name)
+
+
+def with_classes(loaded, described: str):
+    """A Spark version loaded through pyfunc, with the classes it was trained on as
+    `classes_`, from its MLmodel's metadata: without them a new file's unseen class or a
+    label of another kind would go unchecked into the next training."""
+    import numpy as np
+
+    classes = (loaded.metadata.metadata or {}).get(CLASSES_METADATA)
+    if classes is None:
+        raise NeedsAttention(f"the Spark model {described} records no "
+                             f"{CLASSES_METADATA!r} in its MLmodel metadata, so "
+                             "new labels cannot be checked against its classes",
+                             fix="point the alias at a version this project logged, or "
+                                 "retrain it with --engine spark")
+    loaded.classes_ = np.asarray(classes)
+    return loaded

@@ -80,11 +80,21 @@ def test_spark_engine_promotes_a_better_challenger_judged_through_its_pyfunc(
     # monitored through its pyfunc, and it predicts the batch below the threshold. (Only the
     # threshold decides here: a rise over its judged error of 0.02 is a coin toss on 6 files.)
     write_csvs(production.new_dir, "next", machine_files(6, drift=1.0, seed=9))
+    # Its classes are checked as a scikit-learn version's are: from its MLmodel's metadata.
+    header = b"temperature,vibration,operating_hours,pressure,machine_type,serviced,label\n"
+    (production.new_dir / "unseen_label.csv").write_bytes(header + b"50,1,100,5,press,TRUE,"
+                                                          b"exploded\n")
+    (production.new_dir / "integer_labels.csv").write_bytes(header + b"50,1,100,5,press,TRUE,"
+                                                            b"1\n")
     code, summary = cycle(production, "--drift-trigger", "off", "--no-rise-trigger")
 
     assert code == 0 and summary["outcome"] == "healthy", summary["reason"]
     assert summary["production_version_before"] == "2"
     assert summary["monitoring_error"] < 0.1
+    quarantined = {entry["file"]: entry["reason"] for entry in summary["quarantined_files"]}
+    assert set(quarantined) == {"unseen_label.csv", "integer_labels.csv"}, quarantined
+    assert "never seen: ['exploded']" in quarantined["unseen_label.csv"]
+    assert "integer labels" in quarantined["integer_labels.csv"]
 
 
 @pytest.mark.spark
