@@ -45,6 +45,9 @@ your code meets is below; examples/object_tracking/ is a complete domain that us
         - The pipeline writes the predicted class to a column named `prediction`, as the
           label column has it (1 for an integer label, not 1.0 or "1"): the cycle reads it
           through the model's pyfunc, as it reads any version's predictions.
+        - Integer feature columns arrive as doubles, in training and in every later
+          prediction: a missing cell in a new file makes such a column a double, and the
+          model must see one type on every path.
         - `weight_column` (declared, or None) names a column of row weights the cycle adds
           for the window that weighs recent files more; without it that window is skipped.
         - Logged with MLflow's Spark flavour; the version loads where pyspark is installed.

@@ -584,12 +584,16 @@ class Registry:
 
         from retraining import spark_engine  # imports no pyspark itself
 
-        signature = infer_signature(signature_sample(features), predictions)
+        sample = signature_sample(features)
         if isinstance(model, spark_engine.SparkModel):
+            # Of the sample only: the training rows may be millions.
+            signature = infer_signature(spark_engine.as_doubles(sample), predictions)
             info = self._store_call(
                 "log the model", spark_engine.log_model, model, signature=signature,
-                input_example=features.head(5), registered_model_name=self.model_name)
+                input_example=spark_engine.as_doubles(features.head(5)),
+                registered_model_name=self.model_name)
             return str(info.registered_model_version)
+        signature = infer_signature(sample, predictions)
         import mlflow.sklearn
         import skops.io
 

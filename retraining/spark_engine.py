@@ -92,6 +92,21 @@ def session(master: str):
     return spark
 
 
+def as_doubles(frame):
+    """The frame with its integer columns as doubles, as a Spark version sees every number.
+
+    An integer column without a gap in training would be `long` in the signature, and
+    MLflow's pyfunc refuses a later file with one gap in it (a gap makes it float64): the
+    whole file, for a missing cell. Trained on doubles, signed as doubles, and scored on
+    doubles, the model sees the same column type on every path.
+    """
+    import pandas as pd
+
+    integers = [name for name, kind in frame.dtypes.items()
+                if pd.api.types.is_integer_dtype(kind)]
+    return frame.astype(dict.fromkeys(integers, "float64")) if integers else frame
+
+
 def spark_frame(spark, frame):
     """A pandas frame as a Spark DataFrame, through one Arrow table: pandas' own path gives
     up on text columns that pyarrow read in several chunks, and goes row by row."""
@@ -117,7 +132,7 @@ class SparkModel:
     def predict(self, features):
         import numpy as np
 
-        rows = spark_frame(self._spark, features)
+        rows = spark_frame(self._spark, as_doubles(features))
         scored = self.pipeline_model.transform(rows).select("prediction").toPandas()
         return np.asarray(scored["prediction"])
 
@@ -152,7 +167,7 @@ def train(trainer: Callable, master: str, features, labels, *, random_state: int
     if label_column in features.columns:
         raise NeedsAttention(f"the label column {label_column!r} is also a feature column",
                              fix="rename one of them in prepare_file")
-    frame = features.assign(**{label_column: labels.to_numpy()})
+    frame = as_doubles(features).assign(**{label_column: labels.to_numpy()})
     keywords: dict[str, Any] = {}
     accepted = inspect.signature(trainer).parameters
     if "random_state" in accepted:

@@ -54,8 +54,15 @@ def cycle(space, *extra) -> tuple[int, dict]:
 
 @pytest.mark.spark
 def test_spark_engine_promotes_a_better_challenger_judged_through_its_pyfunc(
-        spark_installed, production):
-    write_csvs(production.new_dir, "batch", machine_files(10, drift=1.0, seed=6))
+        spark_installed, tmp_path, capsys):
+    # Whole hours: an integer column without a gap, until a later file leaves one empty.
+    hours = {"operating_hours": "int64"}
+    production = new_workspace(tmp_path)
+    write_csvs(production.used_dir, "history",
+               [frame.astype(hours) for frame in machine_files(8, drift=0.0, seed=1)])
+    register_pickle(production, train_on_folder(production.used_dir), capsys)
+    write_csvs(production.new_dir, "batch",
+               [frame.astype(hours) for frame in machine_files(10, drift=1.0, seed=6)])
 
     code, summary = cycle(production, *SPARK)
 
@@ -69,6 +76,7 @@ def test_spark_engine_promotes_a_better_challenger_judged_through_its_pyfunc(
     assert set(info.signature.inputs.input_names()) == {
         "temperature", "vibration", "operating_hours", "pressure", "machine_type", "serviced"}
     assert info.saved_input_example_info is not None
+    assert info.signature.inputs.input_dict()["operating_hours"].type.name == "double"
     run = production.client().get_run(summary["retraining_run_id"])
     assert run.data.params["engine"] == "spark"
     # Three classes: trees of one class against the rest.
@@ -79,7 +87,9 @@ def test_spark_engine_promotes_a_better_challenger_judged_through_its_pyfunc(
     # The next night, on the default engine: production is the Spark version, loaded and
     # monitored through its pyfunc, and it predicts the batch below the threshold. (Only the
     # threshold decides here: a rise over its judged error of 0.02 is a coin toss on 6 files.)
-    write_csvs(production.new_dir, "next", machine_files(6, drift=1.0, seed=9))
+    next_night = [frame.astype(hours) for frame in machine_files(6, drift=1.0, seed=9)]
+    next_night[0].loc[0, "operating_hours"] = None  # a missing cell, not a bad file
+    write_csvs(production.new_dir, "next", next_night)
     # Its classes are checked as a scikit-learn version's are: from its MLmodel's metadata.
     header = b"temperature,vibration,operating_hours,pressure,machine_type,serviced,label\n"
     (production.new_dir / "unseen_label.csv").write_bytes(header + b"50,1,100,5,press,TRUE,"
