@@ -3,8 +3,9 @@
 Only the training moves: the cycle still reads and checks every file here (the quarantine,
 the ledger and prepare_file see each one), then hands the training rows to Spark, which
 trains where its master says (`local[*]`: this machine's cores; a cluster's URL: its
-executors). The fitted `PipelineModel` is logged with MLflow's Spark flavour and, like any
-version, judged through its pyfunc on the held-out files, so one gate serves both engines.
+executors). The fitted `PipelineModel` is judged by the same gate on the same held-out
+files as any version, then logged with MLflow's Spark flavour; later cycles load it through
+its pyfunc (`with_classes`), on either engine.
 Imported only when --engine spark is chosen or a Spark version is loaded: a user who never
 uses Spark never imports pyspark.
 """
