@@ -53,7 +53,7 @@ def cycle(space, *extra) -> tuple[int, dict]:
 
 
 @pytest.mark.spark
-def test_spark_engine_promotes_a_better_challenger_judged_through_its_pyfunc(
+def test_spark_engine_promotes_a_better_challenger_the_next_night_reads_by_pyfunc(
         spark_installed, tmp_path, capsys):
     # Whole hours: an integer column without a gap, until a later file leaves one empty.
     hours = {"operating_hours": "int64"}
