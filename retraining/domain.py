@@ -32,14 +32,24 @@ class Domain:
     spark_master: str | None = None
 
     @property
-    def accepts_sample_weight(self) -> bool:
-        """Whether the trainer in use declares `sample_weight` (train_spark_model:
-        `weight_column`), or **kwargs."""
+    def _trainer(self) -> tuple[str, Callable[..., Any], str]:
+        """The trainer in use: its name, the function, and the keyword its weights go by."""
         if self.spark_master is not None:
-            from retraining.spark_engine import accepts_weights
+            return "train_spark_model", self.train_spark_model, "weight_column"
+        return "train_model", self.train_model, "sample_weight"
 
-            return accepts_weights(self.train_spark_model)
-        return _accepts(self.train_model, "sample_weight")
+    @property
+    def accepts_sample_weight(self) -> bool:
+        """Whether the trainer in use declares its weights keyword (train_model:
+        `sample_weight`, train_spark_model: `weight_column`), or **kwargs."""
+        _, trainer, weights = self._trainer
+        return _accepts(trainer, weights)
+
+    @property
+    def no_weights_reason(self) -> str:
+        """Why a window that weighs its rows cannot be trained with this trainer."""
+        name, _, weights = self._trainer
+        return f"{name} in {Path(self.source).name} does not declare {weights}"
 
     @property
     def error_sees_rows(self) -> bool:
@@ -68,21 +78,20 @@ class Domain:
         by default (0) they are left as they are.
         """
         if sample_weight is not None and not self.accepts_sample_weight:
-            raise TypeError(f"the trainer in {self.source} does not accept weights")
+            raise TypeError(self.no_weights_reason)
+        _, trainer, _ = self._trainer
+        keywords = {"random_state": random_state} if _accepts(trainer, "random_state") else {}
         if self.spark_master is not None:
             from retraining import spark_engine
 
-            return spark_engine.train(self.train_spark_model, self.spark_master, features,
-                                      labels, random_state=random_state,
-                                      sample_weight=sample_weight)
+            return spark_engine.train(trainer, self.spark_master, features, labels,
+                                      sample_weight=sample_weight, **keywords)
         from retraining.threads import fit_to_machine
 
         fit_to_machine(threads)
-        keywords = {"random_state": random_state} \
-            if _accepts(self.train_model, "random_state") else {}
         if sample_weight is not None:
             keywords["sample_weight"] = sample_weight
-        return self.train_model(features, labels, **keywords)
+        return trainer(features, labels, **keywords)
 
 
 

@@ -40,8 +40,9 @@ _MODEL_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "sk
 _VERSIONS_PAGE = 20
 
 
-def model_requirements() -> list[str]:
-    return [f"{package}=={importlib.metadata.version(package)}" for package in _MODEL_REQUIREMENTS]
+def model_requirements(packages: tuple[str, ...] = _MODEL_REQUIREMENTS) -> list[str]:
+    """The packages a logged version needs where it is loaded, pinned to the ones here."""
+    return [f"{package}=={importlib.metadata.version(package)}" for package in packages]
 
 
 @contextlib.contextmanager

@@ -12,14 +12,12 @@ uses Spark never imports pyspark.
 
 from __future__ import annotations
 
-import importlib.metadata
-import inspect
 import logging
 import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from retraining.errors import NeedsAttention
 
@@ -141,24 +139,17 @@ class SparkModel:
     def classifier_name(self) -> str:
         """The class of the last stage that predicts: what `model_class` says of it."""
         stages = [type(stage).__name__ for stage in self.pipeline_model.stages]
-        predicting = [name for name in stages if name.endswith(("ClassificationModel",
-                                                                "Model"))]
+        predicting = [name for name in stages if name.endswith("Model")]
         return f"PipelineModel({predicting[-1] if predicting else ', '.join(stages)})"
 
 
-def accepts_weights(trainer: Callable) -> bool:
-    """Whether the domain's train_spark_model declares `weight_column` (or **kwargs)."""
-    accepted = inspect.signature(trainer).parameters
-    return "weight_column" in accepted or any(p.kind is p.VAR_KEYWORD
-                                              for p in accepted.values())
-
-
-def train(trainer: Callable, master: str, features, labels, *, random_state: int,
-          sample_weight=None) -> SparkModel:
+def train(trainer: Callable, master: str, features, labels, *, sample_weight=None,
+          **keywords) -> SparkModel:
     """Fit the domain's Spark trainer on the features and labels, as one Spark DataFrame.
 
     The label column keeps its name (the settings' label column); weights, when given, go in
-    WEIGHT_COLUMN, whose name the trainer receives as `weight_column`.
+    WEIGHT_COLUMN, whose name the trainer receives as `weight_column`; `keywords` (the
+    random_state it declares) go to it as they are.
     """
     import numpy as np
     from pyspark.ml import PipelineModel
@@ -169,10 +160,6 @@ def train(trainer: Callable, master: str, features, labels, *, random_state: int
         raise NeedsAttention(f"the label column {label_column!r} is also a feature column",
                              fix="rename one of them in prepare_file")
     frame = as_doubles(features).assign(**{label_column: labels.to_numpy()})
-    keywords: dict[str, Any] = {}
-    accepted = inspect.signature(trainer).parameters
-    if "random_state" in accepted:
-        keywords["random_state"] = random_state
     if sample_weight is not None:
         frame[WEIGHT_COLUMN] = sample_weight
         keywords["weight_column"] = WEIGHT_COLUMN
@@ -193,19 +180,16 @@ def train(trainer: Callable, master: str, features, labels, *, random_state: int
     return fitted
 
 
-def model_requirements() -> list[str]:
-    return [f"{package}=={importlib.metadata.version(package)}"
-            for package in _MODEL_REQUIREMENTS]
-
-
 def log_model(model: SparkModel, *, signature, input_example, registered_model_name: str):
     """Log the pipeline with MLflow's Spark flavour, registered; returns the ModelInfo."""
     import mlflow.spark
 
+    from retraining.registry import model_requirements
+
     # Requirements given: inferring them would load the saved pipeline in a new process.
     return mlflow.spark.log_model(model.pipeline_model, "model", signature=signature,
                                   input_example=input_example,
-                                  pip_requirements=model_requirements(),
+                                  pip_requirements=model_requirements(_MODEL_REQUIREMENTS),
                                   metadata={CLASSES_METADATA: model.classes_.tolist()},
                                   registered_model_name=registered_model_name)
 

@@ -176,10 +176,7 @@ def build_candidates(settings: Settings, domain: Domain, history: Sequence[Loade
                                   {"max_files": settings.recent_files})
         elif name == "weighted":
             if not domain.accepts_sample_weight:
-                skipped[name] = ((f"train_spark_model in {Path(domain.source).name} does not "
-                                  "declare weight_column") if domain.spark_master is not None
-                                 else (f"train_model in {Path(domain.source).name} does not "
-                                       "declare sample_weight"))
+                skipped[name] = domain.no_weights_reason
                 continue
             candidate = Candidate("weighted", everything,
                                   _recency_weights(groups, settings.recency_half_life),
