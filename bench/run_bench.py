@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -104,19 +105,60 @@ def copy_folder(source: Path, target: Path) -> None:
 
 # --- processes ---------------------------------------------------------------------------
 
-def measure(command: list[str], env: dict, timeout: float = 3600) -> dict:
-    """Run one process; its wall time, its own peak RSS (os.wait4), exit code and stdout."""
+def measure(command: list[str], env: dict, timeout: float = 3600, tree: bool = False) -> dict:
+    """Run one process; its wall time, its own peak RSS (os.wait4), exit code and stdout.
+
+    `tree`: also its process tree's peak RSS (`tree_peak_rss_mb`), sampled from /proc every
+    quarter second: what a JVM or a worker the process starts holds beside it."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=PROJECT_DIR)
+        peak, done = [0.0], threading.Event()
+
+        def sample():
+            while not done.wait(0.25):
+                peak[0] = max(peak[0], tree_rss_mb(process.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        if tree:
+            sampler.start()
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
+        done.set()
+        if tree:
+            sampler.join()
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
-    return {"wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "exit": process.returncode,
-            "stdout": stdout, "stderr_tail": stderr[-3000:]}
+    own_peak = usage.ru_maxrss / 1024
+    return {"wall_s": wall, "peak_rss_mb": own_peak, "exit": process.returncode,
+            "stdout": stdout, "stderr_tail": stderr[-3000:],
+            **({"tree_peak_rss_mb": max(peak[0], own_peak)} if tree else {})}
+
+
+def tree_rss_mb(root: int) -> float:
+    """RSS of `root` and all its descendants now, from /proc."""
+    page_mb = os.sysconf("SC_PAGE_SIZE") / 1e6
+    parents, rss = {}, {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            pages = int(Path(entry.path, "statm").read_text().split()[1])
+        except OSError:  # the process ended between the listing and the read
+            continue
+        # The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        rss[int(entry.name)] = pages * page_mb
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(rss.get(pid, 0.0) for pid in tree)
 
 
 def child_env(threads: str | None) -> dict:

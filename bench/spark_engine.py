@@ -21,69 +21,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 1e6 if hasattr(os, "sysconf") else 4096 / 1e6
+def measure_cycle(command: list[str], env: dict) -> dict:
+    """Run one cycle: wall time, its own peak RSS, its tree's sampled peak (the JVM's)."""
+    from bench.run_bench import measure
 
-
-def _tree_rss_mb(root: int) -> float:
-    """RSS of `root` and all its descendants now, from /proc."""
-    parents, rss = {}, {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-            pages = int(Path(entry.path, "statm").read_text().split()[1])
-        except OSError:  # the process ended between the listing and the read
-            continue
-        # The command name (field 2) may hold spaces; the fields after its ')' are fixed.
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        rss[int(entry.name)] = pages * PAGE_MB
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        tree.update(children)
-        frontier.extend(children)
-    return sum(rss.get(pid, 0.0) for pid in tree)
-
-
-def measure_tree(command: list[str], env: dict) -> dict:
-    """Run one process: wall time, its own peak RSS (os.wait4), its tree's sampled peak."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=PROJECT_DIR)
-        peak, done = [0.0], threading.Event()
-
-        def sample():
-            while not done.wait(0.25):
-                peak[0] = max(peak[0], _tree_rss_mb(process.pid))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(process.pid, 0)
-        wall = time.perf_counter() - started
-        done.set()
-        sampler.join()
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read().decode(), err.read().decode()
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        raise SystemExit(f"{' '.join(command[:2])} failed (exit {code}):\n{stderr[-3000:]}")
-    summary = json.loads(stdout.strip().splitlines()[-1])
-    return {"wall_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024),
-            "tree_peak_rss_mb": round(max(peak[0], usage.ru_maxrss / 1024)),
+    result = measure(command, env, tree=True)
+    if result["exit"] != 0:
+        raise SystemExit(f"{' '.join(command[:2])} failed (exit {result['exit']}):\n"
+                         f"{result['stderr_tail']}")
+    summary = json.loads(result["stdout"].strip().splitlines()[-1])
+    return {"wall_s": round(result["wall_s"], 2), "peak_rss_mb": round(result["peak_rss_mb"]),
+            "tree_peak_rss_mb": round(result["tree_peak_rss_mb"]),
             "outcome": summary["outcome"], "challenger_error": summary.get("challenger_error"),
             "production_error": summary.get("production_error"),
             "timings": summary.get("timings", {})}
@@ -142,7 +96,7 @@ def main(argv=None) -> int:
                      "--json"]
             if engine == "spark":
                 flags += ["--spark-master", args.spark_master]
-            measured[engine] = result = measure_tree(
+            measured[engine] = result = measure_cycle(
                 [sys.executable, "pipeline_orchestrator.py", *space.flags(), *flags], env)
             print(f"{rows:>11,} rows  {engine:<7}  {result['wall_s']:8.1f} s  python peak "
                   f"{result['peak_rss_mb']:7,} MB  tree peak {result['tree_peak_rss_mb']:7,} MB"
