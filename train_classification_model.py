@@ -45,6 +45,9 @@ your code meets is below; examples/object_tracking/ is a complete domain that us
         - The pipeline writes the predicted class to a column named `prediction`, as the
           label column has it (1 for an integer label, not 1.0 or "1"): the cycle reads it
           through the model's pyfunc, as it reads any version's predictions.
+        - Column names must differ in more than case (Spark does not tell `Speed` from
+          `speed`), and no feature may be called `prediction`: such files stop the cycle
+          with one line before Spark starts.
         - Integer feature columns arrive as doubles, in training and in every later
           prediction: a missing cell in a new file makes such a column a double, and the
           model must see one type on every path.
@@ -130,38 +133,42 @@ def train_spark_model(frame, label_column: str, random_state: int = 0, weight_co
         StringIndexer,
         VectorAssembler,
     )
+    from pyspark.sql import functions as F
 
     features = [name for name in frame.columns if name not in (label_column, weight_column)]
+    # A column without a value in these rows tells the trees nothing, and Imputer cannot take
+    # its median: the model leaves it out (a file's missing cell arrives as null).
+    counts = frame.select([F.count(F.col(name)).alias(name) for name in features]).first()
+    features = [name for name in features if counts[name] > 0]
     kinds = dict(frame.dtypes)
     numeric = [name for name in features if kinds[name] != "string"]
     text = [name for name in features if kinds[name] == "string"]
+    # The pipeline's own columns start with more underscores than any of the frame's.
+    own = "_" * (1 + max(len(name) - len(name.lstrip("_")) for name in frame.columns))
+    numbers = [f"{own}number_{i}" for i in range(len(numeric))]
+    indices = [f"{own}text_{i}" for i in range(len(text))]
+    onehots = [f"{own}onehot_{i}" for i in range(len(text))]
     # Spark's trees learn class indices 0..k-1; the last stages turn the index back into
     # the class as the label column has it, so `prediction` compares with the labels.
-    classes = StringIndexer(inputCol=label_column, outputCol="_label_index",
+    classes = StringIndexer(inputCol=label_column, outputCol=f"{own}label_index",
                             stringOrderType="alphabetAsc").fit(frame)
-    stages = [Imputer(inputCols=numeric, outputCols=[f"_number_{i}" for i in range(len(numeric))],
-                      strategy="median")] if numeric else []
+    stages = [Imputer(inputCols=numeric, outputCols=numbers, strategy="median")] if numeric else []
     if text:
         stages += [
-            StringIndexer(inputCols=text, outputCols=[f"_text_{i}" for i in range(len(text))],
-                          handleInvalid="keep"),
-            OneHotEncoder(inputCols=[f"_text_{i}" for i in range(len(text))],
-                          outputCols=[f"_onehot_{i}" for i in range(len(text))],
-                          handleInvalid="keep"),
+            StringIndexer(inputCols=text, outputCols=indices, handleInvalid="keep"),
+            OneHotEncoder(inputCols=indices, outputCols=onehots, handleInvalid="keep"),
         ]
-    trees = GBTClassifier(featuresCol="_features", labelCol="_label_index", maxIter=50,
-                          seed=random_state, **({"weightCol": weight_column}
-                                                if weight_column else {}))
+    columns = {"featuresCol": f"{own}features", "labelCol": f"{own}label_index",
+               **({"weightCol": weight_column} if weight_column else {})}
+    trees = GBTClassifier(maxIter=50, seed=random_state, **columns)
     if len(classes.labels) > 2:
-        trees = OneVsRest(classifier=trees, featuresCol="_features", labelCol="_label_index",
-                          **({"weightCol": weight_column} if weight_column else {}))
+        trees = OneVsRest(classifier=trees, **columns)
     stages += [
-        VectorAssembler(inputCols=[f"_number_{i}" for i in range(len(numeric))]
-                        + [f"_onehot_{i}" for i in range(len(text))], outputCol="_features"),
-        trees.setPredictionCol("_predicted_index"),
-        IndexToString(inputCol="_predicted_index", outputCol="_predicted_class",
+        VectorAssembler(inputCols=numbers + onehots, outputCol=f"{own}features"),
+        trees.setPredictionCol(f"{own}predicted_index"),
+        IndexToString(inputCol=f"{own}predicted_index", outputCol=f"{own}predicted_class",
                       labels=classes.labels),
-        SQLTransformer(statement=f"SELECT *, CAST(_predicted_class AS "
+        SQLTransformer(statement=f"SELECT *, CAST({own}predicted_class AS "
                                  f"{kinds[label_column]}) AS prediction FROM __THIS__"),
     ]
     # The label's indexer stays out of the model: the rows it predicts have no label.

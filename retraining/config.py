@@ -292,8 +292,9 @@ _OPTIONS = {
                 "keep a columnar copy of each history file (used_gts/.columnar/), read instead "
                 "of parsing the CSV again while the file is unchanged", is_flag=True),
         _Option("threads", _threads,
-                "threads for the numeric libraries (scikit-learn's OpenMP, BLAS); 'auto': the "
-                "cores other processes leave free, asked before each fit"),
+                "threads for the numeric libraries (scikit-learn's OpenMP, BLAS) and a "
+                "local[*] Spark master; 'auto': the cores other processes leave free, asked "
+                "before each fit"),
         _Option("engine", _engine,
                 "what trains the challenger: 'default' (the domain's train_model, here) or "
                 "'spark' (its train_spark_model, on --spark-master)"),

@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import inspect
+import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from retraining.errors import NeedsAttention
+from retraining.errors import NeedsAttention, RetrainingError, quoted
+
+log = logging.getLogger("retraining.domain")
 
 REQUIRED = ("train_model", "error_metric")
 
@@ -79,12 +82,13 @@ class Domain:
         """
         if sample_weight is not None and not self.accepts_sample_weight:
             raise TypeError(self.no_weights_reason)
-        _, trainer, _ = self._trainer
+        name, trainer, _ = self._trainer
         keywords = {"random_state": random_state} if _accepts(trainer, "random_state") else {}
+        trainer = self._reported(name, trainer)
         if self.spark_master is not None:
             from retraining import spark_engine
 
-            return spark_engine.train(trainer, self.spark_master, features, labels,
+            return spark_engine.train(trainer, self.spark_master, threads, features, labels,
                                       sample_weight=sample_weight, **keywords)
         from retraining.threads import fit_to_machine
 
@@ -93,6 +97,22 @@ class Domain:
             keywords["sample_weight"] = sample_weight
         return trainer(features, labels, **keywords)
 
+
+    def _reported(self, name: str, hook: Callable[..., Any]) -> Callable[..., Any]:
+        """`hook` with its failure as one line that names it and quotes the error: a fault in
+        the user's code, whose fix is there (the trace, logged, says where)."""
+        def reported(*args, **keywords):
+            try:
+                return hook(*args, **keywords)
+            except RetrainingError:
+                raise
+            except Exception as error:  # whatever the user's code raises, it is theirs to fix
+                log.error("%s in %s failed", name, Path(self.source).name, exc_info=True)
+                raise NeedsAttention(f"{name} in {Path(self.source).name} raised "
+                                     f"{quoted(error)}",
+                                     fix=f"correct {name} where the trace above points; no "
+                                         "data file was moved for it") from error
+        return reported
 
 
 def _accepts(function: Callable, keyword: str) -> bool:

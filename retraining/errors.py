@@ -8,6 +8,13 @@ EXIT_USAGE = 2
 EXIT_TEMPORARY = 75  # EX_TEMPFAIL: cron may simply try again later
 
 
+def quoted(error: BaseException, limit: int = 300) -> str:
+    """An exception as a line of evidence: its kind and its message on one line, cut at
+    `limit` (a JVM's error carries its whole stack in the message)."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:limit]}" if text else type(error).__name__
+
+
 class RetrainingError(Exception):
     """A failure with the fix a person should apply; `exit_code` is decided by the kind."""
 

@@ -17,9 +17,9 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
-from retraining.errors import NeedsAttention
+from retraining.errors import NeedsAttention, quoted
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,21 @@ def local_driver_memory(master: str) -> str | None:
     return f"{max(1024, int(physical * _LOCAL_DRIVER_SHARE) >> 20)}m"
 
 
-def session(master: str):
-    """The process's Spark session on `master`, started once; its logs stay at warnings."""
+def local_master(master: str, threads: int | None) -> str:
+    """`local[*]` narrowed to the cores the cycle may use (Settings.threads: N, or the cores
+    other processes leave free when None, as for the default engine's fit); any other
+    master as given, and `local[*]` too where a person set the libraries' threads."""
+    from retraining.threads import thread_count
+
+    if master.replace(" ", "") != "local[*]":
+        return master
+    count = thread_count(threads)
+    return master if count is None else f"local[{count}]"
+
+
+def session(master: str, threads: int | None):
+    """The process's Spark session on `master` (`local[*]` narrowed by local_master), started
+    once: a session already running keeps its master. Its logs stay at warnings."""
     warnings.filterwarnings("ignore", message=_PANDAS_WARNING, category=FutureWarning)
     try:
         from pyspark.sql import SparkSession
@@ -71,6 +84,10 @@ def session(master: str):
         raise NeedsAttention("--engine spark needs pyspark, which is not installed",
                              fix="pip install -r requirements-spark.txt (and a Java runtime: "
                                  "apt-get install default-jre-headless)") from error
+    running = SparkSession.getActiveSession()
+    if running is not None:
+        return running
+    master = local_master(master, threads)
     builder = (SparkSession.builder.master(master).appName("retraining-cycle")
                # Arrow moves pandas rows to the JVM and back in columns, not row by row.
                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
@@ -82,12 +99,14 @@ def session(master: str):
     try:
         spark = builder.getOrCreate()
     except Exception as error:  # the JVM's failure to start arrives as many kinds
-        message = " ".join(str(error).split())[:300]
-        raise NeedsAttention(f"Spark could not start on master {master!r}: "
-                             f"{type(error).__name__}: {message}",
+        raise NeedsAttention(f"Spark could not start on master {master!r}: {quoted(error)}",
                              fix="install a Java runtime (apt-get install "
                                  "default-jre-headless) or check --spark-master") from error
     spark.sparkContext.setLogLevel("WARN")
+    # py4j says at INFO that it closes its connection when the process exits: after the
+    # cycle's last line, which must stay the last.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    log.info("Spark session on master %s", spark.sparkContext.master)
     return spark
 
 
@@ -136,6 +155,11 @@ class SparkModel:
         return np.asarray(scored["prediction"])
 
     @property
+    def master(self) -> str:
+        """The Spark master it was trained on, as the session runs it (local[2], a URL)."""
+        return self._spark.sparkContext.master
+
+    @property
     def classifier_name(self) -> str:
         """The class of the last stage that predicts: what `model_class` says of it."""
         stages = [type(stage).__name__ for stage in self.pipeline_model.stages]
@@ -143,22 +167,45 @@ class SparkModel:
         return f"PipelineModel({predicting[-1] if predicting else ', '.join(stages)})"
 
 
-def train(trainer: Callable, master: str, features, labels, *, sample_weight=None,
-          **keywords) -> SparkModel:
+def check_column_names(features: Sequence[str], label_column: str) -> None:
+    """Refuse columns Spark would confuse: names that differ only in case (Spark's column
+    names are not case-sensitive), and the names of the columns the cycle adds itself."""
+    seen: dict[str, str] = {}
+    for position, name in enumerate([*features, label_column]):
+        other = seen.setdefault(name.lower(), name)
+        is_label = position == len(features)
+        if is_label and other == name and name in features:
+            raise NeedsAttention(f"the label column {name!r} is also a feature column",
+                                 fix="rename one of them in prepare_file")
+        if other != name:
+            which = "the label column" if is_label else "the column"
+            raise NeedsAttention(f"{which} {name!r} and the column {other!r} differ only in "
+                                 "case, and Spark does not tell such names apart",
+                                 fix="rename one of them in prepare_file")
+    for name in features:
+        if name.lower() in ("prediction", WEIGHT_COLUMN):
+            role = "the model writes its predictions to" if name.lower() == "prediction" \
+                else "the cycle gives the rows' weights"
+            raise NeedsAttention(f"the feature column {name!r} has the name of the column "
+                                 f"{role} on the Spark engine",
+                                 fix="rename it in prepare_file")
+
+
+def train(trainer: Callable, master: str, threads: int | None, features, labels, *,
+          sample_weight=None, **keywords) -> SparkModel:
     """Fit the domain's Spark trainer on the features and labels, as one Spark DataFrame.
 
     The label column keeps its name (the settings' label column); weights, when given, go in
     WEIGHT_COLUMN, whose name the trainer receives as `weight_column`; `keywords` (the
-    random_state it declares) go to it as they are.
+    random_state it declares) go to it as they are. `threads`: Settings.threads, which
+    narrows a `local[*]` master (local_master).
     """
     import numpy as np
     from pyspark.ml import PipelineModel
 
-    spark = session(master)
     label_column = labels.name or "label"
-    if label_column in features.columns:
-        raise NeedsAttention(f"the label column {label_column!r} is also a feature column",
-                             fix="rename one of them in prepare_file")
+    check_column_names(list(features.columns), label_column)
+    spark = session(master, threads)
     frame = as_doubles(features).assign(**{label_column: labels.to_numpy()})
     if sample_weight is not None:
         frame[WEIGHT_COLUMN] = sample_weight

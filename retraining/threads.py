@@ -134,28 +134,36 @@ def _cpu_times() -> dict[int, list[int]] | None:
     return times or None
 
 
+def thread_count(threads: int | None) -> int | None:
+    """The threads the heavy work may use: `threads`, or the cores free now when None (at
+    least one, within a CPU quota); None for LEAVE_ALONE, the person's own setting."""
+    global _last_limit
+    if threads == LEAVE_ALONE:
+        return None
+    if threads is not None:
+        return threads
+    cores, busy, quota = usable_cores(), busy_cores(), cpu_quota()
+    limit = max(1, round(cores - busy))
+    if quota is not None:
+        limit = min(limit, quota)
+    # Said when it changes: a cycle fits several times in a row.
+    (log.info if limit != _last_limit else log.debug)(
+        "%d of %d cores for the heavy work: %.1f kept busy by other processes%s",
+        limit, cores, busy, f", a CPU quota of {quota}" if quota is not None else "")
+    _last_limit = limit
+    return limit
+
+
 def fit_to_machine(threads: int | None) -> int | None:
-    """Limit the OpenMP and BLAS pools loaded so far to `threads`, or to the cores free now
-    when None; leave them alone for LEAVE_ALONE. Returns the limit set, if any.
+    """Limit the OpenMP and BLAS pools loaded so far to thread_count(threads); leave them
+    alone for LEAVE_ALONE. Returns the limit set, if any.
 
     Only libraries already loaded are limited: call it once the model or the domain (and so
     scikit-learn) is imported, and again before each fit, as neighbours come and go."""
-    if threads == LEAVE_ALONE:
+    limit = thread_count(threads)
+    if limit is None:
         return None
     from threadpoolctl import threadpool_limits
 
-    global _last_limit
-    if threads is None:
-        cores, busy, quota = usable_cores(), busy_cores(), cpu_quota()
-        limit = max(1, round(cores - busy))
-        if quota is not None:
-            limit = min(limit, quota)
-        # Said when it changes: a cycle fits several times in a row.
-        (log.info if limit != _last_limit else log.debug)(
-            "numeric libraries get %d of %d cores: %.1f kept busy by other processes%s",
-            limit, cores, busy, f", a CPU quota of {quota}" if quota is not None else "")
-    else:
-        limit = threads
     threadpool_limits(limits=limit)
-    _last_limit = limit
     return limit

@@ -153,6 +153,7 @@ def train_challenger(context: CycleContext, monitoring: Monitoring, plan: Plan) 
                     "error_metric": domain.error_metric_name,
                     "model_class": getattr(model, "classifier_name", type(model).__name__),
                     "engine": settings.engine,
+                    **({"spark_master": model.master} if hasattr(model, "master") else {}),
                     "history_files": len(history), "new_training_files": len(new_training),
                     "heldout_files": len(heldout_names),
                     "min_heldout_files": settings.min_heldout_files,

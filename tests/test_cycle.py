@@ -402,3 +402,25 @@ def test_lock_of_a_killed_run_never_blocks_the_next(production, capsys):
     code, summary = cycle(production, capsys)
 
     assert code == 0 and summary["outcome"] == "healthy"
+
+
+def test_a_train_model_that_raises_is_one_line_naming_it_and_moves_nothing(production,
+                                                                          tmp_path):
+    domain = tmp_path / "domain.py"
+    domain.write_text("from train_classification_model import error_metric\n"
+                      "def train_model(features, labels):\n"
+                      "    raise ValueError('no column called wear_index')\n")
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=7))
+    before = snapshot(production.new_dir)
+
+    finished = run_script("pipeline_orchestrator.py", [*production.flags, "--min-new-files", "5",
+                                                       "--domain-file", str(domain)])
+
+    assert finished.returncode == 1
+    stderr = finished.stderr
+    line = stderr.strip().splitlines()[-1]
+    assert "train_model in domain.py raised ValueError: no column called wear_index" in line
+    assert "Fix: correct train_model where the trace above points" in line
+    assert "Traceback" in stderr and "unexpected" not in line
+    assert snapshot(production.new_dir) == before and production.alias_version() == "1"
+

@@ -12,10 +12,13 @@ import subprocess
 import sys
 
 import mlflow
+import numpy as np
 import pytest
 
 import pipeline_orchestrator
-from retraining.spark_engine import local_driver_memory
+from retraining.errors import NeedsAttention
+from retraining.spark_engine import check_column_names, local_driver_memory, local_master
+from retraining.threads import usable_cores
 from tests.conftest import (
     PROJECT_DIR,
     machine_files,
@@ -112,15 +115,25 @@ def test_spark_engine_rejects_a_challenger_not_better_enough_and_archives(
         spark_installed, production):
     write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=7))
 
-    # No challenger can be better by a whole misclassification rate of 1.
-    code, summary = cycle(production, *SPARK, "--min-improvement", "1.0")
+    # No challenger can be better by a whole misclassification rate of 1. The default master,
+    # local[*], takes the cores --threads gives the cycle, as the default engine's fit does.
+    code, summary = cycle(production, "--engine", "spark", "--training-windows", "all",
+                          "--threads", "2", "--min-improvement", "1.0")
 
     assert code == 0 and summary["outcome"] == "rejected", summary["reason"]
+    run = production.client().get_run(summary["retraining_run_id"])
+    assert run.data.params["spark_master"] == "local[2]"
     assert summary["challenger_version"] == "2" and production.alias_version() == "1"
     version = production.client().get_model_version("classifier", "2")
     assert version.tags["decision"] == "rejected"
     assert "not better enough" in version.description
     assert snapshot(production.new_dir) == {} and len(summary["archived_files"]) == 6
+
+
+def with_empty_column(frames):
+    """The files with a column no one ever fills in: it tells a model nothing, and must not
+    stop either engine's training (Spark's Imputer cannot take the median of no values)."""
+    return [frame.assign(inspector_note=np.nan) for frame in frames]
 
 
 @pytest.mark.spark
@@ -136,9 +149,10 @@ def test_both_engines_reach_the_same_decision_on_clear_cut_data(
     for engine in ("default", "spark"):
         (tmp_path / engine).mkdir()
         space = new_workspace(tmp_path / engine)
-        write_csvs(space.used_dir, "history", machine_files(8, drift=0.0, seed=1))
+        write_csvs(space.used_dir, "history", with_empty_column(
+            machine_files(8, drift=0.0, seed=1)))
         register_pickle(space, train_on_folder(space.used_dir), capsys)
-        write_csvs(space.new_dir, "batch", batch())
+        write_csvs(space.new_dir, "batch", with_empty_column(batch()))
         extra = SPARK if engine == "spark" else ("--training-windows", "all")
         code, summary = cycle(space, *extra, *flags)
         assert code == 0, summary
@@ -180,7 +194,7 @@ def test_an_unknown_engine_is_a_usage_error(production, capsys):
 def test_a_local_session_gets_half_the_machine_unless_the_user_sized_the_driver(
         spark_installed, tmp_path, monkeypatch):
     probe = ("from retraining.spark_engine import session\n"
-             "print(session('local[1]').sparkContext.getConf().get('spark.driver.memory'))\n")
+             "print(session('local[1]', None).sparkContext.getConf().get('spark.driver.memory'))\n")
     environment = {key: value for key, value in os.environ.items()
                    if key not in {"PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR", "SPARK_HOME"}}
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -206,3 +220,59 @@ def test_a_local_session_gets_half_the_machine_unless_the_user_sized_the_driver(
             assert local_driver_memory("local[*]") is None, variable
     # On a cluster the driver is sized by whoever runs it.
     assert local_driver_memory("spark://cluster:7077") is None
+
+
+def test_a_local_master_is_narrowed_to_the_cores_the_cycle_may_use():
+    assert local_master("local[*]", 1) == "local[1]"  # --threads 1
+    # auto: the cores other processes leave free, at least one
+    free = int(local_master("local[*]", None)[len("local["):-1])
+    assert 1 <= free <= usable_cores()
+    # A person's OMP_NUM_THREADS (threads left alone), a master that names its cores, and a
+    # cluster are theirs.
+    assert local_master("local[*]", 0) == "local[*]"
+    assert local_master("local[3]", 1) == "local[3]"
+    assert local_master("spark://cluster:7077", 1) == "spark://cluster:7077"
+
+
+@pytest.mark.parametrize("features, label, evidence", [
+    (["Speed", "speed"], "label", "the column 'speed' and the column 'Speed' differ only in case"),
+    (["speed", "Label"], "label", "the label column 'label' and the column 'Label'"),
+    (["label", "speed"], "label", "the label column 'label' is also a feature column"),
+    (["speed", "Prediction"], "label", "the feature column 'Prediction' has the name of the "
+                                       "column the model writes its predictions to"),
+    (["speed", "_retraining_weight"], "label", "the column the cycle gives the rows' weights"),
+])
+def test_column_names_spark_would_confuse_are_refused_before_it_starts(features, label,
+                                                                       evidence):
+    with pytest.raises(NeedsAttention) as refused:
+        check_column_names(features, label)
+
+    assert evidence in refused.value.one_line()
+    assert "rename" in refused.value.fix
+    check_column_names(["speed", "pressure"], "label")  # distinct names pass
+
+
+@pytest.mark.spark
+def test_a_failing_train_spark_model_is_one_line_naming_it_and_moves_nothing(
+        spark_installed, production, tmp_path):
+    domain = tmp_path / "domain.py"
+    # A mistake made inside the JVM: its message carries the whole Java stack.
+    domain.write_text(
+        "from train_classification_model import train_model, error_metric\n"
+        "def train_spark_model(frame, label_column):\n"
+        "    from pyspark.ml.feature import Imputer\n"
+        "    return Imputer(inputCols=['wear_index'], outputCols=['filled']).fit(frame)\n")
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=7))
+    before = snapshot(production.new_dir)
+
+    finished = run_script("pipeline_orchestrator.py",
+                          [*production.flags, "--min-new-files", "5", "--engine", "spark",
+                           "--spark-master", "local[1]", "--domain-file", str(domain)])
+
+    assert finished.returncode == 1
+    line = finished.stderr.strip().splitlines()[-1]
+    assert "train_spark_model in domain.py raised" in line and "wear_index" in line, line
+    assert "Fix: correct train_spark_model" in line and len(line) < 600, line
+    assert "Traceback" in finished.stderr
+    assert snapshot(production.new_dir) == before and production.alias_version() == "1"
+
