@@ -34,18 +34,23 @@ _MODEL_REQUIREMENTS = ("mlflow", "pyspark", "numpy", "pandas")
 _PANDAS_WARNING = "PySpark does not yet fully support pandas"
 # In local mode the whole fit runs in the driver's JVM, whose heap Spark sizes at 1 GB unless
 # told: a few million rows of history fail there with OutOfMemoryError. Half of this
-# machine's memory is the JVM's when the user has not sized it; the rest is this process's.
+# machine's memory (or of the container's limit) is the JVM's when the user has not sized it;
+# the rest is this process's.
 _LOCAL_DRIVER_SHARE = 0.5
 
 
 def _driver_memory_set_by_user() -> bool:
-    """Whether spark.driver.memory comes from the user: PYSPARK_SUBMIT_ARGS or the
-    spark-defaults.conf Spark reads (a setting here would override that file's)."""
+    """Whether spark.driver.memory comes from the user: SPARK_DRIVER_MEMORY,
+    PYSPARK_SUBMIT_ARGS, or the spark-defaults.conf Spark reads (that of SPARK_CONF_DIR, or
+    of SPARK_HOME, which is pip's pyspark folder when unset); a setting here would override
+    that file's."""
+    if os.environ.get("SPARK_DRIVER_MEMORY"):
+        return True
     submit_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "")
     if "--driver-memory" in submit_args or "spark.driver.memory" in submit_args:
         return True
-    conf_dirs = [os.environ.get("SPARK_CONF_DIR"),
-                 os.environ.get("SPARK_HOME") and os.path.join(os.environ["SPARK_HOME"], "conf")]
+    spark_home = os.environ.get("SPARK_HOME") or _pyspark_folder()
+    conf_dirs = [os.environ.get("SPARK_CONF_DIR"), spark_home and os.path.join(spark_home, "conf")]
     for conf_dir in filter(None, conf_dirs):
         defaults = Path(conf_dir) / "spark-defaults.conf"
         if defaults.is_file() and re.search(r"^\s*spark\.driver\.memory\b",
@@ -54,12 +59,52 @@ def _driver_memory_set_by_user() -> bool:
     return False
 
 
+def _pyspark_folder() -> str | None:
+    import importlib.util
+
+    found = importlib.util.find_spec("pyspark")
+    return next(iter(found.submodule_search_locations or []), None) if found else None
+
+
+def memory_limit() -> int | None:
+    """The memory this process may use by its cgroups (v2 memory.max, v1's
+    memory.limit_in_bytes; the least of its own and its parents'), in bytes; None without a
+    limit. A container's limit is far below the machine's memory its /proc shows."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, own = line.split(":", 2)
+        if controllers == "":
+            mount, name = Path("/sys/fs/cgroup"), "memory.max"
+            if not (mount / "cgroup.controllers").exists():
+                mount = mount / "unified"  # a hybrid hierarchy
+        elif "memory" in controllers.split(","):
+            mount, name = Path("/sys/fs/cgroup/memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        folder = Path(own.strip())
+        for ancestor in [folder, *folder.parents]:
+            try:
+                text = (mount / ancestor.relative_to("/") / name).read_text().strip()
+            except (OSError, ValueError):  # not there, or not this process's to read
+                continue
+            if text.isdigit() and int(text) < 1 << 62:  # v1 writes "no limit" as ~2**63
+                limits.append(int(text))
+    return min(limits) if limits else None
+
+
 def local_driver_memory(master: str) -> str | None:
     """The driver heap for a local master the user has not sized, as Spark writes it."""
     if not master.startswith("local") or _driver_memory_set_by_user():
         return None
-    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return f"{max(1024, int(physical * _LOCAL_DRIVER_SHARE) >> 20)}m"
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = memory_limit()
+    if limit is not None:
+        memory = min(memory, limit)
+    return f"{max(1024, int(memory * _LOCAL_DRIVER_SHARE) >> 20)}m"
 
 
 def local_master(master: str, threads: int | None) -> str:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -214,7 +215,8 @@ def test_a_local_session_gets_half_the_machine_unless_the_user_sized_the_driver(
     assert local_driver_memory("local[*]") == heap
     # A heap the user chose, in either place Spark reads it, is left to Spark.
     for variable, value in (("SPARK_CONF_DIR", str(conf_dir)),
-                            ("PYSPARK_SUBMIT_ARGS", "--driver-memory 2g pyspark-shell")):
+                            ("PYSPARK_SUBMIT_ARGS", "--driver-memory 2g pyspark-shell"),
+                            ("SPARK_DRIVER_MEMORY", "2g")):
         with monkeypatch.context() as scoped:
             scoped.setenv(variable, value)
             assert local_driver_memory("local[*]") is None, variable
@@ -275,4 +277,65 @@ def test_a_failing_train_spark_model_is_one_line_naming_it_and_moves_nothing(
     assert "Fix: correct train_spark_model" in line and len(line) < 600, line
     assert "Traceback" in finished.stderr
     assert snapshot(production.new_dir) == before and production.alias_version() == "1"
+
+
+SPARK_VARIABLES = {"PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR", "SPARK_HOME", "SPARK_DRIVER_MEMORY"}
+HEAP_PROBE = ("from retraining.spark_engine import local_driver_memory\n"
+              "print(local_driver_memory('local[*]'))\n")
+
+
+def test_pip_pysparks_own_spark_defaults_sizes_the_driver(tmp_path):
+    # Installed by pip, pyspark is SPARK_HOME when none is set: its conf/ is Spark's.
+    conf = tmp_path / "site" / "pyspark" / "conf"
+    conf.mkdir(parents=True)
+    (conf.parent / "__init__.py").write_text("")
+    (conf / "spark-defaults.conf").write_text("spark.driver.memory 6g\n")
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in SPARK_VARIABLES} | {"PYTHONPATH": str(tmp_path / "site")}
+
+    probed = subprocess.run([sys.executable, "-c", HEAP_PROBE], env=environment,
+                            cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
+
+    assert probed.returncode == 0, probed.stderr[-2000:]
+    assert probed.stdout.strip() == "None"
+
+
+def memory_cgroup(limit: int):
+    """A new memory cgroup (v1, else v2) limited to `limit` bytes; skipped where this user
+    cannot make one."""
+    import uuid
+
+    name = f"retraining-test-{uuid.uuid4().hex[:8]}"
+    for mount, limit_file in (("/sys/fs/cgroup/memory", "memory.limit_in_bytes"),
+                              ("/sys/fs/cgroup", "memory.max")):
+        folder = Path(mount) / name
+        try:
+            folder.mkdir()
+        except OSError:
+            continue
+        try:
+            (folder / limit_file).write_text(str(limit))
+            return folder
+        except OSError:
+            folder.rmdir()
+    pytest.skip("no memory cgroup can be made here (needs root and a writable cgroup mount)")
+
+
+def test_a_local_driver_gets_half_of_a_containers_memory_limit_not_of_the_machine():
+    limit = 4 << 30
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert physical > 2 * limit  # the machine must be larger for the test to tell
+    folder = memory_cgroup(limit)
+    environment = {key: value for key, value in os.environ.items() if key not in SPARK_VARIABLES}
+    try:
+        # The probe joins the cgroup before Python starts, as a container's process is in it.
+        probed = subprocess.run(
+            ["sh", "-c", f'echo $$ > {folder}/cgroup.procs && exec "$0" -c "$1"',
+             sys.executable, HEAP_PROBE],
+            env=environment, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120)
+    finally:
+        folder.rmdir()
+
+    assert probed.returncode == 0, probed.stderr[-2000:]
+    assert probed.stdout.strip() == f"{(limit // 2) >> 20}m"
 
