@@ -39,24 +39,47 @@ _PANDAS_WARNING = "PySpark does not yet fully support pandas"
 _LOCAL_DRIVER_SHARE = 0.5
 
 
-def _driver_memory_set_by_user() -> bool:
-    """Whether spark.driver.memory comes from the user: SPARK_DRIVER_MEMORY,
-    PYSPARK_SUBMIT_ARGS, or the spark-defaults.conf Spark reads (that of SPARK_CONF_DIR, or
-    of SPARK_HOME, which is pip's pyspark folder when unset); a setting here would override
-    that file's."""
-    if os.environ.get("SPARK_DRIVER_MEMORY"):
-        return True
-    submit_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "")
-    if "--driver-memory" in submit_args or "spark.driver.memory" in submit_args:
-        return True
+# What the cycle sets on a Spark session it starts, unless the user set it for Spark already.
+_SESSION_DEFAULTS = {
+    "spark.app.name": "retraining-cycle",
+    # Arrow moves pandas rows to the JVM and back in columns, not row by row.
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.ui.showConsoleProgress": "false",
+}
+# Where spark-submit takes a setting from a flag of its own, or an environment variable.
+_SUBMIT_FLAGS = {"--driver-memory": "spark.driver.memory", "--name": "spark.app.name"}
+_SPARK_VARIABLES = {"SPARK_DRIVER_MEMORY": "spark.driver.memory"}
+
+
+def _spark_conf_dirs() -> list[Path]:
+    """The folders Spark reads its configuration from: SPARK_CONF_DIR, and the conf/ of
+    SPARK_HOME, which is pip's pyspark folder when unset."""
     spark_home = os.environ.get("SPARK_HOME") or _pyspark_folder()
-    conf_dirs = [os.environ.get("SPARK_CONF_DIR"), spark_home and os.path.join(spark_home, "conf")]
-    for conf_dir in filter(None, conf_dirs):
-        defaults = Path(conf_dir) / "spark-defaults.conf"
-        if defaults.is_file() and re.search(r"^\s*spark\.driver\.memory\b",
-                                            defaults.read_text(errors="replace"), re.M):
-            return True
-    return False
+    return [Path(folder) for folder in (os.environ.get("SPARK_CONF_DIR"),
+                                        spark_home and os.path.join(spark_home, "conf"))
+            if folder]
+
+
+def users_spark_settings() -> set[str]:
+    """The Spark settings the user made outside the cycle, which a session's own setting
+    would override: the keys of the spark-defaults.conf Spark reads, those PYSPARK_SUBMIT_ARGS
+    gives (--conf, --name, --driver-memory), and SPARK_DRIVER_MEMORY."""
+    keys = {key for variable, key in _SPARK_VARIABLES.items() if os.environ.get(variable)}
+    submit_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "").split()
+    for position, flag in enumerate(submit_args):
+        if flag in _SUBMIT_FLAGS:
+            keys.add(_SUBMIT_FLAGS[flag])
+        elif flag == "--conf" and position + 1 < len(submit_args):
+            keys.add(submit_args[position + 1].split("=")[0])
+        elif flag.startswith("--conf="):
+            keys.add(flag[len("--conf="):].split("=")[0])
+    for conf_dir in _spark_conf_dirs():
+        defaults = conf_dir / "spark-defaults.conf"
+        if defaults.is_file():
+            # Java properties: a key ends at whitespace, '=' or ':'; '#' and '!' start comments.
+            keys.update(re.findall(r"^[ \t]*([^\s=:#!][^\s=:]*)",
+                                   defaults.read_text(errors="replace"), re.M))
+    return keys
 
 
 def _pyspark_folder() -> str | None:
@@ -98,7 +121,7 @@ def memory_limit() -> int | None:
 
 def local_driver_memory(master: str) -> str | None:
     """The driver heap for a local master the user has not sized, as Spark writes it."""
-    if not master.startswith("local") or _driver_memory_set_by_user():
+    if not master.startswith("local") or "spark.driver.memory" in users_spark_settings():
         return None
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     limit = memory_limit()
@@ -121,7 +144,9 @@ def local_master(master: str, threads: int | None) -> str:
 
 def session(master: str, threads: int | None):
     """The process's Spark session on `master` (`local[*]` narrowed by local_master), started
-    once: a session already running keeps its master. Its logs stay at warnings."""
+    once: a session already running keeps its master. The cycle's own settings
+    (_SESSION_DEFAULTS, the local heap, logs at warnings) give way to the user's Spark
+    configuration; the master is --spark-master's."""
     warnings.filterwarnings("ignore", message=_PANDAS_WARNING, category=FutureWarning)
     try:
         from pyspark.sql import SparkSession
@@ -133,10 +158,11 @@ def session(master: str, threads: int | None):
     if running is not None:
         return running
     master = local_master(master, threads)
-    builder = (SparkSession.builder.master(master).appName("retraining-cycle")
-               # Arrow moves pandas rows to the JVM and back in columns, not row by row.
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-               .config("spark.ui.showConsoleProgress", "false"))
+    builder = SparkSession.builder.master(master)
+    users = users_spark_settings()
+    for key, value in _SESSION_DEFAULTS.items():
+        if key not in users:
+            builder = builder.config(key, value)
     driver_memory = local_driver_memory(master)
     if driver_memory is not None:
         # Read when the JVM starts: a session already running keeps its heap.
@@ -147,7 +173,8 @@ def session(master: str, threads: int | None):
         raise NeedsAttention(f"Spark could not start on master {master!r}: {quoted(error)}",
                              fix="install a Java runtime (apt-get install "
                                  "default-jre-headless) or check --spark-master") from error
-    spark.sparkContext.setLogLevel("WARN")
+    if not any((conf_dir / "log4j2.properties").is_file() for conf_dir in _spark_conf_dirs()):
+        spark.sparkContext.setLogLevel("WARN")  # unless the user configured Spark's logging
     # py4j says at INFO that it closes its connection when the process exits: after the
     # cycle's last line, which must stay the last.
     logging.getLogger("py4j").setLevel(logging.WARNING)

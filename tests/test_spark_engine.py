@@ -339,3 +339,27 @@ def test_a_local_driver_gets_half_of_a_containers_memory_limit_not_of_the_machin
     assert probed.returncode == 0, probed.stderr[-2000:]
     assert probed.stdout.strip() == f"{(limit // 2) >> 20}m"
 
+
+@pytest.mark.spark
+def test_a_teams_own_spark_settings_outrank_the_cycles(spark_installed, tmp_path):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "spark-defaults.conf").write_text(
+        "# the team's settings\n"
+        "spark.app.name   team-forecasts\n"
+        "spark.sql.execution.arrow.pyspark.enabled=false\n")
+    probe = ("from retraining.spark_engine import session\n"
+             "conf = session('local[1]', None).sparkContext.getConf()\n"
+             "print(conf.get('spark.app.name'), "
+             "conf.get('spark.sql.execution.arrow.pyspark.enabled'), "
+             "conf.get('spark.ui.showConsoleProgress'))\n")
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in SPARK_VARIABLES} | {"SPARK_CONF_DIR": str(conf)}
+
+    probed = subprocess.run([sys.executable, "-c", probe], env=environment, cwd=PROJECT_DIR,
+                            capture_output=True, text=True, timeout=300)
+
+    assert probed.returncode == 0, probed.stderr[-2000:]
+    # What the team set stays theirs; what they left unset is the cycle's.
+    assert probed.stdout.strip().splitlines()[-1] == "team-forecasts false false"
+
