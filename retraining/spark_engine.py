@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -65,7 +66,12 @@ def users_spark_settings() -> set[str]:
     would override: the keys of the spark-defaults.conf Spark reads, those PYSPARK_SUBMIT_ARGS
     gives (--conf, --name, --driver-memory), and SPARK_DRIVER_MEMORY."""
     keys = {key for variable, key in _SPARK_VARIABLES.items() if os.environ.get(variable)}
-    submit_args = os.environ.get("PYSPARK_SUBMIT_ARGS", "").split()
+    try:  # split as pyspark splits it to start the JVM
+        submit_args = shlex.split(os.environ.get("PYSPARK_SUBMIT_ARGS", ""))
+    except ValueError as error:
+        raise NeedsAttention(f"PYSPARK_SUBMIT_ARGS cannot be read as a command line: {error} "
+                             f"in {os.environ['PYSPARK_SUBMIT_ARGS']!r}",
+                             fix="close its quotes, or unset it") from error
     for position, flag in enumerate(submit_args):
         if flag in _SUBMIT_FLAGS:
             keys.add(_SUBMIT_FLAGS[flag])
@@ -76,10 +82,26 @@ def users_spark_settings() -> set[str]:
     for conf_dir in _spark_conf_dirs():
         defaults = conf_dir / "spark-defaults.conf"
         if defaults.is_file():
-            # Java properties: a key ends at whitespace, '=' or ':'; '#' and '!' start comments.
-            keys.update(re.findall(r"^[ \t]*([^\s=:#!][^\s=:]*)",
-                                   defaults.read_text(errors="replace"), re.M))
+            keys.update(property_keys(defaults.read_text(errors="replace")))
     return keys
+
+
+def property_keys(text: str) -> set[str]:
+    """The keys of a Java properties file, as java.util.Properties reads spark-defaults.conf:
+    a key ends at unescaped whitespace, '=' or ':'; a line whose first mark is '#' or '!' is
+    a comment; a line ending in an odd number of backslashes goes on in the next, which is
+    still its value."""
+    keys = set()
+    continued = False
+    for line in text.splitlines():
+        stripped = line.lstrip(" \t\f")
+        comment = not continued and stripped[:1] in ("#", "!")
+        if not continued and not comment and stripped:
+            key = re.match(r"(?:\\.|[^\s=:\\])*", stripped).group()
+            keys.add(re.sub(r"\\(.)", r"\1", key))
+        trailing = len(line) - len(line.rstrip("\\"))
+        continued = not comment and trailing % 2 == 1
+    return keys - {""}
 
 
 def _pyspark_folder() -> str | None:
@@ -241,16 +263,27 @@ class SparkModel:
 
 def check_column_names(features: Sequence[str], label_column: str) -> None:
     """Refuse columns Spark would confuse: names that differ only in case (Spark's column
-    names are not case-sensitive), and the names of the columns the cycle adds itself."""
+    names are not case-sensitive), names with a '.' or a backtick (Spark ML's stages read
+    `a.b` as field b of a struct a, and a lone backtick as broken quoting, whatever the
+    trainer does), and the names of the columns the cycle adds itself."""
     seen: dict[str, str] = {}
     for position, name in enumerate([*features, label_column]):
         other = seen.setdefault(name.lower(), name)
         is_label = position == len(features)
+        which = "the label column" if is_label else "the column"
+        marks = [mark for mark in (".", "`") if mark in name]
+        if marks:
+            raise NeedsAttention(f"{which} {name!r} has {marks[0]!r} in its name, which Spark "
+                                 "ML reads as " + ("a field of a struct" if marks[0] == "."
+                                                   else "quoting"),
+                                 fix=f"rename it in prepare_file (for example "
+                                     f"frame.columns.str.replace({marks[0]!r}, '_'))"
+                                     + (" and set --label-column to the new name"
+                                        if is_label else ""))
         if is_label and other == name and name in features:
             raise NeedsAttention(f"the label column {name!r} is also a feature column",
                                  fix="rename one of them in prepare_file")
         if other != name:
-            which = "the label column" if is_label else "the column"
             raise NeedsAttention(f"{which} {name!r} and the column {other!r} differ only in "
                                  "case, and Spark does not tell such names apart",
                                  fix="rename one of them in prepare_file")

@@ -4,6 +4,7 @@ its pyfunc by the same gate as the default engine's."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import os
@@ -18,7 +19,12 @@ import pytest
 
 import pipeline_orchestrator
 from retraining.errors import NeedsAttention
-from retraining.spark_engine import check_column_names, local_driver_memory, local_master
+from retraining.spark_engine import (
+    check_column_names,
+    local_driver_memory,
+    local_master,
+    property_keys,
+)
 from retraining.threads import usable_cores
 from tests.conftest import (
     PROJECT_DIR,
@@ -216,10 +222,18 @@ def test_a_local_session_gets_half_the_machine_unless_the_user_sized_the_driver(
     # A heap the user chose, in either place Spark reads it, is left to Spark.
     for variable, value in (("SPARK_CONF_DIR", str(conf_dir)),
                             ("PYSPARK_SUBMIT_ARGS", "--driver-memory 2g pyspark-shell"),
+                            ("PYSPARK_SUBMIT_ARGS", "--conf 'spark.driver.memory=2g' "
+                                                    "pyspark-shell"),
                             ("SPARK_DRIVER_MEMORY", "2g")):
         with monkeypatch.context() as scoped:
             scoped.setenv(variable, value)
-            assert local_driver_memory("local[*]") is None, variable
+            assert local_driver_memory("local[*]") is None, value
+    # Arguments pyspark itself could not split are one line that quotes them.
+    monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", "--name 'team forecasts pyspark-shell")
+    with pytest.raises(NeedsAttention) as unreadable:
+        local_driver_memory("local[*]")
+    assert "PYSPARK_SUBMIT_ARGS cannot be read" in unreadable.value.one_line()
+    assert "--name 'team forecasts" in unreadable.value.one_line()
     # On a cluster the driver is sized by whoever runs it.
     assert local_driver_memory("spark://cluster:7077") is None
 
@@ -243,6 +257,10 @@ def test_a_local_master_is_narrowed_to_the_cores_the_cycle_may_use():
     (["speed", "Prediction"], "label", "the feature column 'Prediction' has the name of the "
                                        "column the model writes its predictions to"),
     (["speed", "_retraining_weight"], "label", "the column the cycle gives the rows' weights"),
+    (["temp.c", "speed"], "label", "the column 'temp.c' has '.' in its name, which Spark ML "
+                                   "reads as a field of a struct"),
+    (["speed"], "class.name", "the label column 'class.name' has '.' in its name"),
+    (["wear`index"], "label", "the column 'wear`index' has '`' in its name"),
 ])
 def test_column_names_spark_would_confuse_are_refused_before_it_starts(features, label,
                                                                        evidence):
@@ -251,7 +269,9 @@ def test_column_names_spark_would_confuse_are_refused_before_it_starts(features,
 
     assert evidence in refused.value.one_line()
     assert "rename" in refused.value.fix
-    check_column_names(["speed", "pressure"], "label")  # distinct names pass
+    assert ("--label-column" in refused.value.fix) == (label in evidence and "." in label)
+    # distinct names pass, spaces, dashes and letters of any script too (Spark ML takes them)
+    check_column_names(["speed", "pressure", "wear index", "x-y", "héat"], "label")
 
 
 @pytest.mark.spark
@@ -344,12 +364,26 @@ def test_a_local_driver_gets_half_of_a_containers_memory_limit_not_of_the_machin
 def test_a_teams_own_spark_settings_outrank_the_cycles(spark_installed, tmp_path):
     conf = tmp_path / "conf"
     conf.mkdir()
-    (conf / "spark-defaults.conf").write_text(
-        "# the team's settings\n"
-        "spark.app.name   team-forecasts\n"
-        "spark.sql.execution.arrow.pyspark.enabled=false\n")
+    # Java's properties as a person writes them: every way to end a key, comments, a value
+    # continued on the next line, which must not be read as a key of its own.
+    defaults = ("# the team's settings \\\n"
+                "spark.test.after_comment  1\n"
+                "! another comment\n"
+                "spark.app.name   team-forecasts\n"
+                "   spark.test.indented=2\n"
+                "spark.sql.execution.arrow.pyspark.enabled=false\n"
+                "spark.test.colon:3\n"
+                "spark.test.spaced = 4\n"
+                "\t\n"
+                "spark.test.continued a,\\\n"
+                "    spark.test.lookalike b\n"
+                "spark.test.even_backslashes c\\\\\n"
+                "spark.test.after_even d\n"
+                "spark.test.esc\\:aped 5\n")
+    (conf / "spark-defaults.conf").write_text(defaults)
     probe = ("from retraining.spark_engine import session\n"
              "conf = session('local[1]', None).sparkContext.getConf()\n"
+             "print(sorted(key for key, _ in conf.getAll() if key.startswith('spark.test.')))\n"
              "print(conf.get('spark.app.name'), "
              "conf.get('spark.sql.execution.arrow.pyspark.enabled'), "
              "conf.get('spark.ui.showConsoleProgress'))\n")
@@ -362,4 +396,9 @@ def test_a_teams_own_spark_settings_outrank_the_cycles(spark_installed, tmp_path
     assert probed.returncode == 0, probed.stderr[-2000:]
     # What the team set stays theirs; what they left unset is the cycle's.
     assert probed.stdout.strip().splitlines()[-1] == "team-forecasts false false"
+    # The keys the cycle takes for the team's are the ones Spark's own reader found.
+    read_by_spark = set(ast.literal_eval(probed.stdout.strip().splitlines()[-2]))
+    assert "spark.test.esc:aped" in read_by_spark and "spark.test.lookalike" not in read_by_spark
+    assert {key for key in property_keys(defaults) if key.startswith("spark.test.")} \
+        == read_by_spark
 
