@@ -300,7 +300,8 @@ _OPTIONS = {
                 "'spark' (its train_spark_model, on --spark-master)"),
         _Option("spark_master", _nonempty,
                 "the Spark master the spark engine trains on: local[*] for this machine's "
-                "cores, or a cluster's URL (spark://host:7077, yarn, k8s://...)"),
+                "cores, or a cluster's URL (spark://host:7077, yarn, k8s://...); unset, the "
+                "spark.master of your Spark configuration, if it has one"),
         _Option("dry_run", _flag, "decide and report, change nothing", is_flag=True),
         _Option("json", _flag, "print one JSON summary on stdout", is_flag=True),
         _Option("force", _flag, "replace an existing production alias", is_flag=True),
@@ -479,6 +480,12 @@ def build_settings(project_dir: Path, args: argparse.Namespace,
     if "threads" not in given and any(environ.get(name) for name in PERSONS_THREAD_SETTINGS):
         # Set by the person running it: theirs to decide, as for any OpenMP program.
         values["threads"] = LEAVE_ALONE
+    if "spark_master" not in given and values["engine"] == "spark":
+        from retraining.spark_engine import users_spark_master
+
+        # A team's spark-defaults.conf (or PYSPARK_SUBMIT_ARGS) that names its cluster is
+        # theirs to keep; local[*] is only the default of a machine without one.
+        values["spark_master"] = users_spark_master() or values["spark_master"]
     for name in ("new_dir", "used_dir", "model_dir", "quarantine_dir", "domain_file"):
         path = Path(values[name]).expanduser()
         values[name] = (path if path.is_absolute() else Path.cwd() / path).resolve()

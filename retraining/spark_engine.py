@@ -48,60 +48,87 @@ _SESSION_DEFAULTS = {
     "spark.ui.showConsoleProgress": "false",
 }
 # Where spark-submit takes a setting from a flag of its own, or an environment variable.
-_SUBMIT_FLAGS = {"--driver-memory": "spark.driver.memory", "--name": "spark.app.name"}
+_SUBMIT_FLAGS = {"--driver-memory": "spark.driver.memory", "--name": "spark.app.name",
+                 "--master": "spark.master"}
 _SPARK_VARIABLES = {"SPARK_DRIVER_MEMORY": "spark.driver.memory"}
 
 
-def _spark_conf_dirs() -> list[Path]:
-    """The folders Spark reads its configuration from: SPARK_CONF_DIR, and the conf/ of
-    SPARK_HOME, which is pip's pyspark folder when unset."""
+def _spark_conf_dir() -> Path | None:
+    """The folder Spark reads spark-defaults.conf and log4j2.properties from: SPARK_CONF_DIR,
+    else the conf/ of SPARK_HOME, which is pip's pyspark folder when unset."""
+    if os.environ.get("SPARK_CONF_DIR"):
+        return Path(os.environ["SPARK_CONF_DIR"])
     spark_home = os.environ.get("SPARK_HOME") or _pyspark_folder()
-    return [Path(folder) for folder in (os.environ.get("SPARK_CONF_DIR"),
-                                        spark_home and os.path.join(spark_home, "conf"))
-            if folder]
+    return Path(spark_home) / "conf" if spark_home else None
 
 
-def users_spark_settings() -> set[str]:
+def users_spark_settings() -> dict[str, str]:
     """The Spark settings the user made outside the cycle, which a session's own setting
-    would override: the keys of the spark-defaults.conf Spark reads, those PYSPARK_SUBMIT_ARGS
-    gives (--conf, --name, --driver-memory), and SPARK_DRIVER_MEMORY."""
-    keys = {key for variable, key in _SPARK_VARIABLES.items() if os.environ.get(variable)}
+    would override, with their values: SPARK_DRIVER_MEMORY, the spark-defaults.conf Spark
+    reads, and PYSPARK_SUBMIT_ARGS (--conf, --name, --driver-memory, --master), each
+    outranking the one before as in spark-submit."""
+    settings = {key: os.environ[variable] for variable, key in _SPARK_VARIABLES.items()
+                if os.environ.get(variable)}
+    conf_dir = _spark_conf_dir()
+    if conf_dir is not None and (conf_dir / "spark-defaults.conf").is_file():
+        settings.update(properties((conf_dir / "spark-defaults.conf").read_text(
+            errors="replace")))
     try:  # split as pyspark splits it to start the JVM
         submit_args = shlex.split(os.environ.get("PYSPARK_SUBMIT_ARGS", ""))
     except ValueError as error:
         raise NeedsAttention(f"PYSPARK_SUBMIT_ARGS cannot be read as a command line: {error} "
                              f"in {os.environ['PYSPARK_SUBMIT_ARGS']!r}",
                              fix="close its quotes, or unset it") from error
-    for position, flag in enumerate(submit_args):
-        if flag in _SUBMIT_FLAGS:
-            keys.add(_SUBMIT_FLAGS[flag])
-        elif flag == "--conf" and position + 1 < len(submit_args):
-            keys.add(submit_args[position + 1].split("=")[0])
-        elif flag.startswith("--conf="):
-            keys.add(flag[len("--conf="):].split("=")[0])
-    for conf_dir in _spark_conf_dirs():
-        defaults = conf_dir / "spark-defaults.conf"
-        if defaults.is_file():
-            keys.update(property_keys(defaults.read_text(errors="replace")))
-    return keys
+    flags = {}
+    for position, word in enumerate(submit_args):
+        flag, equals, value = word.partition("=")
+        if not equals and position + 1 < len(submit_args):
+            value = submit_args[position + 1]
+        if flag == "--conf" and "=" in value:
+            settings.update([value.split("=", 1)])
+        elif flag in _SUBMIT_FLAGS:
+            flags[_SUBMIT_FLAGS[flag]] = value
+    return settings | flags
 
 
-def property_keys(text: str) -> set[str]:
-    """The keys of a Java properties file, as java.util.Properties reads spark-defaults.conf:
-    a key ends at unescaped whitespace, '=' or ':'; a line whose first mark is '#' or '!' is
-    a comment; a line ending in an odd number of backslashes goes on in the next, which is
-    still its value."""
-    keys = set()
-    continued = False
+def users_spark_master() -> str | None:
+    """The master of the user's own Spark configuration, if it names one."""
+    return users_spark_settings().get("spark.master", "").strip() or None
+
+
+def properties(text: str) -> dict[str, str]:
+    """A Java properties file, as java.util.Properties reads spark-defaults.conf: a key ends
+    at unescaped whitespace, '=' or ':', after which one '=' or ':' may stand between
+    spaces; a line whose first mark is '#' or '!' is a comment; a line ending in an odd
+    number of backslashes goes on in the next, without its leading spaces."""
+    logical, lines, continued = [], [], False
     for line in text.splitlines():
         stripped = line.lstrip(" \t\f")
-        comment = not continued and stripped[:1] in ("#", "!")
-        if not continued and not comment and stripped:
-            key = re.match(r"(?:\\.|[^\s=:\\])*", stripped).group()
-            keys.add(re.sub(r"\\(.)", r"\1", key))
-        trailing = len(line) - len(line.rstrip("\\"))
-        continued = not comment and trailing % 2 == 1
-    return keys - {""}
+        if not continued and (not stripped or stripped[0] in "#!"):
+            continue
+        trailing = len(stripped) - len(stripped.rstrip("\\"))
+        lines.append(stripped[:-1] if trailing % 2 else stripped)
+        continued = trailing % 2 == 1
+        if not continued:
+            logical.append("".join(lines))
+            lines = []
+    if lines:
+        logical.append("".join(lines))
+    found = {}
+    for line in logical:
+        key = re.match(r"(?:\\.|[^\s=:\\])*", line).group()
+        value = re.sub(r"^[ \t\f]*[=:]?[ \t\f]*", "", line[len(key):])
+        if key:
+            found[_unescaped(key)] = _unescaped(value)
+    return found
+
+
+def _unescaped(text: str) -> str:
+    # Java's escapes in properties: \t \n \r \f, \uXXXX, and a backslash before anything else.
+    named = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
+    return re.sub(r"\\(u[0-9a-fA-F]{4}|.)",
+                  lambda match: chr(int(match.group(1)[1:], 16)) if len(match.group(1)) == 5
+                  else named.get(match.group(1), match.group(1)), text)
 
 
 def _pyspark_folder() -> str | None:
@@ -168,7 +195,8 @@ def session(master: str, threads: int | None):
     """The process's Spark session on `master` (`local[*]` narrowed by local_master), started
     once: a session already running keeps its master. The cycle's own settings
     (_SESSION_DEFAULTS, the local heap, logs at warnings) give way to the user's Spark
-    configuration; the master is --spark-master's."""
+    configuration; the master is Settings.spark_master (--spark-master, else the user's own
+    spark.master, else local[*])."""
     warnings.filterwarnings("ignore", message=_PANDAS_WARNING, category=FutureWarning)
     try:
         from pyspark.sql import SparkSession
@@ -195,7 +223,8 @@ def session(master: str, threads: int | None):
         raise NeedsAttention(f"Spark could not start on master {master!r}: {quoted(error)}",
                              fix="install a Java runtime (apt-get install "
                                  "default-jre-headless) or check --spark-master") from error
-    if not any((conf_dir / "log4j2.properties").is_file() for conf_dir in _spark_conf_dirs()):
+    conf_dir = _spark_conf_dir()
+    if conf_dir is None or not (conf_dir / "log4j2.properties").is_file():
         spark.sparkContext.setLogLevel("WARN")  # unless the user configured Spark's logging
     # py4j says at INFO that it closes its connection when the process exits: after the
     # cycle's last line, which must stay the last.

@@ -23,7 +23,8 @@ from retraining.spark_engine import (
     check_column_names,
     local_driver_memory,
     local_master,
-    property_keys,
+    properties,
+    users_spark_master,
 )
 from retraining.threads import usable_cores
 from tests.conftest import (
@@ -360,6 +361,34 @@ def test_a_local_driver_gets_half_of_a_containers_memory_limit_not_of_the_machin
     assert probed.stdout.strip() == f"{(limit // 2) >> 20}m"
 
 
+def test_a_spark_master_the_team_configured_is_theirs_unless_spark_master_is_given(
+        tmp_path, monkeypatch):
+    import argparse
+
+    from retraining.config import add_options, build_settings
+
+    def master(argv=(), environ=None):
+        parser = argparse.ArgumentParser()
+        add_options(parser, ["engine", "spark_master"])
+        return build_settings(PROJECT_DIR, parser.parse_args(["--engine", "spark", *argv]),
+                              environ or {}).spark_master
+
+    for variable in SPARK_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    assert master() == "local[*]"  # a machine without a Spark configuration of its own
+    (tmp_path / "spark-defaults.conf").write_text("spark.master   spark://team-cluster:7077\n")
+    assert master() == "spark://team-cluster:7077"
+    # What the person running the cycle says outranks the team's file.
+    assert master(["--spark-master", "local[2]"]) == "local[2]"
+    assert master(environ={"RETRAIN_SPARK_MASTER": "local[1]"}) == "local[1]"
+    # spark-submit's own arguments outrank the file, as in spark-submit.
+    for arguments in ("--master yarn pyspark-shell", "--master=yarn pyspark-shell",
+                      "--conf spark.master=yarn pyspark-shell"):
+        monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", arguments)
+        assert users_spark_master() == "yarn" == master(), arguments
+
+
 @pytest.mark.spark
 def test_a_teams_own_spark_settings_outrank_the_cycles(spark_installed, tmp_path):
     conf = tmp_path / "conf"
@@ -383,7 +412,8 @@ def test_a_teams_own_spark_settings_outrank_the_cycles(spark_installed, tmp_path
     (conf / "spark-defaults.conf").write_text(defaults)
     probe = ("from retraining.spark_engine import session\n"
              "conf = session('local[1]', None).sparkContext.getConf()\n"
-             "print(sorted(key for key, _ in conf.getAll() if key.startswith('spark.test.')))\n"
+             "print(sorted((key, value) for key, value in conf.getAll() "
+             "if key.startswith('spark.test.')))\n"
              "print(conf.get('spark.app.name'), "
              "conf.get('spark.sql.execution.arrow.pyspark.enabled'), "
              "conf.get('spark.ui.showConsoleProgress'))\n")
@@ -396,9 +426,10 @@ def test_a_teams_own_spark_settings_outrank_the_cycles(spark_installed, tmp_path
     assert probed.returncode == 0, probed.stderr[-2000:]
     # What the team set stays theirs; what they left unset is the cycle's.
     assert probed.stdout.strip().splitlines()[-1] == "team-forecasts false false"
-    # The keys the cycle takes for the team's are the ones Spark's own reader found.
-    read_by_spark = set(ast.literal_eval(probed.stdout.strip().splitlines()[-2]))
+    # The settings the cycle takes for the team's are the ones Spark's own reader found.
+    read_by_spark = dict(ast.literal_eval(probed.stdout.strip().splitlines()[-2]))
     assert "spark.test.esc:aped" in read_by_spark and "spark.test.lookalike" not in read_by_spark
-    assert {key for key in property_keys(defaults) if key.startswith("spark.test.")} \
-        == read_by_spark
+    assert read_by_spark["spark.test.continued"].startswith("a,spark.test.lookalike")
+    assert {key: value.strip() for key, value in properties(defaults).items()
+            if key.startswith("spark.test.")} == read_by_spark
 
