@@ -27,6 +27,8 @@ from typing import Callable, Sequence
 REFERENCE_MAX_FILES = 40
 REFERENCE_MAX_ROWS = 20_000
 _MISSING = "<missing>"
+# Up to this product of the two samples' sizes, KS p-values are exact (see _ks_drift).
+EXACT_KS_CELLS = 1_000_000
 # Free text: in the reference, at least this share of the values distinct, with at least
 # this many words on average. Categories (machine types, product codes) are neither.
 TEXT_DISTINCT_SHARE = 0.5
@@ -190,7 +192,14 @@ def _ks_drift(name: str, kind: str, reference_values, new_values, p_value: float
     rows = len(reference_values), len(new_values)
     if min(rows) == 0:
         return _untested(name, kind, "ks", *rows)
-    result = stats.ks_2samp(reference_values, new_values)
+    # scipy's exact p-value is for samples too small for the limit distribution. Past
+    # EXACT_KS_CELLS the limit's is within 2% of it for p from 0.005 to 0.02, around the
+    # default drift p-value, and 6% from 0.001 to 0.1 (measured from 101 x 10,000 to
+    # 2,000 x 3,000 rows), while the exact one costs time in n * m once the
+    # new rows drifted: 0.3 s per feature at 9,000 against 10,000 rows, against 2 ms.
+    # Below it, scipy chooses as it would.
+    method = "auto" if rows[0] * rows[1] <= EXACT_KS_CELLS else "asymp"
+    result = stats.ks_2samp(reference_values, new_values, method=method)
     statistic, probability = float(result.statistic), float(result.pvalue)
     return FeatureDrift(name, kind, "ks", statistic, probability, statistic,
                         probability < p_value and statistic >= min_effect, *rows)

@@ -24,6 +24,36 @@ def test_tiny_shift_on_many_rows_is_significant_but_below_the_effect_floor():
     assert strict.drifted
 
 
+@pytest.mark.parametrize("rows", [(120, 9_000), (1_001, 1_000), (2_000, 3_000)])
+def test_large_samples_get_the_limit_p_value_and_the_same_verdict_as_the_exact_one(rows):
+    from scipy import stats
+
+    from retraining.drift import EXACT_KS_CELLS
+
+    generator = np.random.default_rng(rows[0])
+    assert rows[0] * rows[1] > EXACT_KS_CELLS
+    for shift in np.linspace(0.0, 0.5, 21):
+        reference = generator.normal(0, 1, rows[0])
+        new = generator.normal(shift, 1, rows[1])
+        [feature] = measure_drift(pd.DataFrame({"x": reference}), pd.DataFrame({"x": new}),
+                                  ["x"], p_value=0.01, min_effect=0.1)
+        exact = stats.ks_2samp(reference, new, method="exact")
+        asymptotic = stats.ks_2samp(reference, new, method="asymp")
+
+        assert feature.p_value == asymptotic.pvalue
+        if 0.005 <= exact.pvalue <= 0.02:  # around the default p-value, 0.01
+            assert feature.p_value == pytest.approx(exact.pvalue, rel=0.03)
+        elif 0.001 <= exact.pvalue <= 0.1:
+            assert feature.p_value == pytest.approx(exact.pvalue, rel=0.08)
+        if not 0.0098 < exact.pvalue < 0.0102:  # a verdict on the edge may go either way
+            assert feature.drifted == (exact.pvalue < 0.01 and exact.statistic >= 0.1)
+    # Small samples keep scipy's own choice, the exact p-value.
+    reference, new = generator.normal(0, 1, 300), generator.normal(0.3, 1, 400)
+    [small] = measure_drift(pd.DataFrame({"x": reference}), pd.DataFrame({"x": new}), ["x"],
+                            p_value=0.01, min_effect=0.1)
+    assert small.p_value == stats.ks_2samp(reference, new, method="exact").pvalue
+
+
 def test_category_mix_change_is_drift_and_same_mix_is_not():
     generator = np.random.default_rng(1)
     reference = pd.DataFrame({"kind": generator.choice(["a", "b", "c"], 3000, p=[.6, .3, .1])})
