@@ -162,11 +162,7 @@ def train_spark_model(frame, label_column: str, random_state: int = 0, weight_co
                **({"weightCol": weight_column} if weight_column else {})}
     trees = GBTClassifier(maxIter=50, seed=random_state, **columns)
     if len(classes.labels) > 2:
-        # Several of the per-class fits at once, up to twice as many as Spark has cores: a
-        # GBT fit alone leaves the cores idle between its many small jobs (3 classes on 2
-        # cores: 1.27 times faster than one at a time, 2 at once 1.19 times).
-        at_once = min(len(classes.labels), 2 * frame.sparkSession.sparkContext.defaultParallelism)
-        trees = OneVsRest(classifier=trees, parallelism=at_once, **columns)
+        trees = OneVsRest(classifier=trees, **columns)
     stages += [
         VectorAssembler(inputCols=numbers + onehots, outputCol=f"{own}features"),
         trees.setPredictionCol(f"{own}predicted_index"),
