@@ -162,6 +162,9 @@ def train_spark_model(frame, label_column: str, random_state: int = 0, weight_co
                **({"weightCol": weight_column} if weight_column else {})}
     trees = GBTClassifier(maxIter=50, seed=random_state, **columns)
     if len(classes.labels) > 2:
+        # One class at a time, OneVsRest's default: three at once on 2 cores fitted 200,000
+        # rows 1.1 times faster for a third more memory, and memory is what large history
+        # runs out of first.
         trees = OneVsRest(classifier=trees, **columns)
     stages += [
         VectorAssembler(inputCols=numbers + onehots, outputCol=f"{own}features"),
