@@ -47,15 +47,23 @@ _SESSION_DEFAULTS = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.ui.showConsoleProgress": "false",
 }
-# Where spark-submit takes a setting from a flag of its own, or an environment variable.
+# Where spark-submit takes a setting from a flag of its own, or an environment variable
+# (the older SPARK_MEM first: SPARK_DRIVER_MEMORY outranks it).
 _SUBMIT_FLAGS = {"--driver-memory": "spark.driver.memory", "--name": "spark.app.name",
-                 "--master": "spark.master"}
-_SPARK_VARIABLES = {"SPARK_DRIVER_MEMORY": "spark.driver.memory"}
+                 "--master": "spark.master",
+                 "--driver-java-options": "spark.driver.extraJavaOptions"}
+_CONF_FLAGS = ("--conf", "-c")
+_SPARK_VARIABLES = {"SPARK_MEM": "spark.driver.memory",
+                    "SPARK_DRIVER_MEMORY": "spark.driver.memory"}
+# spark-env.sh, which Spark's launch scripts source, may set those variables too.
+_SPARK_ENV_ASSIGNMENT = re.compile(r"^[ \t]*(?:export[ \t]+)?(SPARK_MEM|SPARK_DRIVER_MEMORY)="
+                                   r"[\"']?([^\"'\s#]*)", re.M)
 
 
 def _spark_conf_dir() -> Path | None:
-    """The folder Spark reads spark-defaults.conf and log4j2.properties from: SPARK_CONF_DIR,
-    else the conf/ of SPARK_HOME, which is pip's pyspark folder when unset."""
+    """The folder Spark reads spark-defaults.conf, spark-env.sh and its log configuration
+    from: SPARK_CONF_DIR, else the conf/ of SPARK_HOME, which is pip's pyspark folder when
+    unset."""
     if os.environ.get("SPARK_CONF_DIR"):
         return Path(os.environ["SPARK_CONF_DIR"])
     spark_home = os.environ.get("SPARK_HOME") or _pyspark_folder()
@@ -64,31 +72,56 @@ def _spark_conf_dir() -> Path | None:
 
 def users_spark_settings() -> dict[str, str]:
     """The Spark settings the user made outside the cycle, which a session's own setting
-    would override, with their values: SPARK_DRIVER_MEMORY, the spark-defaults.conf Spark
-    reads, and PYSPARK_SUBMIT_ARGS (--conf, --name, --driver-memory, --master), each
-    outranking the one before as in spark-submit."""
-    settings = {key: os.environ[variable] for variable, key in _SPARK_VARIABLES.items()
-                if os.environ.get(variable)}
+    would override, with their values, each outranking the one before as in spark-submit:
+    SPARK_MEM and SPARK_DRIVER_MEMORY (from the environment or spark-env.sh); the
+    spark-defaults.conf Spark reads, or the --properties-file of PYSPARK_SUBMIT_ARGS instead
+    (both with --load-spark-defaults); then its --conf (-c) and own flags (_SUBMIT_FLAGS)."""
     conf_dir = _spark_conf_dir()
-    if conf_dir is not None and (conf_dir / "spark-defaults.conf").is_file():
-        settings.update(properties((conf_dir / "spark-defaults.conf").read_text(
-            errors="replace")))
+    spark_env = conf_dir / "spark-env.sh" if conf_dir is not None else None
+    assigned = dict(_SPARK_ENV_ASSIGNMENT.findall(spark_env.read_text(errors="replace"))) \
+        if spark_env is not None and spark_env.is_file() else {}
+    settings = {}
+    for variable, key in _SPARK_VARIABLES.items():
+        if os.environ.get(variable) or assigned.get(variable):
+            settings[key] = os.environ.get(variable) or assigned[variable]
     try:  # split as pyspark splits it to start the JVM
         submit_args = shlex.split(os.environ.get("PYSPARK_SUBMIT_ARGS", ""))
     except ValueError as error:
         raise NeedsAttention(f"PYSPARK_SUBMIT_ARGS cannot be read as a command line: {error} "
                              f"in {os.environ['PYSPARK_SUBMIT_ARGS']!r}",
                              fix="close its quotes, or unset it") from error
-    flags = {}
+    confs, flags, properties_file = {}, {}, None
     for position, word in enumerate(submit_args):
         flag, equals, value = word.partition("=")
         if not equals and position + 1 < len(submit_args):
             value = submit_args[position + 1]
-        if flag == "--conf" and "=" in value:
-            settings.update([value.split("=", 1)])
+        if flag in _CONF_FLAGS and "=" in value:
+            confs.update([value.split("=", 1)])
         elif flag in _SUBMIT_FLAGS:
             flags[_SUBMIT_FLAGS[flag]] = value
-    return settings | flags
+        elif flag == "--properties-file":
+            properties_file = Path(value)
+    files = [properties_file] if properties_file is not None else []
+    if conf_dir is not None and (properties_file is None or "--load-spark-defaults"
+                                 in submit_args):
+        files.insert(0, conf_dir / "spark-defaults.conf")
+    for path in files:
+        if path.is_file():  # a --properties-file that is not there is Spark's to report
+            settings.update(properties(path.read_text(errors="replace")))
+    return settings | confs | flags
+
+
+def _users_log_configuration(settings: dict[str, str]) -> bool:
+    """Whether the user configured Log4j 2 for Spark: a log4j2 file of any of its formats
+    in Spark's conf folder, or -Dlog4j2.configurationFile (or log4j.) in the driver's
+    Java options."""
+    conf_dir = _spark_conf_dir()
+    if conf_dir is not None and conf_dir.is_dir() and any(
+            path.name.startswith("log4j2") and path.suffix in
+            (".properties", ".xml", ".yaml", ".yml", ".json", ".jsn")
+            for path in conf_dir.iterdir()):
+        return True
+    return "configurationFile" in settings.get("spark.driver.extraJavaOptions", "")
 
 
 def users_spark_master() -> str | None:
@@ -223,8 +256,7 @@ def session(master: str, threads: int | None):
         raise NeedsAttention(f"Spark could not start on master {master!r}: {quoted(error)}",
                              fix="install a Java runtime (apt-get install "
                                  "default-jre-headless) or check --spark-master") from error
-    conf_dir = _spark_conf_dir()
-    if conf_dir is None or not (conf_dir / "log4j2.properties").is_file():
+    if not _users_log_configuration(users):
         spark.sparkContext.setLogLevel("WARN")  # unless the user configured Spark's logging
     # py4j says at INFO that it closes its connection when the process exits: after the
     # cycle's last line, which must stay the last.
@@ -346,7 +378,13 @@ def train(trainer: Callable, master: str, threads: int | None, features, labels,
         keywords["weight_column"] = WEIGHT_COLUMN
     rows = spark_frame(spark, frame)
     del frame  # in the JVM now: the fit's memory is Spark's
-    model = trainer(rows, label_column, **keywords)
+    try:
+        model = trainer(rows, label_column, **keywords)
+    except NeedsAttention as error:
+        resources = _out_of_resources(spark, error.__cause__)
+        if resources is None:
+            raise
+        raise resources from error.__cause__
     if not isinstance(model, PipelineModel):
         raise NeedsAttention(f"train_spark_model returned a {type(model).__name__}, not a "
                              "fitted pyspark.ml.PipelineModel",
@@ -359,6 +397,27 @@ def train(trainer: Callable, master: str, threads: int | None, features, labels,
                              fix="end the pipeline with a stage that writes the predicted "
                                  "class, as the label column has it, to 'prediction'")
     return fitted
+
+
+def _out_of_resources(spark, error: BaseException | None) -> NeedsAttention | None:
+    """A trainer's failure that is no fault of its code: the JVM gone (killed, most often by
+    the kernel when memory ran out) or out of heap. None for any other failure."""
+    from py4j.protocol import Py4JError
+
+    fix = ("give Spark's driver more memory (spark.driver.memory; the cycle gives a local one "
+           "half of this machine's) or another process less, or train on fewer rows "
+           "(--training-windows); no data file was moved for it")
+    if "java.lang.OutOfMemoryError" in str(error):
+        return NeedsAttention(f"Spark ran out of memory in train_spark_model: {quoted(error)}",
+                              fix=fix)
+    try:
+        spark.sparkContext._jvm.java.lang.System.nanoTime()  # any call that needs the JVM
+    except (Py4JError, ConnectionError) as gone:
+        return NeedsAttention("Spark's JVM stopped while train_spark_model ran "
+                              f"({quoted(gone, limit=120)}): it was killed, most often by the "
+                              "kernel when memory ran out (dmesg names what it killed)",
+                              fix=fix)
+    return None
 
 
 def log_model(model: SparkModel, *, signature, input_example, registered_model_name: str):

@@ -300,7 +300,35 @@ def test_a_failing_train_spark_model_is_one_line_naming_it_and_moves_nothing(
     assert snapshot(production.new_dir) == before and production.alias_version() == "1"
 
 
-SPARK_VARIABLES = {"PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR", "SPARK_HOME", "SPARK_DRIVER_MEMORY"}
+@pytest.mark.spark
+def test_a_jvm_killed_during_the_fit_is_one_line_about_memory_not_the_users_code(
+        spark_installed, production, tmp_path):
+    domain = tmp_path / "domain.py"
+    # As the kernel's OOM killer ends a JVM that outgrew the machine: SIGKILL, mid-fit.
+    domain.write_text(
+        "import os, signal\n"
+        "from train_classification_model import train_model, error_metric\n"
+        "def train_spark_model(frame, label_column):\n"
+        "    jvm = frame.sparkSession.sparkContext._jvm\n"
+        "    os.kill(jvm.java.lang.ProcessHandle.current().pid(), signal.SIGKILL)\n"
+        "    return frame.count()\n")
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=7))
+    before = snapshot(production.new_dir)
+
+    finished = run_script("pipeline_orchestrator.py",
+                          [*production.flags, "--min-new-files", "5", "--engine", "spark",
+                           "--spark-master", "local[1]", "--domain-file", str(domain)])
+
+    assert finished.returncode == 1
+    line = finished.stderr.strip().splitlines()[-1]
+    assert "Spark's JVM stopped while train_spark_model ran" in line, line
+    assert "Fix: give Spark's driver more memory" in line and len(line) < 700, line
+    assert "correct train_spark_model" not in line
+    assert snapshot(production.new_dir) == before and production.alias_version() == "1"
+
+
+SPARK_VARIABLES = {"PYSPARK_SUBMIT_ARGS", "SPARK_CONF_DIR", "SPARK_HOME", "SPARK_DRIVER_MEMORY",
+                   "SPARK_MEM"}
 HEAP_PROBE = ("from retraining.spark_engine import local_driver_memory\n"
               "print(local_driver_memory('local[*]'))\n")
 
@@ -389,6 +417,44 @@ def test_a_spark_master_the_team_configured_is_theirs_unless_spark_master_is_giv
         assert users_spark_master() == "yarn" == master(), arguments
 
 
+def test_every_place_spark_submit_takes_a_setting_from_counts_as_the_users(tmp_path,
+                                                                           monkeypatch):
+    from retraining.spark_engine import users_spark_settings
+
+    for variable in SPARK_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("SPARK_CONF_DIR", str(tmp_path))
+    (tmp_path / "spark-defaults.conf").write_text("spark.app.name from-defaults\n"
+                                                  "spark.master local[3]\n")
+    team = tmp_path / "team.conf"
+    team.write_text("spark.app.name from-team-file\n")
+
+    def settings(arguments: str) -> dict:
+        monkeypatch.setenv("PYSPARK_SUBMIT_ARGS", arguments)
+        return users_spark_settings()
+
+    # spark-submit's short -c is its --conf.
+    assert settings("-c spark.master=local[1] pyspark-shell")["spark.master"] == "local[1]"
+    # A properties file of its own replaces spark-defaults.conf, unless both are asked for.
+    own = settings(f"--properties-file {team} pyspark-shell")
+    assert own["spark.app.name"] == "from-team-file" and "spark.master" not in own
+    both = settings(f"--properties-file {team} --load-spark-defaults pyspark-shell")
+    assert both["spark.app.name"] == "from-team-file" and both["spark.master"] == "local[3]"
+    assert settings("--driver-java-options '-Dlog4j2.configurationFile=team.xml' "
+                    "pyspark-shell")["spark.driver.extraJavaOptions"] \
+        == "-Dlog4j2.configurationFile=team.xml"
+    # A heap sized in spark-env.sh, which Spark's launch scripts source, or by SPARK_MEM.
+    monkeypatch.delenv("PYSPARK_SUBMIT_ARGS")
+    assert local_driver_memory("local[*]") is not None
+    (tmp_path / "spark-env.sh").write_text("#!/usr/bin/env bash\n"
+                                           "export SPARK_DRIVER_MEMORY=\"700m\"\n")
+    assert users_spark_settings()["spark.driver.memory"] == "700m"
+    assert local_driver_memory("local[*]") is None
+    (tmp_path / "spark-env.sh").unlink()
+    monkeypatch.setenv("SPARK_MEM", "2g")
+    assert local_driver_memory("local[*]") is None
+
+
 @pytest.mark.spark
 def test_a_teams_own_spark_settings_outrank_the_cycles(spark_installed, tmp_path):
     conf = tmp_path / "conf"
@@ -410,8 +476,16 @@ def test_a_teams_own_spark_settings_outrank_the_cycles(spark_installed, tmp_path
                 "spark.test.after_even d\n"
                 "spark.test.esc\\:aped 5\n")
     (conf / "spark-defaults.conf").write_text(defaults)
+    # The team's logging, in Log4j 2's XML rather than the properties Spark ships.
+    (conf / "log4j2.xml").write_text(
+        '<Configuration><Appenders><Console name="out" target="SYSTEM_ERR"/></Appenders>'
+        '<Loggers><Root level="info"><AppenderRef ref="out"/></Root></Loggers>'
+        '</Configuration>\n')
     probe = ("from retraining.spark_engine import session\n"
-             "conf = session('local[1]', None).sparkContext.getConf()\n"
+             "spark = session('local[1]', None)\n"
+             "conf = spark.sparkContext.getConf()\n"
+             "print(spark.sparkContext._jvm.org.apache.logging.log4j.LogManager"
+             ".getRootLogger().getLevel().toString())\n"
              "print(sorted((key, value) for key, value in conf.getAll() "
              "if key.startswith('spark.test.')))\n"
              "print(conf.get('spark.app.name'), "
@@ -426,6 +500,7 @@ def test_a_teams_own_spark_settings_outrank_the_cycles(spark_installed, tmp_path
     assert probed.returncode == 0, probed.stderr[-2000:]
     # What the team set stays theirs; what they left unset is the cycle's.
     assert probed.stdout.strip().splitlines()[-1] == "team-forecasts false false"
+    assert probed.stdout.strip().splitlines()[-3] == "INFO"  # not the cycle's WARN
     # The settings the cycle takes for the team's are the ones Spark's own reader found.
     read_by_spark = dict(ast.literal_eval(probed.stdout.strip().splitlines()[-2]))
     assert "spark.test.esc:aped" in read_by_spark and "spark.test.lookalike" not in read_by_spark
