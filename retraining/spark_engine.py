@@ -135,7 +135,9 @@ def properties(text: str) -> dict[str, str]:
     spaces; a line whose first mark is '#' or '!' is a comment; a line ending in an odd
     number of backslashes goes on in the next, without its leading spaces."""
     logical, lines, continued = [], [], False
-    for line in text.splitlines():
+    # Only these end a line, and only space, tab and form feed separate: not str.splitlines'
+    # form feed or vertical tab, nor a no-break space pasted from a web page.
+    for line in re.split(r"\r\n|\r|\n", text):
         stripped = line.lstrip(" \t\f")
         if not continued and (not stripped or stripped[0] in "#!"):
             continue
@@ -149,7 +151,7 @@ def properties(text: str) -> dict[str, str]:
         logical.append("".join(lines))
     found = {}
     for line in logical:
-        key = re.match(r"(?:\\.|[^\s=:\\])*", line).group()
+        key = re.match(r"(?:\\.|[^ \t\f=:\\])*", line).group()
         value = re.sub(r"^[ \t\f]*[=:]?[ \t\f]*", "", line[len(key):])
         if key:
             found[_unescaped(key)] = _unescaped(value)

@@ -474,7 +474,11 @@ def test_a_teams_own_spark_settings_outrank_the_cycles(spark_installed, tmp_path
                 "    spark.test.lookalike b\n"
                 "spark.test.even_backslashes c\\\\\n"
                 "spark.test.after_even d\n"
-                "spark.test.esc\\:aped 5\n")
+                "spark.test.esc\\:aped 5\n"
+                # Java's separators are space, tab and form feed; its lines end at \n or \r.
+                "spark.test.form_feed\f6\n"
+                "spark.test.no_break\u00a0space 7\r\n"
+                "spark.test.vertical\x0btab 8\n")
     (conf / "spark-defaults.conf").write_text(defaults)
     # The team's logging, in Log4j 2's XML rather than the properties Spark ships.
     (conf / "log4j2.xml").write_text(
