@@ -275,16 +275,30 @@ def test_column_names_spark_would_confuse_are_refused_before_it_starts(features,
     check_column_names(["speed", "pressure", "wear index", "x-y", "héat"], "label")
 
 
+# A mistake made inside the JVM: its message carries the whole Java stack.
+JVM_MISTAKE = ("def train_spark_model(frame, label_column):\n"
+               "    from pyspark.ml.feature import Imputer\n"
+               "    return Imputer(inputCols=['wear_index'], outputCols=['filled']).fit(frame)\n")
+# As the kernel's OOM killer ends a JVM that outgrew the machine: SIGKILL, mid-fit.
+JVM_KILLED = ("import os, signal\n"
+              "def train_spark_model(frame, label_column):\n"
+              "    jvm = frame.sparkSession.sparkContext._jvm\n"
+              "    os.kill(jvm.java.lang.ProcessHandle.current().pid(), signal.SIGKILL)\n"
+              "    return frame.count()\n")
+
+
 @pytest.mark.spark
-def test_a_failing_train_spark_model_is_one_line_naming_it_and_moves_nothing(
-        spark_installed, production, tmp_path):
+@pytest.mark.parametrize("trainer, evidence, fix, not_said", [
+    (JVM_MISTAKE, ["train_spark_model in domain.py raised", "wear_index"],
+     "Fix: correct train_spark_model", "memory"),
+    (JVM_KILLED, ["Spark's JVM stopped while train_spark_model ran"],
+     "Fix: give Spark's driver more memory", "correct train_spark_model"),
+], ids=["the code's mistake", "the JVM killed"])
+def test_a_failing_train_spark_model_is_one_line_with_its_cause_and_moves_nothing(
+        spark_installed, production, tmp_path, trainer, evidence, fix, not_said):
     domain = tmp_path / "domain.py"
-    # A mistake made inside the JVM: its message carries the whole Java stack.
-    domain.write_text(
-        "from train_classification_model import train_model, error_metric\n"
-        "def train_spark_model(frame, label_column):\n"
-        "    from pyspark.ml.feature import Imputer\n"
-        "    return Imputer(inputCols=['wear_index'], outputCols=['filled']).fit(frame)\n")
+    domain.write_text("from train_classification_model import train_model, error_metric\n"
+                      + trainer)
     write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=7))
     before = snapshot(production.new_dir)
 
@@ -294,36 +308,9 @@ def test_a_failing_train_spark_model_is_one_line_naming_it_and_moves_nothing(
 
     assert finished.returncode == 1
     line = finished.stderr.strip().splitlines()[-1]
-    assert "train_spark_model in domain.py raised" in line and "wear_index" in line, line
-    assert "Fix: correct train_spark_model" in line and len(line) < 600, line
+    assert all(said in line for said in evidence) and fix in line, line
+    assert not_said not in line and len(line) < 700, line
     assert "Traceback" in finished.stderr
-    assert snapshot(production.new_dir) == before and production.alias_version() == "1"
-
-
-@pytest.mark.spark
-def test_a_jvm_killed_during_the_fit_is_one_line_about_memory_not_the_users_code(
-        spark_installed, production, tmp_path):
-    domain = tmp_path / "domain.py"
-    # As the kernel's OOM killer ends a JVM that outgrew the machine: SIGKILL, mid-fit.
-    domain.write_text(
-        "import os, signal\n"
-        "from train_classification_model import train_model, error_metric\n"
-        "def train_spark_model(frame, label_column):\n"
-        "    jvm = frame.sparkSession.sparkContext._jvm\n"
-        "    os.kill(jvm.java.lang.ProcessHandle.current().pid(), signal.SIGKILL)\n"
-        "    return frame.count()\n")
-    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=7))
-    before = snapshot(production.new_dir)
-
-    finished = run_script("pipeline_orchestrator.py",
-                          [*production.flags, "--min-new-files", "5", "--engine", "spark",
-                           "--spark-master", "local[1]", "--domain-file", str(domain)])
-
-    assert finished.returncode == 1
-    line = finished.stderr.strip().splitlines()[-1]
-    assert "Spark's JVM stopped while train_spark_model ran" in line, line
-    assert "Fix: give Spark's driver more memory" in line and len(line) < 700, line
-    assert "correct train_spark_model" not in line
     assert snapshot(production.new_dir) == before and production.alias_version() == "1"
 
 
