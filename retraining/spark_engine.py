@@ -369,11 +369,19 @@ def train(trainer: Callable, master: str, threads: int | None, features, labels,
     narrows a `local[*]` master (local_master).
     """
     import numpy as np
-    from pyspark.ml import PipelineModel
 
     label_column = labels.name or "label"
     check_column_names(list(features.columns), label_column)
-    spark = session(master, threads)
+    if len(features) and not features.notna().to_numpy().any():
+        # Spark ML cannot fit on no features ("DecisionTree requires number of features
+        # > 0"), and it is the data's doing, not the trainer's.
+        raise NeedsAttention(f"every feature column is empty in all {len(features)} training "
+                             f"rows (columns: {', '.join(map(str, features.columns[:12]))})",
+                             fix="check the feature columns of the files in used_gts/ and "
+                                 "new_gts/, and what prepare_file makes of them")
+    spark = session(master, threads)  # pyspark's absence is one line from here
+    from pyspark.ml import PipelineModel
+
     frame = as_doubles(features).assign(**{label_column: labels.to_numpy()})
     if sample_weight is not None:
         frame[WEIGHT_COLUMN] = sample_weight

@@ -239,6 +239,23 @@ def test_a_local_session_gets_half_the_machine_unless_the_user_sized_the_driver(
     assert local_driver_memory("spark://cluster:7077") is None
 
 
+def test_training_rows_without_a_single_feature_value_are_refused_before_spark_starts():
+    import pandas as pd
+
+    from retraining.spark_engine import train
+
+    def never_called(frame, label_column):
+        raise AssertionError("the trainer must not be reached")
+
+    empty = pd.DataFrame({"temperature": [np.nan] * 4, "machine": [None] * 4})
+    with pytest.raises(NeedsAttention) as refused:
+        train(never_called, "local[1]", 1, empty, pd.Series(["ok", "worn"] * 2, name="label"))
+
+    assert "every feature column is empty in all 4 training rows" in refused.value.one_line()
+    assert "temperature, machine" in refused.value.one_line()
+    assert "prepare_file" in refused.value.fix
+
+
 def test_a_local_master_is_narrowed_to_the_cores_the_cycle_may_use():
     assert local_master("local[*]", 1) == "local[1]"  # --threads 1
     # auto: the cores other processes leave free, at least one
