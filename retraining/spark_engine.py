@@ -82,8 +82,9 @@ def users_spark_settings() -> dict[str, str]:
         if spark_env is not None and spark_env.is_file() else {}
     settings = {}
     for variable, key in _SPARK_VARIABLES.items():
-        if os.environ.get(variable) or assigned.get(variable):
-            settings[key] = os.environ.get(variable) or assigned[variable]
+        value = os.environ.get(variable) or assigned.get(variable)
+        if value:
+            settings[key] = value
     try:  # split as pyspark splits it to start the JVM
         submit_args = shlex.split(os.environ.get("PYSPARK_SUBMIT_ARGS", ""))
     except ValueError as error:
@@ -203,9 +204,12 @@ def memory_limit() -> int | None:
     return min(limits) if limits else None
 
 
-def local_driver_memory(master: str) -> str | None:
-    """The driver heap for a local master the user has not sized, as Spark writes it."""
-    if not master.startswith("local") or "spark.driver.memory" in users_spark_settings():
+def local_driver_memory(master: str, users: dict[str, str] | None = None) -> str | None:
+    """The driver heap for a local master the user has not sized, as Spark writes it.
+    `users`: users_spark_settings(), when the caller has read them already."""
+    if not master.startswith("local"):
+        return None
+    if "spark.driver.memory" in (users_spark_settings() if users is None else users):
         return None
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     limit = memory_limit()
@@ -248,7 +252,7 @@ def session(master: str, threads: int | None):
     for key, value in _SESSION_DEFAULTS.items():
         if key not in users:
             builder = builder.config(key, value)
-    driver_memory = local_driver_memory(master)
+    driver_memory = local_driver_memory(master, users)
     if driver_memory is not None:
         # Read when the JVM starts: a session already running keeps its heap.
         builder = builder.config("spark.driver.memory", driver_memory)
