@@ -8,9 +8,12 @@ import ast
 import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -54,10 +57,11 @@ def spark_installed():
         pytest.skip(missing)
 
 
-def cycle(space, *extra) -> tuple[int, dict]:
+def cycle(space, *extra, env_extra=None) -> tuple[int, dict]:
     """One cycle as cron runs it, in a process of its own, so its JVM ends with it."""
     finished = run_script("pipeline_orchestrator.py",
-                          [*space.flags, "--min-new-files", "5", *extra, "--json"])
+                          [*space.flags, "--min-new-files", "5", *extra, "--json"],
+                          env_extra=env_extra)
     lines = finished.stdout.strip().splitlines()
     assert lines, finished.stderr[-3000:]
     return finished.returncode, json.loads(lines[-1])
@@ -116,6 +120,103 @@ def test_spark_engine_promotes_a_better_challenger_the_next_night_reads_by_pyfun
     assert set(quarantined) == {"unseen_label.csv", "integer_labels.csv"}, quarantined
     assert "never seen: ['exploded']" in quarantined["unseen_label.csv"]
     assert "integer labels" in quarantined["integer_labels.csv"]
+
+
+def _wait_for(log: Path, pattern: str, process: subprocess.Popen) -> re.Match:
+    for _ in range(600):
+        found = re.search(pattern, log.read_text())
+        if found:
+            return found
+        assert process.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern!r} in {log} after 2 minutes: "
+                         f"{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def standalone_cluster(spark_installed, tmp_path):
+    """A real Spark standalone cluster on 127.0.0.1: one master and one worker of two cores,
+    started from pip's pyspark as a team starts theirs (sbin/start-master.sh runs the same
+    classes). Yields the master's URL and the worker's work folder, where each application
+    that ran executors on it leaves a folder."""
+    import pyspark
+
+    home = os.path.dirname(pyspark.__file__)
+    cluster = tmp_path / "cluster"
+    work = cluster / "work"
+    work.mkdir(parents=True)
+    # Port 0 everywhere, and no REST server (it takes a fixed port): tests may run side by side.
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in SPARK_VARIABLES} | {
+        "SPARK_HOME": home, "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
+        "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(cluster)}
+    spark_class = os.path.join(home, "bin", "spark-class")
+    started = []
+
+    def start(log: Path, *arguments: str) -> subprocess.Popen:
+        with log.open("w") as output:
+            process = subprocess.Popen([spark_class, *arguments], env=environment,
+                                       stdout=output, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        started.append(process)
+        return process
+
+    try:
+        master = start(cluster / "master.log", "org.apache.spark.deploy.master.Master",
+                       "--host", "127.0.0.1", "--port", "0", "--webui-port", "0")
+        url = _wait_for(cluster / "master.log", r"Starting Spark master at (spark://\S+)",
+                        master).group(1)
+        start(cluster / "worker.log", "org.apache.spark.deploy.worker.Worker", url,
+              "--host", "127.0.0.1", "--port", "0", "--webui-port", "0", "--cores", "2",
+              "--memory", "2g", "--work-dir", str(work))
+        _wait_for(cluster / "master.log", "Registering worker", master)
+        yield url, work
+    finally:
+        for process in reversed(started):
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=60)
+
+
+def executor_logs(work: Path) -> dict[str, str]:
+    """What each application's executors on the worker logged, by application."""
+    return {application.name: "".join(log.read_text() for log in application.glob("*/stderr"))
+            for application in sorted(work.glob("app-*"))}
+
+
+@pytest.mark.spark
+def test_on_a_standalone_cluster_the_fit_and_the_next_nights_scoring_run_on_its_executors(
+        standalone_cluster, tmp_path, capsys):
+    url, work = standalone_cluster
+    production = new_workspace(tmp_path)
+    write_csvs(production.used_dir, "history", machine_files(8, drift=0.0, seed=1))
+    register_pickle(production, train_on_folder(production.used_dir), capsys)
+    write_csvs(production.new_dir, "batch", machine_files(10, drift=1.0, seed=6))
+    # The driver on loopback too, where the worker reaches it whatever this host's name is.
+    on_loopback = {"SPARK_LOCAL_IP": "127.0.0.1"}
+
+    code, summary = cycle(production, "--engine", "spark", "--spark-master", url,
+                          "--training-windows", "all", env_extra=on_loopback)
+
+    assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+    assert summary["challenger_error"] < 0.1 < summary["production_error"]
+    assert production.alias_version() == "2"
+    run = production.client().get_run(summary["retraining_run_id"])
+    assert run.data.params["spark_master"] == url
+    # The fit ran as tasks on the worker's executors, not in a local JVM.
+    (fit,) = executor_logs(work).values()
+    assert fit.count("Finished task") > 10, fit[-2000:]
+
+    # The next night, on the default engine: the Spark production is loaded and scored on the
+    # cluster --spark-master names (its saved pipeline read by the executors).
+    write_csvs(production.new_dir, "next", machine_files(6, drift=1.0, seed=9))
+    code, summary = cycle(production, "--spark-master", url, "--drift-trigger", "off",
+                          "--no-rise-trigger", env_extra=on_loopback)
+
+    assert code == 0 and summary["outcome"] == "healthy", summary["reason"]
+    assert summary["production_version_before"] == "2" and summary["monitoring_error"] < 0.1
+    applications = executor_logs(work)
+    assert len(applications) == 2, sorted(applications)
+    assert "Finished task" in applications[max(applications)]
 
 
 @pytest.mark.spark
