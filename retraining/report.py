@@ -109,9 +109,13 @@ def _encode(labels, predictions: Mapping[str, Any], model_classes: Mapping[str, 
     # Hashing, not sorting, finds the distinct values; only those few are sorted.
     names = np.sort(pd.unique(np.concatenate([labels, *predictions.values(), *known])))
     index = pd.Index(names)
+    # The narrowest integer that holds every code (and -1, which none is): scikit-learn
+    # finds the distinct labels again in nearly every figure, and numpy's hashing does that
+    # five times faster on int8 than on int64 (at 200,000 held-out rows, 0.5 s of the report).
+    narrowest = np.min_scalar_type(-len(names))
 
     def codes(values) -> np.ndarray:
-        return index.get_indexer(np.asarray(values))
+        return index.get_indexer(np.asarray(values)).astype(narrowest)
 
     classes = {role: (codes(c) if c is not None else np.unique(codes(labels))).tolist()
                for role, c in model_classes.items()}
@@ -186,6 +190,16 @@ def _plot_confusion_matrices(path: Path, labels, predictions: Mapping[str, Any],
     plt.close(figure)
 
 
+def ranked_by_score(positive, scores) -> tuple[np.ndarray, np.ndarray]:
+    """One model's scores for a class, and whether each row is of it, in ascending order of
+    score. The curves and the average precision are the same in any order of the rows (they
+    are read only where the score changes), but scikit-learn sorts the scores once for each:
+    three sorts of the held-out rows, where on sorted scores each costs one pass (numpy's
+    stable sort is Timsort)."""
+    order = np.argsort(scores, kind="stable")
+    return np.asarray(positive, dtype=np.int8)[order], np.asarray(scores)[order]
+
+
 def _plot_curves(folder: Path, labels, probabilities: Mapping[str, np.ndarray],
                  classes: Mapping[str, list], names: np.ndarray) -> None:
     """ROC and precision-recall curves, one panel per class (one-vs-rest), both models on it.
@@ -201,18 +215,21 @@ def _plot_curves(folder: Path, labels, probabilities: Mapping[str, np.ndarray],
     panels = [c for c in panels if 0 < int(np.sum(labels == c)) < len(labels)]
     if not panels:
         return
+    ranked = {(role, positive): ranked_by_score(labels == positive,
+                                                scores[:, classes[role].index(positive)])
+              for positive in panels for role, scores in probabilities.items()
+              if positive in classes[role]}
     for display, name in ((RocCurveDisplay, "roc_curve.png"),
                           (PrecisionRecallDisplay, "precision_recall_curve.png")):
         figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2),
                                     squeeze=False)
         for ax, positive in zip(axes[0], panels, strict=True):
-            for role, scores in probabilities.items():
-                if positive in classes[role]:
+            for role in probabilities:
+                if (role, positive) in ranked:
                     # Only the corners of the curve: a million held-out rows would
                     # otherwise draw a million points (ROC drops them by default, PR not).
-                    display.from_predictions((labels == positive).astype(int),
-                                             scores[:, classes[role].index(positive)],
-                                             name=role, ax=ax, drop_intermediate=True)
+                    display.from_predictions(*ranked[role, positive], name=role, ax=ax,
+                                             drop_intermediate=True)
             ax.set_title(f"{names[positive]} vs rest")
         # Margins fixed in inches rather than tight_layout, which draws every panel once
         # more to measure it (half the time of these figures): the axes' labels are fixed

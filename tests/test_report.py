@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sklearn import metrics
 from sklearn.linear_model import LogisticRegression, Perceptron
 
-from retraining.report import write_heldout_report
+from retraining.report import ranked_by_score, write_heldout_report
 
 
 def labelled_rows(rows: int, seed: int):
@@ -76,3 +78,26 @@ def test_binary_figures_are_those_of_the_second_class(tmp_path):
         metrics.precision_score(labels, predicted, pos_label="not_hot"))
     assert logged["challenger_roc_auc"] == pytest.approx(
         metrics.roc_auc_score(labels == "not_hot", model.predict_proba(features)[:, 1]))
+
+
+# Scores as a model gives them: few distinct values (a tree's leaves), so ties are the rule.
+scored_rows = st.lists(st.tuples(st.booleans(), st.sampled_from([0.0, 0.1, 0.25, 0.5, 1.0])
+                                 | st.floats(0, 1)), min_size=2, max_size=60).filter(
+    lambda rows: 0 < sum(positive for positive, _ in rows) < len(rows))
+
+
+@given(scored_rows)
+def test_the_curves_drawn_from_ranked_rows_are_those_of_the_rows_as_they_came(rows):
+    positive = np.array([row[0] for row in rows])
+    scores = np.array([row[1] for row in rows])
+
+    truth, ranked = ranked_by_score(positive, scores)
+
+    assert np.all(np.diff(ranked) >= 0)
+    for curve in (metrics.roc_curve, metrics.precision_recall_curve):
+        for drawn, expected in zip(curve(truth, ranked, drop_intermediate=True),
+                                   curve(positive.astype(int), scores,
+                                         drop_intermediate=True), strict=True):
+            np.testing.assert_array_equal(drawn, expected)
+    assert metrics.average_precision_score(truth, ranked) == \
+        metrics.average_precision_score(positive.astype(int), scores)
