@@ -256,19 +256,40 @@ def session(master: str, threads: int | None):
     if driver_memory is not None:
         # Read when the JVM starts: a session already running keeps its heap.
         builder = builder.config("spark.driver.memory", driver_memory)
+    # py4j says at INFO that it closes its connection when the process exits: after the
+    # cycle's last line, which must stay the last, a failure to start included.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
         spark = builder.getOrCreate()
     except Exception as error:  # the JVM's failure to start arrives as many kinds
-        raise NeedsAttention(f"Spark could not start on master {master!r}: {quoted(error)}",
-                             fix="install a Java runtime (apt-get install "
-                                 "default-jre-headless) or check --spark-master") from error
+        raise _not_started(master, error) from error
     if not _users_log_configuration(users):
         spark.sparkContext.setLogLevel("WARN")  # unless the user configured Spark's logging
-    # py4j says at INFO that it closes its connection when the process exits: after the
-    # cycle's last line, which must stay the last.
-    logging.getLogger("py4j").setLevel(logging.WARNING)
     log.info("Spark session on master %s", spark.sparkContext.master)
     return spark
+
+
+def _not_started(master: str, error: Exception) -> NeedsAttention:
+    """Why a session did not start, told apart by who failed: no JVM came up (Java is
+    missing or broken), or the JVM came up and Spark stopped its context, which on a
+    cluster is most often a master that does not answer (Spark gives up after a minute)."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    if isinstance(error, PySparkException) and error.getCondition() == "JAVA_GATEWAY_EXITED":
+        return NeedsAttention(f"Spark's JVM did not start for master {master!r} "
+                              f"({quoted(error)}): Java is missing or would not run",
+                              fix="install a Java runtime (apt-get install "
+                                  "default-jre-headless), or set JAVA_HOME to one")
+    # The Java exception's first line: the rest of its message is a stack trace.
+    evidence = (error.java_exception.toString().splitlines()[0]
+                if isinstance(error, Py4JJavaError) else quoted(error))
+    return NeedsAttention(f"Spark could not start on master {master!r} ({evidence}); Spark's "
+                          "log above says why (for a cluster whose master does not answer at "
+                          "that address: 'All masters are unresponsive')",
+                          fix="check --spark-master (a cluster's URL as its master's web UI "
+                              "shows it, spark://host:7077, reachable from this host) and the "
+                              "Spark configuration")
 
 
 def as_doubles(frame):

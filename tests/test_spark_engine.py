@@ -219,6 +219,52 @@ def test_on_a_standalone_cluster_the_fit_and_the_next_nights_scoring_run_on_its_
     assert "Finished task" in applications[max(applications)]
 
 
+def unanswered_master() -> str:
+    """A master URL on 127.0.0.1 where nothing listens."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"spark://127.0.0.1:{probe.getsockname()[1]}"
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("case", ["no java", "no master"])
+def test_a_session_that_cannot_start_says_whose_fault_it_is_and_moves_nothing(
+        case, spark_installed, production, tmp_path):
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=7))
+    before = snapshot(production.new_dir)
+    if case == "no java":  # JAVA_HOME naming a folder without a Java in it
+        (tmp_path / "not-a-jdk").mkdir()
+        master, environment = "local[1]", {"JAVA_HOME": str(tmp_path / "not-a-jdk")}
+    else:  # a cluster's URL mistyped: Spark retries for a minute, then gives up
+        master, environment = unanswered_master(), {"SPARK_LOCAL_IP": "127.0.0.1"}
+
+    finished = run_script("pipeline_orchestrator.py",
+                          [*production.flags, "--min-new-files", "5", "--engine", "spark",
+                           "--spark-master", master, "--training-windows", "all", "--json"],
+                          env_extra=environment)
+
+    summary = json.loads(finished.stdout.strip().splitlines()[-1])
+    assert finished.returncode != 0 and summary["outcome"] == "failed"
+    last_line = finished.stderr.strip().splitlines()[-1]
+    assert summary["reason"] in last_line
+    if case == "no java":
+        assert "Spark's JVM did not start for master 'local[1]'" in summary["reason"]
+        assert "JAVA_GATEWAY_EXITED" in summary["reason"]
+        assert "Fix: install a Java runtime" in summary["reason"]
+    else:
+        assert f"Spark could not start on master '{master}'" in summary["reason"]
+        assert "Fix: check --spark-master" in summary["reason"]
+        assert "Java" not in summary["reason"].split("Fix:")[1]
+        # The line points to Spark's log for the reason, and the log gives it.
+        assert "All masters are unresponsive" in finished.stderr
+    assert "\n" not in summary["reason"] and "\tat " not in summary["reason"]
+    assert snapshot(production.new_dir) == before and production.alias_version() == "1"
+    assert [str(v.version) for v in production.client().search_model_versions(
+        "name='classifier'")] == ["1"]
+
+
 @pytest.mark.spark
 def test_spark_engine_rejects_a_challenger_not_better_enough_and_archives(
         spark_installed, production):
