@@ -23,6 +23,7 @@ from retraining.errors import (
     Interrupted,
     RetrainingError,
     UsageError,
+    signal_behind,
 )
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -70,8 +71,13 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     except SystemExit as exit_request:  # --help (argparse printed it)
         return EXIT_OK if exit_request.code == 0 else EXIT_USAGE
     except (RetrainingError, Interrupted) as error:
+        error = signal_behind(error) or error
         return _failed(parser.prog, error.exit_code, error.one_line(), wants_json)
     except Exception as error:  # a bug or an unforeseen fault: keep the trace, end in one line
+        interrupted = signal_behind(error)
+        if interrupted is not None:
+            return _failed(parser.prog, interrupted.exit_code, interrupted.one_line(),
+                           wants_json)
         log.exception("unexpected failure")
         text = " ".join(str(error).split())
         return _failed(parser.prog, EXIT_FAILURE,

@@ -79,3 +79,19 @@ class Interrupted(BaseException):
 
     def one_line(self) -> str:
         return f"{self.cause}. Fix: {self.fix}"
+
+
+def signal_behind(error: BaseException) -> Interrupted | None:
+    """The signal an error was raised while unwinding from, if any. A library's cleanup on
+    a signal's way out (pyspark's, after its job was cancelled) fails in words of its own,
+    which are not what happened."""
+    seen, pending = set(), [error.__cause__, error.__context__]
+    while pending:
+        cause = pending.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        if isinstance(cause, Interrupted):
+            return cause
+        seen.add(id(cause))
+        pending += [cause.__cause__, cause.__context__]
+    return None

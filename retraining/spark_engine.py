@@ -12,10 +12,13 @@ uses Spark never imports pyspark.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import shlex
+import signal
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -245,6 +248,7 @@ def session(master: str, threads: int | None):
                                  "apt-get install default-jre-headless)") from error
     running = SparkSession.getActiveSession()
     if running is not None:
+        _cancel_jobs_on_signal(running)  # the handlers may be a later run's
         return running
     master = local_master(master, threads)
     builder = SparkSession.builder.master(master)
@@ -265,8 +269,39 @@ def session(master: str, threads: int | None):
         raise _not_started(master, error) from error
     if not _users_log_configuration(users):
         spark.sparkContext.setLogLevel("WARN")  # unless the user configured Spark's logging
+    _cancel_jobs_on_signal(spark)
     log.info("Spark session on master %s", spark.sparkContext.master)
     return spark
+
+
+def _cancel_jobs_on_signal(spark) -> None:
+    """From now on, SIGTERM and SIGINT also cancel the session's Spark jobs, then do what
+    they did before (the cycle's handler: raise where the main thread is).
+
+    A Spark action waits for its job in a py4j call, and pyspark's cleanup, on the way out
+    of the raise, makes one more call on that same connection, which waits for the job too:
+    a job that never runs (a cluster with no executor for it: a full cluster, no worker, too
+    little memory for one) held the cycle for ever, deaf to the signal. Cancelled from
+    another thread (another py4j connection), the job ends and the main thread unwinds.
+    For the process's life, as the session's: every fit, load and scoring on it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # Python delivers signals to the main thread only
+    for number in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(number)
+        ours = isinstance(handler, functools.partial) and handler.func is _cancel_then
+        if not ours and handler not in (signal.SIG_IGN, None):
+            signal.signal(number, functools.partial(_cancel_then, spark, handler))
+
+
+def _cancel_then(spark, handler, number, frame) -> None:
+    threading.Thread(target=spark.sparkContext.cancelAllJobs, name="cancel-spark-jobs",
+                     daemon=True).start()
+    if callable(handler):
+        handler(number, frame)
+    else:  # SIG_DFL: the signal's own ending, as without the session
+        signal.signal(number, signal.SIG_DFL)
+        os.kill(os.getpid(), number)
 
 
 def _not_started(master: str, error: Exception) -> NeedsAttention:

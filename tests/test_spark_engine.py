@@ -5,6 +5,7 @@ its pyfunc by the same gate as the default engine's."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import json
 import os
@@ -133,23 +134,22 @@ def _wait_for(log: Path, pattern: str, process: subprocess.Popen) -> re.Match:
                          f"{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def standalone_cluster(spark_installed, tmp_path):
-    """A real Spark standalone cluster on 127.0.0.1: one master and one worker of two cores,
-    started from pip's pyspark as a team starts theirs (sbin/start-master.sh runs the same
-    classes). Yields the master's URL and the worker's work folder, where each application
-    that ran executors on it leaves a folder."""
+@contextlib.contextmanager
+def spark_cluster(folder: Path, workers: int):
+    """A real Spark standalone cluster on 127.0.0.1: a master and `workers` workers of two
+    cores, started from pip's pyspark as a team starts theirs (sbin/start-master.sh runs the
+    same classes). Yields the master's URL and the workers' work folder, where each
+    application that ran executors on one leaves a folder."""
     import pyspark
 
     home = os.path.dirname(pyspark.__file__)
-    cluster = tmp_path / "cluster"
-    work = cluster / "work"
+    work = folder / "work"
     work.mkdir(parents=True)
     # Port 0 everywhere, and no REST server (it takes a fixed port): tests may run side by side.
     environment = {key: value for key, value in os.environ.items()
                    if key not in SPARK_VARIABLES} | {
         "SPARK_HOME": home, "SPARK_MASTER_OPTS": "-Dspark.master.rest.enabled=false",
-        "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(cluster)}
+        "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(folder)}
     spark_class = os.path.join(home, "bin", "spark-class")
     started = []
 
@@ -162,19 +162,27 @@ def standalone_cluster(spark_installed, tmp_path):
         return process
 
     try:
-        master = start(cluster / "master.log", "org.apache.spark.deploy.master.Master",
+        master = start(folder / "master.log", "org.apache.spark.deploy.master.Master",
                        "--host", "127.0.0.1", "--port", "0", "--webui-port", "0")
-        url = _wait_for(cluster / "master.log", r"Starting Spark master at (spark://\S+)",
+        url = _wait_for(folder / "master.log", r"Starting Spark master at (spark://\S+)",
                         master).group(1)
-        start(cluster / "worker.log", "org.apache.spark.deploy.worker.Worker", url,
-              "--host", "127.0.0.1", "--port", "0", "--webui-port", "0", "--cores", "2",
-              "--memory", "2g", "--work-dir", str(work))
-        _wait_for(cluster / "master.log", "Registering worker", master)
+        for number in range(workers):
+            start(folder / f"worker-{number}.log", "org.apache.spark.deploy.worker.Worker", url,
+                  "--host", "127.0.0.1", "--port", "0", "--webui-port", "0", "--cores", "2",
+                  "--memory", "2g", "--work-dir", str(work))
+        if workers:
+            _wait_for(folder / "master.log", "Registering worker", master)
         yield url, work
     finally:
         for process in reversed(started):
             os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=60)
+
+
+@pytest.fixture
+def standalone_cluster(spark_installed, tmp_path):
+    with spark_cluster(tmp_path / "cluster", workers=1) as cluster:
+        yield cluster
 
 
 def executor_logs(work: Path) -> dict[str, str]:
@@ -217,6 +225,42 @@ def test_on_a_standalone_cluster_the_fit_and_the_next_nights_scoring_run_on_its_
     applications = executor_logs(work)
     assert len(applications) == 2, sorted(applications)
     assert "Finished task" in applications[max(applications)]
+
+
+@pytest.mark.spark
+def test_sigterm_while_a_fit_waits_for_executors_that_never_come_ends_the_cycle(
+        spark_installed, production, tmp_path):
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=7))
+    before = snapshot(production.new_dir)
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith("RETRAIN_") and key != "MLFLOW_TRACKING_URI"}
+    errors = tmp_path / "cycle.err"
+    # A master without a worker: Spark waits for executors for ever, as on a full cluster.
+    with spark_cluster(tmp_path / "cluster", workers=0) as (url, _), errors.open("w") as err:
+        running = subprocess.Popen(
+            [sys.executable, str(PROJECT_DIR / "pipeline_orchestrator.py"), *production.flags,
+             "--min-new-files", "5", "--engine", "spark", "--spark-master", url,
+             "--training-windows", "all", "--json"],
+            cwd=PROJECT_DIR, env=environment | {"SPARK_LOCAL_IP": "127.0.0.1"},
+            stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            _wait_for(errors, "Initial job has not accepted any resources", running)
+            running.send_signal(signal.SIGTERM)
+            output, _ = running.communicate(timeout=60)  # before: still waiting at 90 s
+        finally:
+            if running.poll() is None:
+                running.kill()
+                running.wait()
+
+    assert running.returncode == 128 + signal.SIGTERM
+    last_line = errors.read_text().strip().splitlines()[-1]
+    assert last_line.startswith("pipeline_orchestrator.py: error: interrupted by SIGTERM")
+    assert json.loads(output.strip().splitlines()[-1])["reason"] in last_line
+    # Neither the user's trainer nor a dead JVM is blamed for what the signal did.
+    assert "train_spark_model" not in errors.read_text()
+    assert snapshot(production.new_dir) == before and production.alias_version() == "1"
+    assert [str(v.version) for v in production.client().search_model_versions(
+        "name='classifier'")] == ["1"]
 
 
 def unanswered_master() -> str:
