@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -81,17 +83,21 @@ class Interrupted(BaseException):
         return f"{self.cause}. Fix: {self.fix}"
 
 
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """The error, then what it was raised from or during, innermost last.
+
+    MLflow wraps what went wrong (sqlalchemy's OperationalError, requests' ConnectionError)
+    in an MlflowException whose message is the whole SQL or URL: the cause is in the chain.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def signal_behind(error: BaseException) -> Interrupted | None:
     """The signal an error was raised while unwinding from, if any. A library's cleanup on
     a signal's way out (pyspark's, after its job was cancelled) fails in words of its own,
     which are not what happened."""
-    seen, pending = set(), [error.__cause__, error.__context__]
-    while pending:
-        cause = pending.pop()
-        if cause is None or id(cause) in seen:
-            continue
-        if isinstance(cause, Interrupted):
-            return cause
-        seen.add(id(cause))
-        pending += [cause.__cause__, cause.__context__]
-    return None
+    return next((cause for cause in causes(error) if isinstance(cause, Interrupted)), None)

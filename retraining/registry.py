@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from retraining.config import Settings, sqlite_database
-from retraining.errors import NeedsAttention, RetrainingError, TryLater
+from retraining.errors import NeedsAttention, RetrainingError, TryLater, causes
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +64,13 @@ def store_faults(settings: Settings, doing: str = "continue") -> Iterator[None]:
         raise fault from error
 
 
-def _causes(error: BaseException) -> Iterator[BaseException]:
-    """The error, then what it was raised from or during, innermost last.
-
-    MLflow wraps what went wrong (sqlalchemy's OperationalError, requests' ConnectionError)
-    in an MlflowException whose message is the whole SQL or URL: the cause is in the chain.
-    """
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        yield error
-        error = error.__cause__ or error.__context__
-
-
 def _store_fault(settings: Settings, doing: str, error: Exception) -> RetrainingError | None:
     import requests
     import sqlalchemy.exc
     from mlflow.exceptions import MlflowException
 
     uri = settings.tracking_uri
-    for cause in _causes(error):
+    for cause in causes(error):
         if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
             return _disk_full(cause.filename or _fullest_place(settings), doing)
         if isinstance(cause, sqlite3.OperationalError):
@@ -123,7 +110,7 @@ def _store_fault(settings: Settings, doing: str, error: Exception) -> Retraining
                 fix="have an MLflow admin grant that user EDIT on both, or give the job the "
                     "credentials of a user who has it; no file was archived")
     # Checked last: a locked or full database is an OperationalError too.
-    for cause in _causes(error):
+    for cause in causes(error):
         if isinstance(cause, sqlalchemy.exc.DatabaseError):
             return _unusable_database(uri, cause)
     return None

@@ -37,6 +37,7 @@ from tests.conftest import (
     new_workspace,
     register_pickle,
     run_script,
+    script_environment,
     snapshot,
     train_on_folder,
     write_csvs,
@@ -232,8 +233,6 @@ def test_sigterm_while_a_fit_waits_for_executors_that_never_come_ends_the_cycle(
         spark_installed, production, tmp_path):
     write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=7))
     before = snapshot(production.new_dir)
-    environment = {key: value for key, value in os.environ.items()
-                   if not key.startswith("RETRAIN_") and key != "MLFLOW_TRACKING_URI"}
     errors = tmp_path / "cycle.err"
     # A master without a worker: Spark waits for executors for ever, as on a full cluster.
     with spark_cluster(tmp_path / "cluster", workers=0) as (url, _), errors.open("w") as err:
@@ -241,7 +240,7 @@ def test_sigterm_while_a_fit_waits_for_executors_that_never_come_ends_the_cycle(
             [sys.executable, str(PROJECT_DIR / "pipeline_orchestrator.py"), *production.flags,
              "--min-new-files", "5", "--engine", "spark", "--spark-master", url,
              "--training-windows", "all", "--json"],
-            cwd=PROJECT_DIR, env=environment | {"SPARK_LOCAL_IP": "127.0.0.1"},
+            cwd=PROJECT_DIR, env=script_environment({"SPARK_LOCAL_IP": "127.0.0.1"}),
             stdout=subprocess.PIPE, stderr=err, text=True)
         try:
             _wait_for(errors, "Initial job has not accepted any resources", running)
