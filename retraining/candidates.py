@@ -72,7 +72,7 @@ def judge_earlier(context, heldout: list, production_predictions: dict,
     """Each earlier version scored on the held-out files and judged against production."""
     from retraining.baseline import baseline_tags
     from retraining.classes import count_classes
-    from retraining.errors import TryLater
+    from retraining.errors import TryLater, raise_if_stopped
     from retraining.evaluation import predict_files
     from retraining.gate import heldout_units, judge, score_heldout
 
@@ -91,6 +91,7 @@ def judge_earlier(context, heldout: list, production_predictions: dict,
         # An old version may not load any more, or not take today's columns: it is then no
         # candidate, and the reason on the run says why.
         except Exception as error:
+            raise_if_stopped(error)
             note = (f"version {version} cannot predict on the held-out files "
                     f"({type(error).__name__}: {' '.join(str(error).split())[:200]})")
             log.warning(note)

@@ -9,9 +9,7 @@ import io
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence
 
@@ -20,11 +18,12 @@ from retraining.errors import (
     EXIT_FAILURE,
     EXIT_OK,
     EXIT_USAGE,
-    Interrupted,
     RetrainingError,
+    Stopped,
     UsageError,
-    signal_behind,
+    stop_behind,
 )
+from retraining.stopping import signals_as_exceptions
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -52,7 +51,7 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     wants_json = "--json" in argv or _flag_set(os.environ.get("RETRAIN_JSON", ""))
     settings = None
     try:
-        with _signals_as_exceptions():
+        with signals_as_exceptions():
             args = _parse(parser, argv, wants_json)
             logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                                 format="%(asctime)s %(levelname)s %(message)s")
@@ -70,14 +69,13 @@ def run_entry_point(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                                        "during the run") from exit_request
     except SystemExit as exit_request:  # --help (argparse printed it)
         return EXIT_OK if exit_request.code == 0 else EXIT_USAGE
-    except (RetrainingError, Interrupted) as error:
-        error = signal_behind(error) or error
+    except (RetrainingError, Stopped) as error:
+        error = stop_behind(error) or error
         return _failed(parser.prog, error.exit_code, error.one_line(), wants_json)
     except Exception as error:  # a bug or an unforeseen fault: keep the trace, end in one line
-        interrupted = signal_behind(error)
-        if interrupted is not None:
-            return _failed(parser.prog, interrupted.exit_code, interrupted.one_line(),
-                           wants_json)
+        stopped = stop_behind(error)
+        if stopped is not None:
+            return _failed(parser.prog, stopped.exit_code, stopped.one_line(), wants_json)
         log.exception("unexpected failure")
         text = " ".join(str(error).split())
         return _failed(parser.prog, EXIT_FAILURE,
@@ -127,42 +125,6 @@ def _failed(prog: str, code: int, line: str, wants_json: bool) -> int:
 
 def _flag_set(text: str) -> bool:
     return text.strip().lower() in {"1", "true", "yes", "on"}
-
-
-@contextlib.contextmanager
-def _signals_as_exceptions():
-    """SIGTERM and SIGINT raise Interrupted where the program is, for the block.
-
-    Unwinding through the program's own `with` blocks marks its MLflow runs FAILED and
-    releases its locks; what a kill -9 at that point would leave, the next run finishes.
-    Only in the main thread, where Python delivers signals (the tests call main() there).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    interrupted = False
-
-    def interrupt(number, frame):
-        # Once: a second signal while the first unwinds would cut the unwinding itself
-        # (a run then left for MLflow's exit hook to mark FINISHED). A scheduler that
-        # insists sends SIGKILL, which every step already survives.
-        nonlocal interrupted
-        interrupted = True
-        for each in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(each, signal.SIG_IGN)
-        raise Interrupted(signal.Signals(number).name, number)
-
-    previous = {number: signal.signal(number, interrupt)
-                for number in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        # After an interrupt the process is ending with its code: one more signal before
-        # the exit would end it by the signal instead, after its line was already printed.
-        if not interrupted:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
 
 
 # How one HTTP call to a tracking server is bounded (see http_request_variables).

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Sequence
 
-from retraining.errors import DataError, UsageError
+from retraining.errors import DataError, UsageError, raise_if_stopped
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +234,7 @@ def loaded_from_table(table, facts: FileFacts, label_column: str, prepare_file: 
     try:
         frame = prepare_file(frame, path)
     except Exception as error:  # the user's hook: report its own message, whatever it raised
+        raise_if_stopped(error)
         raise DataError(f"prepare_file rejected {name}: {type(error).__name__}: {error}",
                         fix=f"fix {path} or the prepare_file hook",
                         kind=f"prepare_file: {type(error).__name__}: {error}") from error

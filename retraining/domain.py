@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from retraining.errors import NeedsAttention, RetrainingError, quoted, signal_behind
+from retraining.errors import NeedsAttention, RetrainingError, quoted, raise_if_stopped
 
 log = logging.getLogger("retraining.domain")
 
@@ -107,9 +107,7 @@ class Domain:
             except RetrainingError:
                 raise
             except Exception as error:  # whatever the user's code raises, it is theirs to fix
-                signal = signal_behind(error)
-                if signal is not None:  # raised by a library's cleanup as a signal unwound
-                    raise signal from None
+                raise_if_stopped(error)  # a library's cleanup failing as a stop unwound
                 log.error("%s in %s failed", name, Path(self.source).name, exc_info=True)
                 raise NeedsAttention(f"{name} in {Path(self.source).name} raised "
                                      f"{quoted(error)}",

@@ -60,27 +60,42 @@ class DataError(NeedsAttention):
         self.kind = kind
 
 
-class Interrupted(BaseException):
-    """A signal ended the run (SIGTERM from a timeout or shutdown, SIGINT from Ctrl-C).
+class Stopped(BaseException):
+    """The run was ended from outside its own line of work: by a signal (Interrupted), or by
+    a watchdog thread that found it cannot finish (retraining/stopping.py).
 
     A BaseException, like KeyboardInterrupt, so no `except Exception` on the way (the user's
     hooks are wrapped in some) mistakes it for a fault of the file or model at hand. The
-    exit code is the shell's for death by that signal, 128 + its number, which cron mail,
-    systemd and schedulers read as "interrupted". The work is safe to repeat: every step can
-    be cut at any point, as by kill -9, and the next run converges.
+    work is safe to repeat: every step can be cut at any point, as by kill -9, and the next
+    run converges.
     """
 
-    def __init__(self, signal_name: str, signal_number: int):
-        super().__init__(signal_name)
-        self.cause = f"interrupted by {signal_name}" + (" (a time limit or a shutdown)"
-                                                         if signal_name == "SIGTERM" else "")
-        self.fix = ("nothing is lost: run it again, and the next run finishes what this one "
-                    "started" + ("; if a time limit sent it, give the job more time"
-                                 if signal_name == "SIGTERM" else ""))
-        self.exit_code = 128 + signal_number
+    def __init__(self, cause: str, fix: str, exit_code: int):
+        super().__init__(cause)
+        self.cause = cause
+        self.fix = fix
+        self.exit_code = exit_code
 
     def one_line(self) -> str:
         return f"{self.cause}. Fix: {self.fix}"
+
+
+class Interrupted(Stopped):
+    """A signal ended the run (SIGTERM from a timeout or shutdown, SIGINT from Ctrl-C).
+
+    The exit code is the shell's for death by that signal, 128 + its number, which cron mail,
+    systemd and schedulers read as "interrupted".
+    """
+
+    def __init__(self, signal_name: str, signal_number: int):
+        super().__init__(
+            f"interrupted by {signal_name}" + (" (a time limit or a shutdown)"
+                                               if signal_name == "SIGTERM" else ""),
+            "nothing is lost: run it again, and the next run finishes what this one started"
+            + ("; if a time limit sent it, give the job more time"
+               if signal_name == "SIGTERM" else ""),
+            128 + signal_number)
+        self.signal_name = signal_name
 
 
 def causes(error: BaseException) -> Iterator[BaseException]:
@@ -96,8 +111,16 @@ def causes(error: BaseException) -> Iterator[BaseException]:
         error = error.__cause__ or error.__context__
 
 
-def signal_behind(error: BaseException) -> Interrupted | None:
-    """The signal an error was raised while unwinding from, if any. A library's cleanup on
-    a signal's way out (pyspark's, after its job was cancelled) fails in words of its own,
+def stop_behind(error: BaseException) -> Stopped | None:
+    """What stopped the run, if `error` was raised while that unwound. A library's cleanup
+    on the way out (pyspark's, after its job was cancelled) fails in words of its own,
     which are not what happened."""
-    return next((cause for cause in causes(error) if isinstance(cause, Interrupted)), None)
+    return next((cause for cause in causes(error) if isinstance(cause, Stopped)), None)
+
+
+def raise_if_stopped(error: BaseException) -> None:
+    """Raise what stopped the run, if `error` came of it: for every `except Exception` that
+    would otherwise take it for a fault of the model or file at hand, and go on."""
+    stopped = stop_behind(error)
+    if stopped is not None:
+        raise stopped from None

@@ -53,7 +53,7 @@ def hold_probation(context: CycleContext) -> Trial | None:
     alias back when the replaced one is significantly better and auto-rollback is on."""
     from retraining.baseline import decided_on
     from retraining.datafiles import batch_key
-    from retraining.errors import NeedsAttention, TryLater
+    from retraining.errors import NeedsAttention, TryLater, raise_if_stopped
     from retraining.evaluation import predict_files
     from retraining.gate import judge, score_heldout
     from retraining.heldout import lacking
@@ -89,6 +89,7 @@ def hold_probation(context: CycleContext) -> Trial | None:
     # The replaced version's model does not fit today's files: whatever it raises, it cannot
     # be judged, and production stays.
     except Exception as error:
+        raise_if_stopped(error)
         return _record(context, Trial(current, replaced, "not judged",
                                       f"version {replaced} cannot predict on the new files "
                                       f"({type(error).__name__}: "

@@ -247,7 +247,7 @@ def serve(settings: Settings) -> dict[str, Any]:
     except Interrupted as asked:
         # While the model loads, or after uvicorn's graceful shutdown, which raises the
         # signal again for the handler before it: the stop a service manager asks for.
-        log.info("stopped by %s", asked.args[0] if asked.args else "a signal")
+        log.info("stopped by %s", asked.signal_name)
     finally:
         stop.set()
     return {"outcome": "stopped", "version": follower.served.version if follower else None}

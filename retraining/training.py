@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from retraining.context import CycleContext, Monitoring, phase
-from retraining.errors import NeedsAttention
+from retraining.errors import NeedsAttention, raise_if_stopped
 
 log = logging.getLogger("retraining.cycle")
 
@@ -240,6 +240,7 @@ def resume_challenger(context: CycleContext, monitoring: Monitoring, key: str,
                 model = registry.load_version(version)
                 break
             except Exception as error:  # whatever keeps it from loading, it cannot be judged
+                raise_if_stopped(error)
                 why = (f"its model cannot be loaded ({type(error).__name__}: "
                        f"{' '.join(str(error).split())[:200]})")
         registry.annotate_version(version, {

@@ -7,6 +7,9 @@ TARGET is `module.function`, a real step or file move of the cycle. WHEN is
   after    die as its Nth call returns;
   linked   (for move_without_overwrite) die on its Nth move once the file has its new name
            and still has its old one: the instant between the link and the unlink.
+  sigterm  receive SIGTERM as its Nth call starts, and fail on the signal's way out as a
+           library's cleanup does (pyspark's, once the signal cancelled its job, raises a
+           Py4JError of its own): an Exception raised while the signal unwinds.
 Nothing is replaced but the moment of death: the cycle does its real work up to it.
 """
 
@@ -16,6 +19,7 @@ import importlib
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,6 +42,12 @@ def main() -> int:
         calls += 1
         if calls == nth and when == "before":
             die()
+        if calls == nth and when == "sigterm":
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)  # the cycle's handler raises here
+                time.sleep(60)
+            finally:
+                raise RuntimeError("a library's cleanup failed as the signal unwound")
         if calls == nth and when == "linked":
             os.link(args[0], args[1])
             die()

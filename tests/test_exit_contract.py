@@ -14,6 +14,11 @@ import pipeline_orchestrator
 from tests.conftest import (
     PROJECT_DIR,
     changed_concept_files,
+    cycle,
+    cycle_killed_at,
+    machine_files,
+    new_concept_files,
+    promote_new_concept,
     run_script,
     script_environment,
     snapshot,
@@ -128,3 +133,36 @@ def test_a_library_exiting_mid_cycle_is_a_failure_and_archives_nothing(productio
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "a library called sys.exit(0) during the run" in line
     assert snapshot(production.new_dir) == before and production.alias_version() == "1"
+
+
+@pytest.mark.parametrize("scored, nth", [
+    # The first cycle after version 2's promotion: production on the new files, then
+    # version 1, which it replaced, on the same files (version 2's probation).
+    ("the replaced version, on probation", 2),
+    # The returning concept: production on the new files, the challenger on the held-out
+    # ones, then version 1 as an earlier version.
+    ("an earlier version", 3),
+])
+def test_sigterm_while_another_version_is_scored_ends_the_cycle_whatever_fails_after(
+        production, capsys, scored, nth):
+    """A version that cannot predict is no candidate, and the cycle goes on without it; but
+    one whose scoring a signal cut, with a library's cleanup failing on the way out, did not
+    fail: the cycle must end, not carry on with the signal spent."""
+    if scored == "an earlier version":
+        promote_new_concept(production, capsys)  # its probation passed
+        write_csvs(production.new_dir, "old_again", machine_files(10, drift=0.0, seed=53))
+    else:
+        write_csvs(production.new_dir, "changed", new_concept_files(15, seed=51))
+        code, summary = cycle(production, capsys)
+        assert code == 0 and summary["outcome"] == "promoted", summary["reason"]
+        write_csvs(production.new_dir, "changed_again", new_concept_files(10, seed=52))
+    before = snapshot(production.new_dir)
+
+    finished = cycle_killed_at(production, "retraining.evaluation.predict_files", "sigterm",
+                               nth, "--training-windows", "all", "--json")
+
+    assert finished.returncode == 128 + signal.SIGTERM, finished.stderr[-3000:]
+    last_line = finished.stderr.strip().splitlines()[-1]
+    assert "interrupted by SIGTERM" in last_line, last_line
+    assert "cannot predict" not in finished.stderr
+    assert snapshot(production.new_dir) == before and production.alias_version() == "2"
