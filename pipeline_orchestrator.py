@@ -168,7 +168,8 @@ def open_cycle(settings: Settings, new_paths: list[Path],
     from retraining.threads import fit_to_machine
 
     domain = load_domain(settings.domain_file,
-                         settings.spark_master if settings.engine == "spark" else None)
+                         settings.spark_master if settings.engine == "spark" else None,
+                         settings.spark_executor_wait)
     registry = Registry(settings)
     registry.close_interrupted_runs(str(settings.new_dir))
     decision.finish_interrupted_promotions(registry, str(settings.new_dir))
@@ -488,7 +489,7 @@ OPTIONS = ["new_dir", "used_dir", "quarantine_dir", "settle_seconds", "domain_fi
            "rise_trigger", "rise_confidence", "auto_rollback", "earlier_versions",
            "training_windows", "recent_files", "recency_half_life", "validation_fraction",
            "window_sample_rows", "strict_history", "columnar_history", "threads", "engine",
-           "spark_master", "dry_run", "json"]
+           "spark_master", "spark_executor_wait", "dry_run", "json"]
 
 
 def main(argv=None) -> int:

@@ -67,6 +67,7 @@ class Settings:
     threads: int | None  # None: the cores free at each heavy step; 0: OMP_NUM_THREADS decides
     engine: str
     spark_master: str
+    spark_executor_wait: float  # seconds; 0: for ever
     dry_run: bool
     json: bool
     force: bool
@@ -302,6 +303,10 @@ _OPTIONS = {
                 "the Spark master the spark engine trains on: local[*] for this machine's "
                 "cores, or a cluster's URL (spark://host:7077, yarn, k8s://...); unset, the "
                 "spark.master of your Spark configuration, if it has one"),
+        _Option("spark_executor_wait", _nonnegative_float,
+                "seconds a Spark job of the cycle may wait on a cluster that gives it no "
+                "executor (no worker free, or none with the memory an executor asks) before "
+                "the cycle stops, nothing moved; 0: wait for ever"),
         _Option("dry_run", _flag, "decide and report, change nothing", is_flag=True),
         _Option("json", _flag, "print one JSON summary on stdout", is_flag=True),
         _Option("force", _flag, "replace an existing production alias", is_flag=True),
@@ -382,6 +387,10 @@ def _defaults(project_dir: Path) -> dict[str, Any]:
         "threads": None,
         "engine": "default",
         "spark_master": "local[*]",
+        # Long enough for a busy cluster to free a worker, or to start one on demand; short
+        # enough that a cluster with no room for the job is one line in the morning, not a
+        # night's cron slot held by a cycle that only looks alive.
+        "spark_executor_wait": 600.0,
         "dry_run": False,
         "json": False,
         "force": False,

@@ -31,8 +31,10 @@ class Domain:
     error_per_file: bool
     lower_error_is_better: bool
     train_spark_model: Callable[..., Any] | None = None
-    # Set: `train` fits train_spark_model on this Spark master (--engine spark).
+    # Set: `train` fits train_spark_model on this Spark master (--engine spark), whose jobs
+    # may wait this many seconds for an executor (Settings.spark_executor_wait).
     spark_master: str | None = None
+    spark_executor_wait: float = 0.0
 
     @property
     def _trainer(self) -> tuple[str, Callable[..., Any], str]:
@@ -89,6 +91,7 @@ class Domain:
             from retraining import spark_engine
 
             return spark_engine.train(trainer, self.spark_master, threads, features, labels,
+                                      executor_wait=self.spark_executor_wait,
                                       sample_weight=sample_weight, **keywords)
         from retraining.threads import fit_to_machine
 
@@ -125,10 +128,12 @@ def _identity(frame, path):
     return frame
 
 
-def load_domain(path: Path, spark_master: str | None = None) -> Domain:
+def load_domain(path: Path, spark_master: str | None = None,
+                spark_executor_wait: float = 0.0) -> Domain:
     """Import the contract file; a missing or incomplete contract raises NeedsAttention.
 
-    `spark_master`: train with the file's train_spark_model on that master (--engine spark).
+    `spark_master`: train with the file's train_spark_model on that master (--engine spark),
+    where a job waits at most `spark_executor_wait` seconds for an executor (0: for ever).
     """
     if not path.is_file():
         raise NeedsAttention(f"domain file {path} does not exist",
@@ -168,4 +173,5 @@ def load_domain(path: Path, spark_master: str | None = None) -> Domain:
         lower_error_is_better=getattr(module, "LOWER_ERROR_IS_BETTER", True),
         train_spark_model=train_spark_model if callable(train_spark_model) else None,
         spark_master=spark_master,
+        spark_executor_wait=spark_executor_wait,
     )

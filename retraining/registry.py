@@ -319,7 +319,8 @@ class Registry:
                 # scores, and a missing Java or pyspark is one line, not MLflow's traceback.
                 from retraining import spark_engine
 
-                spark_engine.session(self._settings.spark_master, self._settings.threads)
+                spark_engine.session(self._settings.spark_master, self._settings.threads,
+                                     self._settings.spark_executor_wait)
                 return spark_engine.with_classes(
                     self._store_call("load the model", mlflow.pyfunc.load_model, uri),
                     f"{self.model_name!r} version {version}")

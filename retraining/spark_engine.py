@@ -19,6 +19,7 @@ import re
 import shlex
 import signal
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -41,6 +42,9 @@ _PANDAS_WARNING = "PySpark does not yet fully support pandas"
 # machine's memory (or of the container's limit) is the JVM's when the user has not sized it;
 # the rest is this process's.
 _LOCAL_DRIVER_SHARE = 0.5
+# How often ExecutorWatch asks the driver for its executors and jobs: the wait it bounds is
+# minutes, and each look is two calls to the JVM.
+_WATCH_SECONDS = 5.0
 
 
 # What the cycle sets on a Spark session it starts, unless the user set it for Spark already.
@@ -233,12 +237,13 @@ def local_master(master: str, threads: int | None) -> str:
     return master if count is None else f"local[{count}]"
 
 
-def session(master: str, threads: int | None):
+def session(master: str, threads: int | None, executor_wait: float = 0.0):
     """The process's Spark session on `master` (`local[*]` narrowed by local_master), started
     once: a session already running keeps its master. The cycle's own settings
     (_SESSION_DEFAULTS, the local heap, logs at warnings) give way to the user's Spark
     configuration; the master is Settings.spark_master (--spark-master, else the user's own
-    spark.master, else local[*])."""
+    spark.master, else local[*]). On a cluster, a job that waits `executor_wait` seconds
+    with no executor stops the run (ExecutorWatch; 0: it waits for ever)."""
     warnings.filterwarnings("ignore", message=_PANDAS_WARNING, category=FutureWarning)
     try:
         from pyspark.sql import SparkSession
@@ -249,6 +254,7 @@ def session(master: str, threads: int | None):
     running = SparkSession.getActiveSession()
     if running is not None:
         _cancel_jobs_on_signal(running)  # the handlers may be a later run's
+        ExecutorWatch.start(running, executor_wait)
         return running
     master = local_master(master, threads)
     builder = SparkSession.builder.master(master)
@@ -271,6 +277,7 @@ def session(master: str, threads: int | None):
         spark.sparkContext.setLogLevel("WARN")  # unless the user configured Spark's logging
     _cancel_jobs_on_signal(spark)
     log.info("Spark session on master %s", spark.sparkContext.master)
+    ExecutorWatch.start(spark, executor_wait)
     return spark
 
 
@@ -302,6 +309,91 @@ def _cancel_then(spark, handler, number, frame) -> None:
     else:  # SIG_DFL: the signal's own ending, as without the session
         signal.signal(number, signal.SIG_DFL)
         os.kill(os.getpid(), number)
+
+
+class ExecutorWatch:
+    """Stops the run when a Spark job of the session has waited `wait` seconds on a cluster
+    that gives the application no executor: none came (no worker free, or none with the
+    spark.executor.memory and cores an executor asks) or those it had were lost (a worker
+    killed) and none replaced them.
+
+    Spark itself waits for ever, logging every 15 s that the job "has not accepted any
+    resources", while the cycle's heartbeat makes it look alive. The stop goes the way
+    SIGTERM goes (stopping.stop_from_thread): the jobs cancelled, the runs marked FAILED,
+    the locks released, nothing moved, one line and exit 1. Not for a local master, whose
+    driver runs the tasks itself. One watch per session, for the process's life.
+    """
+
+    _watched: set[int] = set()
+
+    def __init__(self, spark, wait: float):
+        self._spark = spark
+        self._wait = wait
+        self._master = spark.sparkContext.master
+
+    @classmethod
+    def start(cls, spark, wait: float) -> None:
+        context = spark.sparkContext
+        if wait <= 0 or context.master.startswith("local") or id(context) in cls._watched:
+            return
+        cls._watched.add(id(context))
+        threading.Thread(target=cls(spark, wait).watch, name="spark-executor-watch",
+                         daemon=True).start()
+
+    def watch(self) -> None:
+        from py4j.protocol import Py4JError
+
+        context = self._spark.sparkContext
+        jobs, known = context.statusTracker(), context._jsc.sc().statusTracker()
+        starved_since, most, last = None, 0, 0
+        while True:
+            time.sleep(min(_WATCH_SECONDS, self._wait))
+            try:
+                if context._jsc is None:
+                    return  # the session stopped
+                # The driver is listed among them too, and runs no task on a cluster.
+                executors = len(known.getExecutorInfos()) - 1
+                waiting = bool(jobs.getActiveJobsIds())
+            # The JVM gone: the main thread's own call fails and says so.
+            except (Py4JError, ConnectionError):
+                return
+            if executors != last:  # what runs the fit, in the log beside the heartbeat
+                log.info("Spark: %d executor%s on %s", executors,
+                         "" if executors == 1 else "s", self._master)
+            most, last = max(most, executors), executors
+            if executors > 0 or not waiting:
+                starved_since = None
+                continue
+            now = time.monotonic()
+            if starved_since is None:
+                starved_since = now
+                log.warning("Spark: a job of this cycle waits with no executor on %s; the "
+                            "cycle stops if none comes within %g s (--spark-executor-wait)",
+                            self._master, self._wait)
+            elif now - starved_since >= self._wait:
+                self._stop(most, now - starved_since)
+                return
+
+    def _stop(self, most: int, waited: float) -> None:
+        from retraining.errors import EXIT_FAILURE, Stopped
+        from retraining.stopping import stop_from_thread
+
+        conf = self._spark.sparkContext.getConf()
+        asks = (f"{conf.get('spark.executor.memory', '1g')} of memory and "
+                f"{conf.get('spark.executor.cores', 'one or more')} cores")
+        what = ("its executors were lost and none came back" if most
+                else "no executor ever came")
+        reason = Stopped(
+            f"the Spark cluster at {self._master} gave this cycle's job no executor for "
+            f"{waited:.0f} s ({what}: its workers are busy or gone, or none has the {asks} "
+            "an executor asks); the job was cancelled and no data file was moved",
+            "free or add a worker with that much (the master's web UI lists them), or lower "
+            "spark.executor.memory or spark.executor.cores in your Spark configuration; "
+            "--spark-executor-wait sets how long a job may wait (0: for ever)",
+            EXIT_FAILURE)
+        if not stop_from_thread(reason):  # no run to stop: the job's failure must not hide it
+            log.error("Spark: %s", reason.cause)
+        self._spark.sparkContext.cancelAllJobs()
 
 
 def _not_started(master: str, error: Exception) -> NeedsAttention:
@@ -420,13 +512,13 @@ def check_column_names(features: Sequence[str], label_column: str) -> None:
 
 
 def train(trainer: Callable, master: str, threads: int | None, features, labels, *,
-          sample_weight=None, **keywords) -> SparkModel:
+          executor_wait: float = 0.0, sample_weight=None, **keywords) -> SparkModel:
     """Fit the domain's Spark trainer on the features and labels, as one Spark DataFrame.
 
     The label column keeps its name (the settings' label column); weights, when given, go in
     WEIGHT_COLUMN, whose name the trainer receives as `weight_column`; `keywords` (the
     random_state it declares) go to it as they are. `threads`: Settings.threads, which
-    narrows a `local[*]` master (local_master).
+    narrows a `local[*]` master (local_master); `executor_wait`: see session.
     """
     import numpy as np
 
@@ -439,7 +531,7 @@ def train(trainer: Callable, master: str, threads: int | None, features, labels,
                              f"rows (columns: {', '.join(map(str, features.columns[:12]))})",
                              fix="check the feature columns of the files in used_gts/ and "
                                  "new_gts/, and what prepare_file makes of them")
-    spark = session(master, threads)  # pyspark's absence is one line from here
+    spark = session(master, threads, executor_wait)  # pyspark's absence: one line from here
     from pyspark.ml import PipelineModel
 
     frame = as_doubles(features).assign(**{label_column: labels.to_numpy()})

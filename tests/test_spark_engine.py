@@ -139,8 +139,8 @@ def _wait_for(log: Path, pattern: str, process: subprocess.Popen) -> re.Match:
 def spark_cluster(folder: Path, workers: int):
     """A real Spark standalone cluster on 127.0.0.1: a master and `workers` workers of two
     cores, started from pip's pyspark as a team starts theirs (sbin/start-master.sh runs the
-    same classes). Yields the master's URL and the workers' work folder, where each
-    application that ran executors on one leaves a folder."""
+    same classes). Yields the master's URL, the workers' work folder, where each
+    application that ran executors on one leaves a folder, and the workers' processes."""
     import pyspark
 
     home = os.path.dirname(pyspark.__file__)
@@ -167,16 +167,18 @@ def spark_cluster(folder: Path, workers: int):
                        "--host", "127.0.0.1", "--port", "0", "--webui-port", "0")
         url = _wait_for(folder / "master.log", r"Starting Spark master at (spark://\S+)",
                         master).group(1)
-        for number in range(workers):
-            start(folder / f"worker-{number}.log", "org.apache.spark.deploy.worker.Worker", url,
-                  "--host", "127.0.0.1", "--port", "0", "--webui-port", "0", "--cores", "2",
-                  "--memory", "2g", "--work-dir", str(work))
+        running = [start(folder / f"worker-{number}.log",
+                         "org.apache.spark.deploy.worker.Worker", url, "--host", "127.0.0.1",
+                         "--port", "0", "--webui-port", "0", "--cores", "2", "--memory", "2g",
+                         "--work-dir", str(work))
+                   for number in range(workers)]
         if workers:
             _wait_for(folder / "master.log", "Registering worker", master)
-        yield url, work
+        yield url, work, running
     finally:
         for process in reversed(started):
-            os.killpg(process.pid, signal.SIGTERM)
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=60)
 
 
@@ -195,7 +197,7 @@ def executor_logs(work: Path) -> dict[str, str]:
 @pytest.mark.spark
 def test_on_a_standalone_cluster_the_fit_and_the_next_nights_scoring_run_on_its_executors(
         standalone_cluster, tmp_path, capsys):
-    url, work = standalone_cluster
+    url, work, workers = standalone_cluster
     production = new_workspace(tmp_path)
     write_csvs(production.used_dir, "history", machine_files(8, drift=0.0, seed=1))
     register_pickle(production, train_on_folder(production.used_dir), capsys)
@@ -227,6 +229,33 @@ def test_on_a_standalone_cluster_the_fit_and_the_next_nights_scoring_run_on_its_
     assert len(applications) == 2, sorted(applications)
     assert "Finished task" in applications[max(applications)]
 
+    # A night whose cluster has lost its worker: loading the Spark production waits for an
+    # executor, and the cycle stops after --spark-executor-wait, its files where they were.
+    os.killpg(workers[0].pid, signal.SIGKILL)
+    workers[0].wait()
+    write_csvs(production.new_dir, "after", machine_files(6, drift=1.0, seed=10))
+    before = snapshot(production.new_dir)
+    finished = run_script("pipeline_orchestrator.py",
+                          [*production.flags, "--min-new-files", "5", "--spark-master", url,
+                           "--spark-executor-wait", "10"], env_extra=on_loopback)
+
+    assert finished.returncode == 1, finished.stderr[-3000:]
+    last_line = finished.stderr.strip().splitlines()[-1]
+    assert f"the Spark cluster at {url} gave this cycle's job no executor" in last_line
+    assert "no executor ever came" in last_line
+    assert snapshot(production.new_dir) == before and production.alias_version() == "2"
+
+
+def cycle_on_cluster(space, url: str, stderr, *extra: str) -> subprocess.Popen:
+    """A cycle on the Spark engine training on the cluster at `url`, started and left to run,
+    its stderr to `stderr` and its JSON summary on its stdout pipe."""
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT_DIR / "pipeline_orchestrator.py"), *space.flags,
+         "--min-new-files", "5", "--engine", "spark", "--spark-master", url,
+         "--training-windows", "all", *extra, "--json"],
+        cwd=PROJECT_DIR, env=script_environment({"SPARK_LOCAL_IP": "127.0.0.1"}),
+        stdout=subprocess.PIPE, stderr=stderr, text=True)
+
 
 @pytest.mark.spark
 def test_sigterm_while_a_fit_waits_for_executors_that_never_come_ends_the_cycle(
@@ -235,13 +264,9 @@ def test_sigterm_while_a_fit_waits_for_executors_that_never_come_ends_the_cycle(
     before = snapshot(production.new_dir)
     errors = tmp_path / "cycle.err"
     # A master without a worker: Spark waits for executors for ever, as on a full cluster.
-    with spark_cluster(tmp_path / "cluster", workers=0) as (url, _), errors.open("w") as err:
-        running = subprocess.Popen(
-            [sys.executable, str(PROJECT_DIR / "pipeline_orchestrator.py"), *production.flags,
-             "--min-new-files", "5", "--engine", "spark", "--spark-master", url,
-             "--training-windows", "all", "--json"],
-            cwd=PROJECT_DIR, env=script_environment({"SPARK_LOCAL_IP": "127.0.0.1"}),
-            stdout=subprocess.PIPE, stderr=err, text=True)
+    with spark_cluster(tmp_path / "cluster", workers=0) as (url, _, _), \
+            errors.open("w") as err:
+        running = cycle_on_cluster(production, url, err)
         try:
             _wait_for(errors, "Initial job has not accepted any resources", running)
             running.send_signal(signal.SIGTERM)
@@ -257,6 +282,45 @@ def test_sigterm_while_a_fit_waits_for_executors_that_never_come_ends_the_cycle(
     assert json.loads(output.strip().splitlines()[-1])["reason"] in last_line
     # Neither the user's trainer nor a dead JVM is blamed for what the signal did.
     assert "train_spark_model" not in errors.read_text()
+    assert snapshot(production.new_dir) == before and production.alias_version() == "1"
+    assert [str(v.version) for v in production.client().search_model_versions(
+        "name='classifier'")] == ["1"]
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize("fault, what", [
+    ("no worker", "no executor ever came"),
+    ("worker killed", "its executors were lost and none came back"),
+])
+def test_a_cluster_that_gives_a_fit_no_executor_stops_the_cycle_after_its_wait(
+        spark_installed, production, tmp_path, fault, what):
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=7))
+    before = snapshot(production.new_dir)
+    errors = tmp_path / "cycle.err"
+    with spark_cluster(tmp_path / "cluster", workers=int(fault == "worker killed")) \
+            as (url, _, workers), errors.open("w") as err:
+        running = cycle_on_cluster(production, url, err, "--spark-executor-wait", "15")
+        try:
+            if workers:  # once the cycle has seen its executor, the worker dies with it
+                _wait_for(errors, f"Spark: 1 executor on {url}", running)
+                os.killpg(workers[0].pid, signal.SIGKILL)
+            output, _ = running.communicate(timeout=180)  # Spark alone: for ever
+        finally:
+            if running.poll() is None:
+                running.kill()
+                running.wait()
+
+    log = errors.read_text()
+    assert running.returncode == 1, log[-3000:]
+    last_line = log.strip().splitlines()[-1]
+    assert last_line.startswith(f"pipeline_orchestrator.py: error: the Spark cluster at {url} "
+                                "gave this cycle's job no executor for 1"), last_line
+    assert what in last_line and "Fix: free or add a worker" in last_line
+    assert "--spark-executor-wait" in last_line and "1g of memory" in last_line
+    assert json.loads(output.strip().splitlines()[-1])["reason"] in last_line
+    # Said when the wait began, not only when it ended.
+    assert "waits with no executor" in log
+    assert "train_spark_model" not in log
     assert snapshot(production.new_dir) == before and production.alias_version() == "1"
     assert [str(v.version) for v in production.client().search_model_versions(
         "name='classifier'")] == ["1"]
