@@ -82,7 +82,8 @@ def users_spark_settings() -> dict[str, str]:
     would override, with their values, each outranking the one before as in spark-submit:
     SPARK_MEM and SPARK_DRIVER_MEMORY (from the environment or spark-env.sh); the
     spark-defaults.conf Spark reads, or the --properties-file of PYSPARK_SUBMIT_ARGS instead
-    (both with --load-spark-defaults); then its --conf (-c) and own flags (_SUBMIT_FLAGS)."""
+    (both with --load-spark-defaults); its --extra-properties-file ones, in their order; then
+    its --conf (-c) and own flags (_SUBMIT_FLAGS)."""
     conf_dir = _spark_conf_dir()
     spark_env = conf_dir / "spark-env.sh" if conf_dir is not None else None
     assigned = dict(_SPARK_ENV_ASSIGNMENT.findall(spark_env.read_text(errors="replace"))) \
@@ -98,7 +99,7 @@ def users_spark_settings() -> dict[str, str]:
         raise NeedsAttention(f"PYSPARK_SUBMIT_ARGS cannot be read as a command line: {error} "
                              f"in {os.environ['PYSPARK_SUBMIT_ARGS']!r}",
                              fix="close its quotes, or unset it") from error
-    confs, flags, properties_file = {}, {}, None
+    confs, flags, properties_file, extra_files = {}, {}, None, []
     for position, word in enumerate(submit_args):
         flag, equals, value = word.partition("=")
         if not equals and position + 1 < len(submit_args):
@@ -109,11 +110,13 @@ def users_spark_settings() -> dict[str, str]:
             flags[_SUBMIT_FLAGS[flag]] = value
         elif flag == "--properties-file":
             properties_file = Path(value)
+        elif flag == "--extra-properties-file":
+            extra_files.append(Path(value))
     files = [properties_file] if properties_file is not None else []
     if conf_dir is not None and (properties_file is None or "--load-spark-defaults"
                                  in submit_args):
         files.insert(0, conf_dir / "spark-defaults.conf")
-    for path in files:
+    for path in [*files, *extra_files]:
         if path.is_file():  # a --properties-file that is not there is Spark's to report
             settings.update(properties(path.read_text(errors="replace")))
     return settings | confs | flags

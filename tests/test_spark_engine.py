@@ -698,6 +698,21 @@ def test_every_place_spark_submit_takes_a_setting_from_counts_as_the_users(tmp_p
     assert own["spark.app.name"] == "from-team-file" and "spark.master" not in own
     both = settings(f"--properties-file {team} --load-spark-defaults pyspark-shell")
     assert both["spark.app.name"] == "from-team-file" and both["spark.master"] == "local[3]"
+    # Extra properties files (Spark 4) come after either, each outranking the one before,
+    # and below --conf; spark-defaults.conf stays unless --properties-file replaced it.
+    extra = tmp_path / "extra.conf"
+    extra.write_text("spark.app.name from-extra\nspark.driver.memory 3g\n")
+    later = tmp_path / "later.conf"
+    later.write_text("spark.driver.memory 5g\n")
+    added = settings(f"--extra-properties-file {extra} --extra-properties-file={later} "
+                     "pyspark-shell")
+    assert (added["spark.app.name"], added["spark.driver.memory"], added["spark.master"]) \
+        == ("from-extra", "5g", "local[3]")
+    over_own = settings(f"--properties-file {team} --extra-properties-file {extra} "
+                        "pyspark-shell")
+    assert over_own["spark.app.name"] == "from-extra" and "spark.master" not in over_own
+    assert settings(f"--conf spark.app.name=from-conf --extra-properties-file {extra} "
+                    "pyspark-shell")["spark.app.name"] == "from-conf"
     assert settings("--driver-java-options '-Dlog4j2.configurationFile=team.xml' "
                     "pyspark-shell")["spark.driver.extraJavaOptions"] \
         == "-Dlog4j2.configurationFile=team.xml"
