@@ -69,6 +69,8 @@ def read_history(settings: Settings, domain, folder: Path, production=None,
     known = production.input_columns if production is not None else None
     columnar = columnar_copy(settings, folder)
     load = columnar.load if columnar is not None else load_file
+    if columnar is not None:
+        columnar.expect(paths)
     loaded: list[LoadedFile] = []
     failures: list[tuple[Path, DataError]] = []
     # Years of history can take minutes to read: each line says how far it is.
