@@ -133,6 +133,9 @@ _window_sample_rows = _checked(int, lambda value: value >= 1000, "must be 1000 o
 _nonnegative_float = _checked(float, lambda value: value >= 0.0, "must be a number, 0 or more")
 _positive_float = _checked(float, lambda value: value > 0.0, "must be a number above 0")
 _finite_float = _checked(float, math.isfinite, "must be a finite number")
+# inf would be a wait for ever that says it stops: 0 says so instead.
+_wait_seconds = _checked(float, lambda value: 0.0 <= value < math.inf,
+                         "must be a number of seconds, 0 or more (0: for ever)")
 # MLflow's HTTP timeout is whole seconds, spent once to connect and once for the answer.
 _store_timeout = _checked(float, lambda value: value >= 2.0,
                           "must be a number of seconds, 2 or more")
@@ -303,7 +306,7 @@ _OPTIONS = {
                 "the Spark master the spark engine trains on: local[*] for this machine's "
                 "cores, or a cluster's URL (spark://host:7077, yarn, k8s://...); unset, the "
                 "spark.master of your Spark configuration, if it has one"),
-        _Option("spark_executor_wait", _nonnegative_float,
+        _Option("spark_executor_wait", _wait_seconds,
                 "seconds a Spark job of the cycle may wait on a cluster that gives it no "
                 "executor (no worker free, or none with the memory an executor asks) before "
                 "the cycle stops, nothing moved; 0: wait for ever"),

@@ -199,6 +199,14 @@ def test_invalid_settings_are_usage_errors(argv):
         settings_from(argv)
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "ten minutes"])
+def test_a_spark_executor_wait_that_is_not_a_number_of_seconds_is_a_usage_error(value):
+    with pytest.raises(UsageError) as refused:
+        settings_from(["--spark-executor-wait", value], names=("spark_executor_wait",))
+    assert refused.value.one_line().startswith(f"--spark-executor-wait={value!r} ")
+    assert "0: wait for ever" in refused.value.one_line()
+
+
 def test_settings_are_immutable():
     settings = settings_from([])
     with pytest.raises(AttributeError):
