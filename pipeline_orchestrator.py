@@ -212,6 +212,7 @@ def production_predictions(settings: Settings, production, files: list,
     it is the model's, and a person must look.
     """
     from retraining.archive import quarantine_file
+    from retraining.errors import raise_if_stopped
     from retraining.evaluation import predict_files
 
     if not files:
@@ -219,12 +220,14 @@ def production_predictions(settings: Settings, production, files: list,
     try:
         return predict_files(production.model, files, columns), []
     except Exception as error:  # the user's model: whatever it raises, find the file
+        raise_if_stopped(error)  # not the model's, nor a file's: the run ends
         first_error = error
     predictions, failures = {}, []
     for loaded in files:
         try:
             predictions |= predict_files(production.model, [loaded], columns)
         except Exception as error:  # the same: this file alone makes the model raise
+            raise_if_stopped(error)
             failures.append((loaded, f"{type(error).__name__}: "
                                      f"{' '.join(str(error).split())[:300]}"))
     if not predictions:

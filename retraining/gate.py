@@ -21,7 +21,7 @@ from retraining.classes import collapsed_against
 from retraining.config import Settings
 from retraining.datafiles import LoadedFile
 from retraining.domain import Domain
-from retraining.errors import NeedsAttention
+from retraining.errors import NeedsAttention, raise_if_stopped
 from retraining.evaluation import error_on, judge_challenger, pooled_labels
 
 # Errors are rates computed in floating point: a difference of 1e-17 is no regression.
@@ -157,6 +157,7 @@ def _score_slices(domain: Domain, heldout: Sequence[LoadedFile], production_pred
                     # The user's metric, on rows it was not written for: whatever it raises
                     # is reported in the reason, and the files are judged whole.
                     except Exception as error:
+                        raise_if_stopped(error)
                         return None, (f"error_metric failed on {where} "
                                       f"({type(error).__name__}: {error})")
                     if not math.isfinite(value):

@@ -136,6 +136,8 @@ def test_a_library_exiting_mid_cycle_is_a_failure_and_archives_nothing(productio
 
 
 @pytest.mark.parametrize("scored, nth", [
+    # Monitoring: production on the new files, where a file it raises on is quarantined.
+    ("production", 1),
     # The first cycle after version 2's promotion: production on the new files, then
     # version 1, which it replaced, on the same files (version 2's probation).
     ("the replaced version, on probation", 2),
@@ -143,12 +145,15 @@ def test_a_library_exiting_mid_cycle_is_a_failure_and_archives_nothing(productio
     # ones, then version 1 as an earlier version.
     ("an earlier version", 3),
 ])
-def test_sigterm_while_another_version_is_scored_ends_the_cycle_whatever_fails_after(
+def test_sigterm_while_a_version_is_scored_ends_the_cycle_whatever_fails_after(
         production, capsys, scored, nth):
-    """A version that cannot predict is no candidate, and the cycle goes on without it; but
-    one whose scoring a signal cut, with a library's cleanup failing on the way out, did not
-    fail: the cycle must end, not carry on with the signal spent."""
-    if scored == "an earlier version":
+    """A version that cannot predict is no candidate, and a file production cannot predict
+    on is quarantined, and the cycle goes on without them; but a scoring that a signal cut,
+    with a library's cleanup failing on the way out, did not fail: the cycle must end, not
+    carry on with the signal spent."""
+    if scored == "production":
+        write_csvs(production.new_dir, "changed", new_concept_files(15, seed=51))
+    elif scored == "an earlier version":
         promote_new_concept(production, capsys)  # its probation passed
         write_csvs(production.new_dir, "old_again", machine_files(10, drift=0.0, seed=53))
     else:
@@ -165,4 +170,5 @@ def test_sigterm_while_another_version_is_scored_ends_the_cycle_whatever_fails_a
     last_line = finished.stderr.strip().splitlines()[-1]
     assert "interrupted by SIGTERM" in last_line, last_line
     assert "cannot predict" not in finished.stderr
-    assert snapshot(production.new_dir) == before and production.alias_version() == "2"
+    assert snapshot(production.new_dir) == before
+    assert production.alias_version() == ("1" if scored == "production" else "2")
