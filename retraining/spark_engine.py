@@ -484,9 +484,9 @@ def check_column_names(features: Sequence[str], label_column: str) -> None:
     names are not case-sensitive), names with a '.' or a backtick (Spark ML's stages read
     `a.b` as field b of a struct a, and a lone backtick as broken quoting, whatever the
     trainer does), and the names of the columns the cycle adds itself."""
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, int], str] = {}
     for position, name in enumerate([*features, label_column]):
-        other = seen.setdefault(name.lower(), name)
+        other = seen.setdefault(_spark_case_key(name), name)
         is_label = position == len(features)
         which = "the label column" if is_label else "the column"
         marks = [mark for mark in (".", "`") if mark in name]
@@ -512,6 +512,14 @@ def check_column_names(features: Sequence[str], label_column: str) -> None:
             raise NeedsAttention(f"the feature column {name!r} has the name of the column "
                                  f"{role} on the Spark engine",
                                  fix="rename it in prepare_file")
+
+
+def _spark_case_key(name: str) -> tuple[str, int]:
+    """What Spark tells a column apart by, case aside: it looks a name up in lower case
+    (Java's, in the root locale, which is Python's, a final sigma included), then keeps the
+    names String.equalsIgnoreCase finds equal, which are of one length in UTF-16 ('İd' is
+    'i̇d' in lower case, and yet not the same column)."""
+    return name.lower(), len(name.encode("utf-16-le"))
 
 
 def train(trainer: Callable, master: str, threads: int | None, features, labels, *,

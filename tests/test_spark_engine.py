@@ -546,6 +546,50 @@ def test_column_names_spark_would_confuse_are_refused_before_it_starts(features,
     check_column_names(["speed", "pressure", "wear index", "x-y", "héat"], "label")
 
 
+# Names of other scripts that one case mapping or another joins: a final sigma, the dotted
+# capital I (two letters in lower case), the Kelvin sign, the long s, a Greek letter with its
+# iota, the sharp s.
+CASE_PAIRS = [("σx", "ςx"), ("xΣ", "xς"), ("xΣ", "xσ"), ("İd", "id"), ("İd", "i\u0307d"),
+              ("Kx", "kx"), ("ſ", "s"), ("ᾳ", "ᾼ"), ("ß", "ss"), ("ß", "ẞ"), ("Ǆ", "ǅ"),
+              ("ﬀ", "ff"), ("Ω", "ω"), ("Ω", "ω")]
+CASE_PROBE = ("import json, sys\n"
+              "from pyspark.sql import SparkSession\n"
+              "spark = SparkSession.builder.master('local[1]').getOrCreate()\n"
+              "verdicts = []\n"
+              "for a, b in json.loads(sys.argv[1]):\n"
+              "    frame = spark.createDataFrame([(1.0, 2.0)], [a, b])\n"
+              "    try:\n"
+              "        frame.select(a).collect()\n"
+              "        verdicts.append(False)\n"
+              "    except Exception as error:\n"
+              "        assert 'AMBIGUOUS_REFERENCE' in str(error), error\n"
+              "        verdicts.append(True)\n"
+              "print(json.dumps(verdicts))\n")
+
+
+@pytest.mark.spark
+def test_names_are_refused_exactly_when_spark_cannot_tell_them_apart(spark_installed):
+    """Spark resolves a column by its name in lower case (Java's, in the root locale, a
+    final sigma included), which is not every case-insensitive comparison: what it would
+    find ambiguous is refused before it starts, and nothing else."""
+    probed = subprocess.run([sys.executable, "-c", CASE_PROBE, json.dumps(CASE_PAIRS)],
+                            cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300,
+                            env={k: v for k, v in os.environ.items() if k not in SPARK_VARIABLES})
+    assert probed.returncode == 0, probed.stderr[-2000:]
+    ambiguous = json.loads(probed.stdout.strip().splitlines()[-1])
+
+    refused = []
+    for pair in CASE_PAIRS:
+        try:
+            check_column_names(list(pair), "label")
+            refused.append(False)
+        except NeedsAttention:
+            refused.append(True)
+    assert dict(zip(CASE_PAIRS, refused, strict=True)) \
+        == dict(zip(CASE_PAIRS, ambiguous, strict=True))
+    assert any(ambiguous) and not all(ambiguous)
+
+
 # A mistake made inside the JVM: its message carries the whole Java stack.
 JVM_MISTAKE = ("def train_spark_model(frame, label_column):\n"
                "    from pyspark.ml.feature import Imputer\n"
