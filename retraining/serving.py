@@ -44,8 +44,11 @@ class AliasFollower:
         from retraining.registry import Registry
 
         self.settings = settings
-        # Read only: serving never writes a run, a version or an alias.
-        self._registry = Registry(dataclasses.replace(settings, dry_run=True))
+        # Read only: serving never writes a run, a version or an alias. Without the Spark
+        # executor watch (spark_engine.ExecutorWatch): an endpoint outlives a cluster's
+        # outage, as it does the store's, and a request waits for its executor.
+        self._registry = Registry(dataclasses.replace(settings, dry_run=True,
+                                                      spark_executor_wait=0.0))
         self._store_file = _store_file_identity(settings.tracking_uri)
         # One check at a time: the interval's and /reload's would otherwise load twice.
         self._checking = threading.Lock()

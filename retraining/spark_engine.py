@@ -316,32 +316,38 @@ def _cancel_then(spark, handler, number, frame) -> None:
 
 class ExecutorWatch:
     """Stops the run when a Spark job of the session has waited `wait` seconds on a cluster
-    that gives the application no executor: none came (no worker free, or none with the
+    that gives the application no executor: none came (no worker free, none with the
     spark.executor.memory and cores an executor asks) or those it had were lost (a worker
     killed) and none replaced them.
 
     Spark itself waits for ever, logging every 15 s that the job "has not accepted any
     resources", while the cycle's heartbeat makes it look alive. The stop goes the way
-    SIGTERM goes (stopping.stop_from_thread): the jobs cancelled, the runs marked FAILED,
-    the locks released, nothing moved, one line and exit 1. Not for a local master, whose
-    driver runs the tasks itself. One watch per session, for the process's life.
+    SIGTERM goes (stopping.stop_from_thread): the jobs cancelled, the open runs marked
+    FAILED, the locks released, nothing moved, one line and exit 1. Not for a local master,
+    whose driver runs the tasks itself. One watch at a time; each run's session() call gives
+    it that run's wait (a process may run many: the tests, an embedding scheduler).
     """
 
-    _watched: set[int] = set()
+    _current: ExecutorWatch | None = None
 
     def __init__(self, spark, wait: float):
         self._spark = spark
-        self._wait = wait
+        self.wait = wait
         self._master = spark.sparkContext.master
+        self._thread = threading.Thread(target=self.watch, name="spark-executor-watch",
+                                        daemon=True)
 
     @classmethod
     def start(cls, spark, wait: float) -> None:
-        context = spark.sparkContext
-        if wait <= 0 or context.master.startswith("local") or id(context) in cls._watched:
+        current = cls._current
+        if current is not None and current._thread.is_alive() \
+                and current._spark.sparkContext is spark.sparkContext:
+            current.wait = wait  # 0: it ends at its next look
             return
-        cls._watched.add(id(context))
-        threading.Thread(target=cls(spark, wait).watch, name="spark-executor-watch",
-                         daemon=True).start()
+        if wait <= 0 or spark.sparkContext.master.startswith("local"):
+            return
+        cls._current = cls(spark, wait)
+        cls._current._thread.start()
 
     def watch(self) -> None:
         from py4j.protocol import Py4JError
@@ -349,8 +355,9 @@ class ExecutorWatch:
         context = self._spark.sparkContext
         jobs, known = context.statusTracker(), context._jsc.sc().statusTracker()
         starved_since, most, last = None, 0, 0
-        while True:
-            time.sleep(min(_WATCH_SECONDS, self._wait))
+        while self.wait > 0:
+            # At least half a second: two calls to the JVM a look, whatever the wait.
+            time.sleep(min(_WATCH_SECONDS, max(self.wait, 0.5)))
             try:
                 if context._jsc is None:
                     return  # the session stopped
@@ -370,29 +377,29 @@ class ExecutorWatch:
             now = time.monotonic()
             if starved_since is None:
                 starved_since = now
-                log.warning("Spark: a job of this cycle waits with no executor on %s; the "
-                            "cycle stops if none comes within %g s (--spark-executor-wait)",
-                            self._master, self._wait)
-            elif now - starved_since >= self._wait:
-                self._stop(most, now - starved_since)
+                log.warning("Spark: a job waits with no executor on %s; the run stops if none "
+                            "comes within %g s (--spark-executor-wait)", self._master,
+                            self.wait)
+            elif now - starved_since >= self.wait > 0:
+                self._stop(most)
                 return
 
-    def _stop(self, most: int, waited: float) -> None:
+    def _stop(self, most: int) -> None:
         from retraining.errors import EXIT_FAILURE, Stopped
         from retraining.stopping import stop_from_thread
 
         conf = self._spark.sparkContext.getConf()
         asks = (f"{conf.get('spark.executor.memory', '1g')} of memory and "
                 f"{conf.get('spark.executor.cores', 'one or more')} cores")
-        what = ("its executors were lost and none came back" if most
-                else "no executor ever came")
+        what = "its executors were lost and none came back" if most else "no executor came"
         reason = Stopped(
-            f"the Spark cluster at {self._master} gave this cycle's job no executor for "
-            f"{waited:.0f} s ({what}: its workers are busy or gone, or none has the {asks} "
+            f"the Spark cluster at {self._master} gave a Spark job of this run no executor "
+            f"for {self.wait:g} s ({what}: its workers are busy or gone, or none has the {asks} "
             "an executor asks); the job was cancelled and no data file was moved",
             "free or add a worker with that much (the master's web UI lists them), or lower "
             "spark.executor.memory or spark.executor.cores in your Spark configuration; "
-            "--spark-executor-wait sets how long a job may wait (0: for ever)",
+            "where executors are slow to start (dynamic allocation), raise "
+            "--spark-executor-wait (0: wait for ever)",
             EXIT_FAILURE)
         if not stop_from_thread(reason):  # no run to stop: the job's failure must not hide it
             log.error("Spark: %s", reason.cause)

@@ -241,8 +241,8 @@ def test_on_a_standalone_cluster_the_fit_and_the_next_nights_scoring_run_on_its_
 
     assert finished.returncode == 1, finished.stderr[-3000:]
     last_line = finished.stderr.strip().splitlines()[-1]
-    assert f"the Spark cluster at {url} gave this cycle's job no executor" in last_line
-    assert "no executor ever came" in last_line
+    assert f"the Spark cluster at {url} gave a Spark job of this run no executor" in last_line
+    assert "no executor came" in last_line
     assert snapshot(production.new_dir) == before and production.alias_version() == "2"
 
 
@@ -289,7 +289,7 @@ def test_sigterm_while_a_fit_waits_for_executors_that_never_come_ends_the_cycle(
 
 @pytest.mark.spark
 @pytest.mark.parametrize("fault, what", [
-    ("no worker", "no executor ever came"),
+    ("no worker", "no executor came"),
     ("worker killed", "its executors were lost and none came back"),
 ])
 def test_a_cluster_that_gives_a_fit_no_executor_stops_the_cycle_after_its_wait(
@@ -314,7 +314,7 @@ def test_a_cluster_that_gives_a_fit_no_executor_stops_the_cycle_after_its_wait(
     assert running.returncode == 1, log[-3000:]
     last_line = log.strip().splitlines()[-1]
     assert last_line.startswith(f"pipeline_orchestrator.py: error: the Spark cluster at {url} "
-                                "gave this cycle's job no executor for 1"), last_line
+                                "gave a Spark job of this run no executor for 1"), last_line
     assert what in last_line and "Fix: free or add a worker" in last_line
     assert "--spark-executor-wait" in last_line and "1g of memory" in last_line
     assert json.loads(output.strip().splitlines()[-1])["reason"] in last_line
@@ -324,6 +324,34 @@ def test_a_cluster_that_gives_a_fit_no_executor_stops_the_cycle_after_its_wait(
     assert snapshot(production.new_dir) == before and production.alias_version() == "1"
     assert [str(v.version) for v in production.client().search_model_versions(
         "name='classifier'")] == ["1"]
+
+
+@pytest.mark.spark
+def test_every_run_in_one_process_is_watched_with_its_own_wait(spark_installed, production,
+                                                               tmp_path):
+    """An embedding scheduler (or a test) runs many cycles in one process, on one session:
+    the watch that stopped the first must not leave the next unwatched, nor keep its wait."""
+    write_csvs(production.new_dir, "batch", machine_files(6, drift=1.0, seed=7))
+    before = snapshot(production.new_dir)
+    runs = ("import json, sys\n"
+            "import pipeline_orchestrator\n"
+            "flags = json.loads(sys.argv[1])\n"
+            "for wait in ('8', '12'):\n"
+            "    code = pipeline_orchestrator.main([*flags, '--spark-executor-wait', wait])\n"
+            "    print('exit', code, flush=True)\n")
+    with spark_cluster(tmp_path / "cluster", workers=0) as (url, _, _):
+        flags = [*production.flags, "--min-new-files", "5", "--engine", "spark",
+                 "--spark-master", url, "--training-windows", "all"]
+        finished = subprocess.run([sys.executable, "-c", runs, json.dumps(flags)],
+                                  cwd=PROJECT_DIR, capture_output=True, text=True, timeout=240,
+                                  env=script_environment({"SPARK_LOCAL_IP": "127.0.0.1"}))
+
+    assert finished.stdout.split() == ["exit", "1", "exit", "1"], finished.stderr[-3000:]
+    lines = [line for line in finished.stderr.splitlines()
+             if line.startswith("pipeline_orchestrator.py: error: the Spark cluster")]
+    assert len(lines) == 2 and "no executor for 8 s" in lines[0] \
+        and "no executor for 12 s" in lines[1], lines
+    assert snapshot(production.new_dir) == before and production.alias_version() == "1"
 
 
 def unanswered_master() -> str:
