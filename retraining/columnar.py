@@ -25,6 +25,7 @@ archive).
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import logging
 import os
@@ -76,10 +77,11 @@ _RESERVE_INODES = (1_000, 10_000)
 # offsets for a one-letter string); anything far larger at a copy's name is not read at all.
 _LARGEST_COPY = (16, 1 << 20)  # times the CSV's size, plus
 
-# How many copies ahead of the one read the disk is asked for (about 0.8 MB each at 5,000
-# rows of 20 features): enough to keep it busy while one is checked, few enough that the
-# pages asked for are still cached when their turn comes.
+# How far ahead of the file read its copies are read (about 0.8 MB each at 5,000 rows of
+# 20 features): enough to keep the disk and the checksum busy while one file is prepared,
+# and at most this many bytes of CSV behind the copies waiting, whatever the files' size.
 _READ_AHEAD = 16
+_READ_AHEAD_BYTES = 32 << 20
 
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 # NONBLOCK: a FIFO at a name would otherwise hang the cycle on open.
@@ -108,14 +110,20 @@ class ColumnarHistory:
         if self.entries is not None:
             self._open_folder(create=False)
         self._upcoming: list[Path] = []
-        self._position = self._hinted = 0
+        self._position = self._ahead = 0
+        # Copy name -> the size of its CSV, and its bytes being read (their CRC-32 checked)
+        # by _reader; the copy of the file read last, whose read is let go at the next.
+        self._fetching: dict[str, tuple[int, concurrent.futures.Future]] = {}
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
+        self._current: str | None = None
 
     def expect(self, paths: Sequence[Path]) -> None:
-        """The files `load` will be asked for next, in this order. Each one's copy is then
-        asked of the disk a few files ahead (_READ_AHEAD), so that on a cold page cache
-        reading the next copies overlaps with checking and preparing this one, instead of
-        each read waiting for the disk in turn."""
-        self._upcoming, self._position, self._hinted = list(paths), 0, 0
+        """The files `load` will be asked for next, in this order. A thread then reads each
+        one's copy, and checks its CRC-32, a few files ahead (_READ_AHEAD), while this one
+        is prepared and checked: the disk and zlib (which lets go of the GIL) work beside
+        pandas, instead of each file waiting for its read and its checksum in turn."""
+        self._stop_reading()
+        self._upcoming, self._position, self._ahead = list(paths), 0, 0
 
     def load(self, path: Path, label_column: str, prepare_file: Callable,
              known_columns: Collection[str] = ()) -> LoadedFile:
@@ -342,24 +350,79 @@ class ColumnarHistory:
     def _read_ahead(self, path: Path) -> None:
         upcoming = self._upcoming
         if self._position >= len(upcoming) or upcoming[self._position] != path:
-            return  # not the order expect() gave (a file read again): no hint
+            return  # not the order expect() gave (a file read again): nothing to start
         self._position += 1
-        while self._hinted < min(self._position + _READ_AHEAD, len(upcoming)):
-            ahead = upcoming[self._hinted]
-            self._hinted += 1
+        # Read already, or not wanted (its file changed since the ledger saw it): its bytes go.
+        self._fetching.pop(self._current, None)
+        entry = (self.entries or {}).get(path.name)
+        names = (self.copies or {}).get(entry["sha256"], ()) if entry else ()
+        self._current = names[0] if names else None
+        pending = sum(size for size, _ in self._fetching.values())
+        while self._ahead < min(self._position + _READ_AHEAD, len(upcoming)) \
+                and pending < _READ_AHEAD_BYTES:
+            ahead = upcoming[self._ahead]
+            self._ahead += 1
             entry = (self.entries or {}).get(ahead.name)
             names = (self.copies or {}).get(entry["sha256"], ()) if entry else ()
-            if names and hasattr(os, "posix_fadvise"):
-                try:
-                    descriptor = os.open(names[0], _READ_FLAGS, dir_fd=self._descriptor)
-                except OSError:
-                    continue  # a hint only: reading the copy meets the same fault and says it
-                try:
-                    os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
-                except OSError:
-                    pass  # a file system without read-ahead: the read itself still works
-                finally:
-                    os.close(descriptor)
+            if names and names[0] not in self._fetching:
+                self._ask_disk(names[0])
+                if self._reader is None:
+                    self._reader = concurrent.futures.ThreadPoolExecutor(
+                        1, thread_name_prefix="columnar-read-ahead")
+                self._fetching[names[0]] = (entry["size"], self._reader.submit(
+                    self._fetch, names[0], entry["size"]))
+                pending += entry["size"]
+        if self._position == len(upcoming):
+            self._upcoming = []  # the last one: the thread ends once its reads are taken
+
+    def _ask_disk(self, name: str) -> None:
+        """Have the kernel read the copy now (posix_fadvise WILLNEED): many at once keep a
+        cold disk busier than the one read _reader makes at a time."""
+        if not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            descriptor = os.open(name, _READ_FLAGS, dir_fd=self._descriptor)
+        except OSError:
+            return  # a hint only: reading the copy meets the same fault and says it
+        try:
+            os.posix_fadvise(descriptor, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass  # a file system without read-ahead: the read itself still works
+        finally:
+            os.close(descriptor)
+
+    def _stop_reading(self) -> None:
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
+            self._reader = None
+        self._fetching.clear()
+
+    def _fetch(self, name: str, source_size: int):
+        """The copy's bytes, read through the folder's descriptor, or why it cannot be used:
+        (payload, None), (None, problem), or (None, None) for a copy gone since listed."""
+        try:
+            descriptor = os.open(name, _READ_FLAGS, dir_fd=self._descriptor)
+        except FileNotFoundError:  # removed since the folder was listed
+            return None, None
+        except OSError as error:
+            return None, "a symbolic link" if error.errno == errno.ELOOP else _why(error)
+        try:
+            with os.fdopen(descriptor, "rb") as handle:
+                status = os.fstat(handle.fileno())
+                problem = _untrusted(status, "file")
+                times, plus = _LARGEST_COPY
+                if problem is None and status.st_size > times * source_size + plus:
+                    problem = (f"{status.st_size:,} bytes, more than a copy of a file of "
+                               f"{source_size:,} bytes can be")
+                if problem is not None:
+                    return None, problem
+                os.set_blocking(handle.fileno(), True)
+                payload = handle.read()
+        except OSError as error:
+            return None, _why(error)
+        if f"{zlib.crc32(payload):08x}" != _COPY_NAME.match(name)["crc"]:
+            return None, "changed on disk: its bytes no longer have the CRC-32 in its name"
+        return payload, None
 
     def _read_copy(self, path: Path, entry: dict):
         for name in (self.copies or {}).get(entry["sha256"], ()):
@@ -371,28 +434,14 @@ class ColumnarHistory:
     def _read_one(self, path: Path, name: str, entry: dict):
         import pyarrow as pa
 
-        try:
-            descriptor = os.open(name, _READ_FLAGS, dir_fd=self._descriptor)
-        except FileNotFoundError:  # removed since the folder was listed
+        fetching = self._fetching.pop(name, None)
+        payload, problem = (fetching[1].result() if fetching is not None
+                            else self._fetch(name, entry["size"]))
+        if problem is not None:
+            return self._unusable(path, name, problem)
+        if payload is None:
             return None
-        except OSError as error:
-            return self._unusable(path, name, "a symbolic link" if error.errno == errno.ELOOP
-                                  else _why(error))
         try:
-            with os.fdopen(descriptor, "rb") as handle:
-                status = os.fstat(handle.fileno())
-                problem = _untrusted(status, "file")
-                times, plus = _LARGEST_COPY
-                if problem is None and status.st_size > times * entry["size"] + plus:
-                    problem = (f"{status.st_size:,} bytes, more than a copy of a file of "
-                               f"{entry['size']:,} bytes can be")
-                if problem is not None:
-                    return self._unusable(path, name, problem)
-                os.set_blocking(handle.fileno(), True)
-                payload = handle.read()
-            if f"{zlib.crc32(payload):08x}" != _COPY_NAME.match(name)["crc"]:
-                return self._unusable(path, name, "changed on disk: its bytes no longer have "
-                                                  "the CRC-32 in its name")
             reader = pa.ipc.open_file(pa.py_buffer(payload))
             metadata = reader.schema.metadata or {}
             if metadata.get(b"columnar.format") != _FORMAT \
