@@ -122,8 +122,18 @@ class ColumnarHistory:
         one's copy, and checks its CRC-32, a few files ahead (_READ_AHEAD), while this one
         is prepared and checked: the disk and zlib (which lets go of the GIL) work beside
         pandas, instead of each file waiting for its read and its checksum in turn."""
-        self._stop_reading()
+        self.stop_reading()
         self._upcoming, self._position, self._ahead = list(paths), 0, 0
+
+    def stop_reading(self, wait: bool = True) -> None:
+        """End what expect() started: the reads not begun are dropped, the reader thread
+        ends, and no copy's bytes are kept. `wait` False when the reading is cut short (an
+        error, a signal): the one read in progress is left to finish on its own."""
+        if self._reader is not None:
+            self._reader.shutdown(wait=wait, cancel_futures=True)
+            self._reader = None
+        self._fetching.clear()
+        self._upcoming, self._current = [], None
 
     def load(self, path: Path, label_column: str, prepare_file: Callable,
              known_columns: Collection[str] = ()) -> LoadedFile:
@@ -358,22 +368,34 @@ class ColumnarHistory:
         names = (self.copies or {}).get(entry["sha256"], ()) if entry else ()
         self._current = names[0] if names else None
         pending = sum(size for size, _ in self._fetching.values())
-        while self._ahead < min(self._position + _READ_AHEAD, len(upcoming)) \
-                and pending < _READ_AHEAD_BYTES:
+        while self._ahead < min(self._position + _READ_AHEAD, len(upcoming)):
             ahead = upcoming[self._ahead]
-            self._ahead += 1
             entry = (self.entries or {}).get(ahead.name)
             names = (self.copies or {}).get(entry["sha256"], ()) if entry else ()
             if names and names[0] not in self._fetching:
+                if pending and pending + entry["size"] > _READ_AHEAD_BYTES:
+                    break  # read once those before it are taken
+                if not self._start_reading():
+                    return
                 self._ask_disk(names[0])
-                if self._reader is None:
-                    self._reader = concurrent.futures.ThreadPoolExecutor(
-                        1, thread_name_prefix="columnar-read-ahead")
                 self._fetching[names[0]] = (entry["size"], self._reader.submit(
                     self._fetch, names[0], entry["size"]))
                 pending += entry["size"]
-        if self._position == len(upcoming):
-            self._upcoming = []  # the last one: the thread ends once its reads are taken
+            self._ahead += 1
+
+    def _start_reading(self) -> bool:
+        if self._reader is None:
+            try:
+                reader = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="columnar-read-ahead")
+                reader.submit(int).result()  # a thread, now: one may not be left to start
+            except RuntimeError as error:  # at the machine's or the user's thread limit
+                self._say_once("reader", "history's columnar copies are read without reading "
+                               "ahead: no thread could be started (%s)", error)
+                self._upcoming = []
+                return False
+            self._reader = reader
+        return True
 
     def _ask_disk(self, name: str) -> None:
         """Have the kernel read the copy now (posix_fadvise WILLNEED): many at once keep a
@@ -390,12 +412,6 @@ class ColumnarHistory:
             pass  # a file system without read-ahead: the read itself still works
         finally:
             os.close(descriptor)
-
-    def _stop_reading(self) -> None:
-        if self._reader is not None:
-            self._reader.shutdown(wait=True, cancel_futures=True)
-            self._reader = None
-        self._fetching.clear()
 
     def _fetch(self, name: str, source_size: int):
         """The copy's bytes, read through the folder's descriptor, or why it cannot be used:

@@ -76,12 +76,19 @@ def read_history(settings: Settings, domain, folder: Path, production=None,
     # Years of history can take minutes to read: each line says how far it is.
     with heartbeat(log, lambda: f"reading history: {len(loaded) + len(failures):,} of "
                                 f"{len(paths):,} files"):
-        for path in paths:
-            try:
-                loaded.append(load(path, settings.label_column, domain.prepare_file,
-                                   known_columns=known or ()))
-            except DataError as error:
-                failures.append((path, error))
+        try:
+            for path in paths:
+                try:
+                    loaded.append(load(path, settings.label_column, domain.prepare_file,
+                                       known_columns=known or ()))
+                except DataError as error:
+                    failures.append((path, error))
+        except BaseException:
+            if columnar is not None:
+                columnar.stop_reading(wait=False)  # a stop must not wait for reads ahead
+            raise
+    if columnar is not None:
+        columnar.stop_reading()
     expected = _expected(loaded, production)
     if known is None and expected.columns is not None:
         # A file that differs from most may only have a mangled header: read it again,

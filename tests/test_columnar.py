@@ -175,6 +175,44 @@ def test_a_file_changed_in_place_is_read_from_its_csv_not_from_its_old_copy(tmp_
     assert _copies(folder) == [_copy_of(folder, again.sha256).name]
 
 
+def test_copies_read_ahead_are_checked_as_any_and_the_reader_ends_with_the_reading(
+        tmp_path, caplog, monkeypatch):
+    """As read_history reads them: the coming copies read, and their CRC-32 checked, by a
+    thread ahead of the file loaded, never more than the byte budget ahead (here less than
+    one file's), and nothing left reading once the reading ends."""
+    import threading
+
+    import retraining.columnar as columnar
+
+    monkeypatch.setattr(columnar, "_READ_AHEAD_BYTES", 1)
+    folder = tmp_path / "used_gts"
+    frames = machine_files(30, drift=0.0, seed=8, rows=50)
+    paths = _history(folder, {f"h{i:02d}.csv": frame.to_csv(index=False).encode()
+                              for i, frame in enumerate(frames)})
+    _, from_csv = _read(folder)  # writes the copies
+    damaged = _copy_of(folder, from_csv[17].sha256)
+    intact = damaged.read_bytes()
+    damaged.write_bytes(intact[:200] + bytes([intact[200] ^ 0x10]) + intact[201:])
+
+    history = ColumnarHistory(folder, writable=False)
+    history.expect(paths)
+    loaded = []
+    with caplog.at_level(logging.WARNING, logger="retraining.columnar"):
+        for number, path in enumerate(paths):
+            loaded.append(history.load(path, "label", _keep))
+            if number == 5:
+                # Five files ahead: not read yet, since the budget holds one copy at a time.
+                _copy_of(folder, from_csv[10].sha256).unlink()
+    history.stop_reading()
+
+    assert (history.from_copy, history.from_csv) == (28, 2)
+    assert "the columnar copy of h17.csv cannot be used" in caplog.text and "CRC-32" in caplog.text
+    for ahead, csv in zip(loaded, from_csv, strict=True):
+        _same_file(ahead, csv)
+    assert not [thread for thread in threading.enumerate()
+                if thread.name.startswith("columnar-read-ahead")]
+
+
 def test_a_damaged_copy_is_read_from_the_csv_and_written_again(tmp_path, caplog):
     folder = tmp_path / "used_gts"
     [path] = _history(folder, {"h.csv": GOOD})
