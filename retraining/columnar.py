@@ -78,8 +78,8 @@ _RESERVE_INODES = (1_000, 10_000)
 _LARGEST_COPY = (16, 1 << 20)  # times the CSV's size, plus
 
 # How far ahead of the file read its copies are read (about 0.8 MB each at 5,000 rows of
-# 20 features): enough to keep the disk and the checksum busy while one file is prepared,
-# and at most this many bytes of CSV behind the copies waiting, whatever the files' size.
+# 20 features): enough to keep the disk and the checksum busy while one file is prepared;
+# and at most this many bytes of CSV behind the copies waiting (one file alone, if larger).
 _READ_AHEAD = 16
 _READ_AHEAD_BYTES = 32 << 20
 
