@@ -89,8 +89,8 @@ def child(side: str, used_dir: Path) -> dict:
                    for path in paths)
     else:  # as the retraining reads a copy: its CRC-32 checked, the table validated
         copies = ColumnarHistory(used_dir, writable=False)
-        copies.expect(paths)  # as read_history says which files come, to read ahead
-        rows = sum(copies.copied_table(path).num_rows for path in paths)
+        with copies.reading_ahead(paths):  # as read_history reads them
+            rows = sum(copies.copied_table(path).num_rows for path in paths)
     return {"seconds": time.perf_counter() - started, "rows": rows}
 
 

@@ -26,6 +26,7 @@ archive).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import logging
 import os
@@ -36,7 +37,7 @@ import time
 import weakref
 import zlib
 from pathlib import Path
-from typing import Callable, Collection, Iterable, Sequence
+from typing import Callable, Collection, Iterable, Iterator, Sequence
 
 from retraining.datafiles import (
     FileFacts,
@@ -117,18 +118,27 @@ class ColumnarHistory:
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._current: str | None = None
 
-    def expect(self, paths: Sequence[Path]) -> None:
-        """The files `load` will be asked for next, in this order. A thread then reads each
+    @contextlib.contextmanager
+    def reading_ahead(self, paths: Sequence[Path]) -> Iterator[None]:
+        """For the block, `load` is asked for these files, in this order. A thread reads each
         one's copy, and checks its CRC-32, a few files ahead (_READ_AHEAD), while this one
         is prepared and checked: the disk and zlib (which lets go of the GIL) work beside
-        pandas, instead of each file waiting for its read and its checksum in turn."""
-        self.stop_reading()
-        self._upcoming, self._position, self._ahead = list(paths), 0, 0
+        pandas, instead of each file waiting for its read and its checksum in turn.
 
-    def stop_reading(self, wait: bool = True) -> None:
-        """End what expect() started: the reads not begun are dropped, the reader thread
-        ends, and no copy's bytes are kept. `wait` False when the reading is cut short (an
-        error, a signal): the one read in progress is left to finish on its own."""
+        When the block ends, the reads not begun are dropped, the thread ends, and no copy's
+        bytes are kept; a block cut short (an error, a signal) does not wait for the one
+        read in progress.
+        """
+        self._stop_reading()
+        self._upcoming, self._position, self._ahead = list(paths), 0, 0
+        finished = False
+        try:
+            yield
+            finished = True
+        finally:
+            self._stop_reading(wait=finished)
+
+    def _stop_reading(self, wait: bool = True) -> None:
         if self._reader is not None:
             self._reader.shutdown(wait=wait, cancel_futures=True)
             self._reader = None
@@ -360,28 +370,30 @@ class ColumnarHistory:
     def _read_ahead(self, path: Path) -> None:
         upcoming = self._upcoming
         if self._position >= len(upcoming) or upcoming[self._position] != path:
-            return  # not the order expect() gave (a file read again): nothing to start
+            return  # not the order reading_ahead() gave (a file read again): nothing to start
         self._position += 1
         # Read already, or not wanted (its file changed since the ledger saw it): its bytes go.
         self._fetching.pop(self._current, None)
-        entry = (self.entries or {}).get(path.name)
-        names = (self.copies or {}).get(entry["sha256"], ()) if entry else ()
-        self._current = names[0] if names else None
+        self._current, _ = self._first_copy(path)
         pending = sum(size for size, _ in self._fetching.values())
         while self._ahead < min(self._position + _READ_AHEAD, len(upcoming)):
-            ahead = upcoming[self._ahead]
-            entry = (self.entries or {}).get(ahead.name)
-            names = (self.copies or {}).get(entry["sha256"], ()) if entry else ()
-            if names and names[0] not in self._fetching:
-                if pending and pending + entry["size"] > _READ_AHEAD_BYTES:
+            name, size = self._first_copy(upcoming[self._ahead])
+            if name is not None and name not in self._fetching:
+                if pending and pending + size > _READ_AHEAD_BYTES:
                     break  # read once those before it are taken
                 if not self._start_reading():
                     return
-                self._ask_disk(names[0])
-                self._fetching[names[0]] = (entry["size"], self._reader.submit(
-                    self._fetch, names[0], entry["size"]))
-                pending += entry["size"]
+                self._ask_disk(name)
+                self._fetching[name] = (size, self._reader.submit(self._fetch, name, size))
+                pending += size
             self._ahead += 1
+
+    def _first_copy(self, path: Path) -> tuple[str | None, int]:
+        """The name of the copy the ledger's entry for `path` would be read from first, and
+        the size of the CSV it describes; (None, 0) where there is none."""
+        entry = (self.entries or {}).get(path.name)
+        names = (self.copies or {}).get(entry["sha256"], ()) if entry else ()
+        return (names[0], entry["size"]) if names else (None, 0)
 
     def _start_reading(self) -> bool:
         if self._reader is None:

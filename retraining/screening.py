@@ -15,6 +15,7 @@ When every file fails the same check that a setting decides (no column named lik
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -69,26 +70,18 @@ def read_history(settings: Settings, domain, folder: Path, production=None,
     known = production.input_columns if production is not None else None
     columnar = columnar_copy(settings, folder)
     load = columnar.load if columnar is not None else load_file
-    if columnar is not None:
-        columnar.expect(paths)
+    reading = columnar.reading_ahead(paths) if columnar is not None else contextlib.nullcontext()
     loaded: list[LoadedFile] = []
     failures: list[tuple[Path, DataError]] = []
     # Years of history can take minutes to read: each line says how far it is.
     with heartbeat(log, lambda: f"reading history: {len(loaded) + len(failures):,} of "
-                                f"{len(paths):,} files"):
-        try:
-            for path in paths:
-                try:
-                    loaded.append(load(path, settings.label_column, domain.prepare_file,
-                                       known_columns=known or ()))
-                except DataError as error:
-                    failures.append((path, error))
-        except BaseException:
-            if columnar is not None:
-                columnar.stop_reading(wait=False)  # a stop must not wait for reads ahead
-            raise
-    if columnar is not None:
-        columnar.stop_reading()
+                                f"{len(paths):,} files"), reading:
+        for path in paths:
+            try:
+                loaded.append(load(path, settings.label_column, domain.prepare_file,
+                                   known_columns=known or ()))
+            except DataError as error:
+                failures.append((path, error))
     expected = _expected(loaded, production)
     if known is None and expected.columns is not None:
         # A file that differs from most may only have a mangled header: read it again,

@@ -195,15 +195,14 @@ def test_copies_read_ahead_are_checked_as_any_and_the_reader_ends_with_the_readi
     damaged.write_bytes(intact[:200] + bytes([intact[200] ^ 0x10]) + intact[201:])
 
     history = ColumnarHistory(folder, writable=False)
-    history.expect(paths)
     loaded = []
-    with caplog.at_level(logging.WARNING, logger="retraining.columnar"):
+    with caplog.at_level(logging.WARNING, logger="retraining.columnar"), \
+            history.reading_ahead(paths):
         for number, path in enumerate(paths):
             loaded.append(history.load(path, "label", _keep))
             if number == 5:
                 # Five files ahead: not read yet, since the budget holds one copy at a time.
                 _copy_of(folder, from_csv[10].sha256).unlink()
-    history.stop_reading()
 
     assert (history.from_copy, history.from_csv) == (28, 2)
     assert "the columnar copy of h17.csv cannot be used" in caplog.text and "CRC-32" in caplog.text
