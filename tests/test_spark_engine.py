@@ -246,6 +246,13 @@ def test_on_a_standalone_cluster_the_fit_and_the_next_nights_scoring_run_on_its_
     assert snapshot(production.new_dir) == before and production.alias_version() == "2"
 
 
+def assert_nothing_moved(space, before: dict) -> None:
+    """new_gts/ as it was, production still version 1, and no version registered."""
+    assert snapshot(space.new_dir) == before and space.alias_version() == "1"
+    assert [str(v.version) for v in space.client().search_model_versions(
+        "name='classifier'")] == ["1"]
+
+
 def cycle_on_cluster(space, url: str, stderr, *extra: str) -> subprocess.Popen:
     """A cycle on the Spark engine training on the cluster at `url`, started and left to run,
     its stderr to `stderr` and its JSON summary on its stdout pipe."""
@@ -282,9 +289,7 @@ def test_sigterm_while_a_fit_waits_for_executors_that_never_come_ends_the_cycle(
     assert json.loads(output.strip().splitlines()[-1])["reason"] in last_line
     # Neither the user's trainer nor a dead JVM is blamed for what the signal did.
     assert "train_spark_model" not in errors.read_text()
-    assert snapshot(production.new_dir) == before and production.alias_version() == "1"
-    assert [str(v.version) for v in production.client().search_model_versions(
-        "name='classifier'")] == ["1"]
+    assert_nothing_moved(production, before)
 
 
 @pytest.mark.spark
@@ -321,9 +326,7 @@ def test_a_cluster_that_gives_a_fit_no_executor_stops_the_cycle_after_its_wait(
     # Said when the wait began, not only when it ended.
     assert "waits with no executor" in log
     assert "train_spark_model" not in log
-    assert snapshot(production.new_dir) == before and production.alias_version() == "1"
-    assert [str(v.version) for v in production.client().search_model_versions(
-        "name='classifier'")] == ["1"]
+    assert_nothing_moved(production, before)
 
 
 @pytest.mark.spark
@@ -395,9 +398,7 @@ def test_a_session_that_cannot_start_says_whose_fault_it_is_and_moves_nothing(
         # The line points to Spark's log for the reason, and the log gives it.
         assert "All masters are unresponsive" in finished.stderr
     assert "\n" not in summary["reason"] and "\tat " not in summary["reason"]
-    assert snapshot(production.new_dir) == before and production.alias_version() == "1"
-    assert [str(v.version) for v in production.client().search_model_versions(
-        "name='classifier'")] == ["1"]
+    assert_nothing_moved(production, before)
 
 
 @pytest.mark.spark
